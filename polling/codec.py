@@ -1,0 +1,100 @@
+"""Register words to values and back, for every point type and word/byte order.
+
+Orders name the four bytes of a 32-bit value as they arrive: ABCD is big-endian,
+DCBA little-endian, BADC big-endian words with swapped bytes, CDAB swapped words.
+The same rule extends to 64-bit values (word order reversed for CDAB and DCBA) and,
+for byte swapping, to strings.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from .errors import DecodeError
+
+WIDTHS: Final = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+    "bool": 1,
+}
+STRUCT: Final = {
+    "int16": "h",
+    "uint16": "H",
+    "int32": "i",
+    "uint32": "I",
+    "float32": "f",
+    "int64": "q",
+    "uint64": "Q",
+    "float64": "d",
+}
+TYPES: Final = (*WIDTHS, "string")
+ORDERS: Final = ("ABCD", "DCBA", "BADC", "CDAB")
+
+Value = float | int | bool | str
+
+
+def width(type_: str, count: int | None = None) -> int:
+    """Registers a point of this type occupies."""
+    if type_ == "string":
+        if not count:
+            raise DecodeError("string points need a register count")
+        return count
+    return WIDTHS[type_]
+
+
+def _to_bytes(words: list[int], order: str) -> bytes:
+    if order in ("CDAB", "DCBA"):
+        words = words[::-1]
+    data = b"".join(w.to_bytes(2, "big") for w in words)
+    if order in ("BADC", "DCBA"):
+        data = b"".join(data[i + 1 : i + 2] + data[i : i + 1] for i in range(0, len(data), 2))
+    return data
+
+
+def _to_words(data: bytes, order: str) -> list[int]:
+    if order in ("BADC", "DCBA"):
+        data = b"".join(data[i + 1 : i + 2] + data[i : i + 1] for i in range(0, len(data), 2))
+    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    return words[::-1] if order in ("CDAB", "DCBA") else words
+
+
+def decode(words: list[int], type_: str, order: str = "ABCD") -> Value:
+    """The raw value held in `words` (exactly the point's width of registers)."""
+    if type_ == "bool":
+        return bool(words[0])
+    data = _to_bytes(words, order)
+    if type_ == "string":
+        return data.split(b"\x00", 1)[0].decode("latin-1").rstrip()
+    expected = WIDTHS[type_]
+    if len(words) != expected:
+        raise DecodeError(f"{type_} needs {expected} registers, got {len(words)}")
+    return struct.unpack(">" + STRUCT[type_], data)[0]
+
+
+def encode(value: Value, type_: str, order: str = "ABCD", count: int | None = None) -> list[int]:
+    """Registers that `decode` turns back into `value` (the simulator's side)."""
+    if type_ == "bool":
+        return [1 if value else 0]
+    if type_ == "string":
+        size = 2 * width(type_, count)
+        data = str(value).encode("latin-1")[:size].ljust(size, b"\x00")
+    else:
+        data = struct.pack(">" + STRUCT[type_], value)
+    return _to_words(data, order)
+
+
+def scaled(raw: Value, scale: float, offset: float) -> Value:
+    """Engineering value: raw * scale + offset, leaving strings, bools and unscaled
+    integers as they are so a 64-bit counter keeps every digit."""
+    if isinstance(raw, (str, bool)):
+        return raw
+    if scale == 1 and offset == 0:
+        return raw
+    return raw * scale + offset

@@ -1,0 +1,78 @@
+"""Engines and sessions for SQLite and PostgreSQL, and the conflict-ignoring insert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import ServiceUnavailable
+from .settings import mask_url
+
+
+def normalize_url(url: str) -> str:
+    """Let operators write `postgresql://`; we always talk psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the CLI read while a worker writes; busy_timeout queues concurrent writers.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def check_database(engine: Engine) -> None:
+    """Raise ServiceUnavailable, naming the URL, when the database does not answer."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        url = mask_url(engine.url.render_as_string(hide_password=False))
+        raise ServiceUnavailable(f"database {url} is unreachable: {reason}") from None
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session, session.begin():
+        yield session
+
+
+def insert_ignoring_conflicts(session: Session, table: Any, rows: Sequence[dict]) -> int:
+    """Insert `rows`, silently skipping any that hit a unique constraint: the database
+    is the last guard against a slot recorded twice. Returns the rows inserted."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    inserted = 0
+    # Chunks keep SQLite under its bound-parameter limit.
+    for start in range(0, len(rows), 500):
+        chunk = list(rows[start : start + 500])
+        stmt = module.insert(table).values(chunk).on_conflict_do_nothing()
+        inserted += session.execute(stmt).rowcount or 0
+    return inserted

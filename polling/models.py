@@ -1,0 +1,142 @@
+"""Database tables: gateways and points (configuration), poll log and readings (record)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone, so it stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class GatewayRow(Base):
+    __tablename__ = "gateways"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    device_id: Mapped[int] = mapped_column(Integer)
+    interval_s: Mapped[float] = mapped_column(Float)
+    timeout_s: Mapped[float] = mapped_column(Float)
+    #: As configured (the YAML file), or cleared by the failure threshold.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
+    polling: Mapped[bool] = mapped_column(Boolean, default=False)
+    polling_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Mirror of the live chain token in Redis, for audits after Redis loses it.
+    chain_token: Mapped[str | None] = mapped_column(String(64))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    points: Mapped[list[PointRow]] = relationship(
+        back_populates="gateway", cascade="all, delete-orphan", order_by="PointRow.id"
+    )
+
+
+class PointRow(Base):
+    __tablename__ = "points"
+    __table_args__ = (UniqueConstraint("gateway_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    register: Mapped[str] = mapped_column(String(16))
+    address: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))
+    word_order: Mapped[str] = mapped_column(String(4))
+    count: Mapped[int | None] = mapped_column(Integer)
+    scale: Mapped[float] = mapped_column(Float, default=1.0)
+    offset: Mapped[float] = mapped_column(Float, default=0.0)
+    unit: Mapped[str | None] = mapped_column(String(64))
+    device_id: Mapped[int | None] = mapped_column(Integer)
+
+    gateway: Mapped[GatewayRow] = relationship(back_populates="points")
+
+
+class PollLog(Base):
+    """One row per slot of a gateway (kind 'scheduled') or per manual poll ('manual')."""
+
+    __tablename__ = "poll_log"
+    __table_args__ = (
+        UniqueConstraint("gateway_id", "kind", "slot_at", name="uq_poll_log_slot"),
+        Index("ix_poll_log_gateway_slot", "gateway_id", "slot_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
+    slot_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16), default="scheduled")
+    #: ok | failed | skipped | missed
+    outcome: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Reading(Base):
+    """A decoded value. Keyed by point name, so readings outlive a point's removal."""
+
+    __tablename__ = "readings"
+    __table_args__ = (
+        UniqueConstraint("gateway_id", "point", "kind", "slot_at", name="uq_readings_slot"),
+        Index("ix_readings_gateway_point_slot", "gateway_id", "point", "slot_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
+    point: Mapped[str] = mapped_column(String(200))
+    slot_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16), default="scheduled")
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Numeric value (bools as 0/1); NULL for strings.
+    value: Mapped[float | None] = mapped_column(Float)
+    #: Strings, and integers a double cannot hold exactly.
+    text: Mapped[str | None] = mapped_column(Text)
+    unit: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,72 @@
+"""The collaborators one process needs (database, Redis, Modbus connections), built once
+from the settings and passed to the service functions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .chains import Chains
+from .db import check_database, make_engine, session_factory
+from .errors import ServiceUnavailable
+from .keys import Keys
+from .modbus import ModbusPool
+from .settings import Settings, mask_url
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    keys: Keys
+    chains: Chains
+    modbus: ModbusPool
+    clock: Callable[[], int] = field(default=now_ms)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = make_engine(settings.database_url)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        keys = Keys(settings.key_prefix)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            redis=client,
+            keys=keys,
+            chains=Chains(client, keys),
+            modbus=ModbusPool(),
+        )
+
+    def check(self) -> None:
+        """Raise ServiceUnavailable, naming the URL, if Redis or the database is down."""
+        check_redis(self.redis, self.settings.redis_url)
+        check_database(self.engine)
+
+    def close(self) -> None:
+        self.modbus.close()
+        self.redis.close()
+        self.engine.dispose()
+
+
+def check_redis(client: redis.Redis, url: str) -> None:
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"redis {mask_url(url)} is unreachable: {exc}") from None

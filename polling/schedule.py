@@ -1,0 +1,61 @@
+"""Slot arithmetic: pure functions over integer milliseconds since the epoch.
+
+A gateway with interval I and anchor A has slots [A + kI, A + (k+1)I). Integers keep
+fractional intervals exact: 0.1 s is 100 ms, and slot starts never drift.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+def to_ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def anchor_for(name: str, interval_ms: int) -> int:
+    """A stable phase in [0, interval) so gateways with one interval do not fire together."""
+    return zlib.crc32(name.encode()) % interval_ms
+
+
+@dataclass(frozen=True)
+class Grid:
+    anchor_ms: int
+    interval_ms: int
+
+    @classmethod
+    def for_gateway(cls, name: str, interval_s: float) -> Grid:
+        interval_ms = to_ms(interval_s)
+        return cls(anchor_for(name, interval_ms), interval_ms)
+
+    def index(self, t_ms: int) -> int:
+        """Number of the slot that contains `t_ms`."""
+        return (t_ms - self.anchor_ms) // self.interval_ms
+
+    def start(self, index: int) -> int:
+        return self.anchor_ms + index * self.interval_ms
+
+    def containing(self, t_ms: int) -> int:
+        """Start of the slot that contains `t_ms`."""
+        return self.start(self.index(t_ms))
+
+    def is_slot(self, t_ms: int) -> bool:
+        return (t_ms - self.anchor_ms) % self.interval_ms == 0
+
+    def following(self, slot_ms: int, now_ms: int) -> int:
+        """The slot to poll after `slot_ms`: the next one, or, when that has already
+        ended by `now_ms`, the one in progress (never one that has passed)."""
+        return max(slot_ms + self.interval_ms, self.containing(now_ms))
+
+    def between(self, after_ms: int, before_ms: int, limit: int | None = None) -> list[int]:
+        """Slot starts strictly between two slot starts, oldest first, at most `limit`
+        of the newest ones."""
+        first = after_ms + self.interval_ms
+        if limit is not None:
+            first = max(first, before_ms - limit * self.interval_ms)
+        return list(range(first, before_ms, self.interval_ms))
+
+    def ended(self, slot_ms: int, now_ms: int) -> bool:
+        """True once the whole slot lies in the past: too late to poll it."""
+        return now_ms >= slot_ms + self.interval_ms

@@ -1,0 +1,134 @@
+"""Settings from `POLLING_*` environment variables, optionally from a `.env` file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+ENV_PREFIX = "POLLING_"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///pollctl.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything pollctl reads from its environment; times are in seconds."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    #: Prefix of every Redis key pollctl owns (chains, claims, locks).
+    key_prefix: str = "pollctl"
+    #: How often beat runs the reconcile task.
+    reconcile_seconds: float = 5.0
+    #: A chain whose next slot started this long ago without a poll is restarted.
+    overdue_grace: float = 10.0
+    #: Consecutive failed polls after which a gateway is disabled.
+    failure_threshold: int = 5
+    #: Largest run of unwanted registers read to merge two requests into one.
+    max_gap: int = 8
+    max_registers: int = 125
+    max_bits: int = 2000
+    #: kombu redelivers unacknowledged messages after this; intervals must stay well below it.
+    visibility_timeout: int = 7200
+    #: How often the worker's timer looks for due ETA tasks (Celery's default is 1 s).
+    timer_precision: float = 0.05
+    #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
+    redis_url_explicit: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def max_interval(self) -> float:
+        """Longest interval allowed: a chain enqueues one interval ahead, so this keeps
+        every ETA message well inside the broker's visibility timeout."""
+        return self.visibility_timeout / 2
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+    ) -> Settings:
+        """Build settings from `environ` (default `os.environ`), with `env_file`
+        (default `$POLLING_ENV_FILE` or `./.env`) filling in what the environment lacks."""
+        environ = dict(os.environ if environ is None else environ)
+        path = Path(env_file or environ.get(f"{ENV_PREFIX}ENV_FILE", ".env"))
+        values = {**read_env_file(path), **environ}
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if not f.init or f.name == "redis_url_explicit":
+                continue
+            raw = values.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kwargs[f.name] = _convert(f.name, raw, type(getattr(cls, f.name)))
+        kwargs["redis_url_explicit"] = bool(values.get(f"{ENV_PREFIX}REDIS_URL"))
+        settings = cls(**kwargs)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.reconcile_seconds <= 0:
+            raise ConfigError("POLLING_RECONCILE_SECONDS must be > 0")
+        if self.failure_threshold < 1:
+            raise ConfigError("POLLING_FAILURE_THRESHOLD must be >= 1")
+        if not 1 <= self.max_registers <= 125:
+            raise ConfigError("POLLING_MAX_REGISTERS must be between 1 and 125")
+        if not 1 <= self.max_bits <= 2000:
+            raise ConfigError("POLLING_MAX_BITS must be between 1 and 2000")
+        if self.max_gap < 0:
+            raise ConfigError("POLLING_MAX_GAP must be >= 0")
+        if self.visibility_timeout < 60:
+            raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 60 seconds")
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""
+        out = {}
+        for f in fields(self):
+            if f.name == "redis_url_explicit":
+                continue
+            value = getattr(self, f.name)
+            if f.name.endswith("_url"):
+                value = mask_url(value)
+            out[ENV_PREFIX + f.name.upper()] = str(value)
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"Settings({inner})"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by `***`."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=VALUE` lines of a dotenv file; comments, blanks and `export ` prefixes allowed."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ")
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        env = ENV_PREFIX + name.upper()
+        raise ConfigError(f"{env}={raw!r}: expected {kind.__name__}") from None

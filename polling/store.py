@@ -1,0 +1,266 @@
+"""What pollctl keeps in the database: gateway configuration, the poll log, readings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from .db import insert_ignoring_conflicts
+from .gateways import Gateway, Point
+from .models import GatewayRow, PointRow, PollLog, Reading, utcnow
+
+EXACT_FLOAT_LIMIT = 2**53
+
+
+def ms_to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def dt_to_ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class StoredGateway:
+    """A configured gateway as a poll needs it: its id, config and state flags."""
+
+    id: int
+    config: Gateway
+    enabled: bool
+    polling: bool
+    disabled_reason: str | None
+    polling_since: datetime | None
+
+    @property
+    def active(self) -> bool:
+        """Should have a live chain: enabled, and started by an operator."""
+        return self.enabled and self.polling
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def import_gateways(session: Session, gateways: Sequence[Gateway]) -> tuple[int, int]:
+    """Upsert gateways by name, replacing each one's points. An auto-disabled gateway stays
+    disabled (only `pollctl start --gateway` re-enables it). Returns (created, updated)."""
+    existing = {
+        row.name: row
+        for row in session.scalars(
+            select(GatewayRow)
+            .where(GatewayRow.name.in_([g.name for g in gateways]))
+            .options(selectinload(GatewayRow.points))
+        )
+    }
+    created = 0
+    for gateway in gateways:
+        row = existing.get(gateway.name)
+        if row is None:
+            row = GatewayRow(name=gateway.name, polling=False, consecutive_failures=0)
+            session.add(row)
+            created += 1
+        _apply(row, gateway)
+    session.flush()
+    return created, len(gateways) - created
+
+
+def _apply(row: GatewayRow, gateway: Gateway) -> None:
+    row.host, row.port, row.device_id = gateway.host, gateway.port, gateway.device_id
+    row.interval_s, row.timeout_s = gateway.interval, gateway.timeout
+    auto_disabled = row.disabled_reason is not None
+    row.enabled = gateway.enabled and not auto_disabled
+    by_name = {p.name: p for p in row.points}
+    wanted = {p.name for p in gateway.points}
+    row.points[:] = [p for p in row.points if p.name in wanted]
+    for point in gateway.points:
+        target = by_name.get(point.name)
+        if target is None:
+            target = PointRow(name=point.name)
+            row.points.append(target)
+        target.register, target.address, target.type = point.register, point.address, point.type
+        target.word_order, target.count, target.unit = point.order, point.count, point.unit
+        target.scale, target.offset, target.device_id = point.scale, point.offset, point.device_id
+
+
+def _to_config(row: GatewayRow) -> Gateway:
+    points = tuple(
+        Point(
+            name=p.name,
+            register=p.register,
+            address=p.address,
+            type=p.type,
+            order=p.word_order,
+            count=p.count,
+            scale=p.scale,
+            offset=p.offset,
+            unit=p.unit,
+            device_id=p.device_id,
+        )
+        for p in row.points
+    )
+    return Gateway(
+        name=row.name,
+        host=row.host,
+        port=row.port,
+        device_id=row.device_id,
+        interval=row.interval_s,
+        timeout=row.timeout_s,
+        enabled=row.enabled,
+        points=points,
+    )
+
+
+def _stored(row: GatewayRow) -> StoredGateway:
+    return StoredGateway(
+        row.id, _to_config(row), row.enabled, row.polling, row.disabled_reason, row.polling_since
+    )
+
+
+def load_gateway(session: Session, gateway_id: int) -> StoredGateway | None:
+    row = session.get(GatewayRow, gateway_id, options=[selectinload(GatewayRow.points)])
+    return _stored(row) if row else None
+
+
+def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[StoredGateway]:
+    query = select(GatewayRow).options(selectinload(GatewayRow.points)).order_by(GatewayRow.name)
+    if names is not None:
+        query = query.where(GatewayRow.name.in_(list(names)))
+    return [_stored(row) for row in session.scalars(query)]
+
+
+def gateway_ids(session: Session) -> set[int]:
+    return set(session.scalars(select(GatewayRow.id)))
+
+
+def delete_gateway(session: Session, name: str) -> bool:
+    return bool(session.execute(delete(GatewayRow).where(GatewayRow.name == name)).rowcount)
+
+
+def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | None) -> None:
+    row = session.get_one(GatewayRow, gateway_id)
+    if on and not row.polling:
+        row.polling_since = utcnow()
+    row.polling, row.chain_token = on, token
+
+
+def reenable(session: Session, gateway_id: int) -> None:
+    """Clear an automatic (or configured) disable: the operator's explicit start."""
+    row = session.get_one(GatewayRow, gateway_id)
+    row.enabled, row.disabled_reason, row.consecutive_failures = True, None, 0
+
+
+def set_chain_token(session: Session, gateway_id: int, token: str | None) -> None:
+    session.get_one(GatewayRow, gateway_id).chain_token = token
+
+
+# -- the record ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    gateway_id: int
+    slot_ms: int
+    kind: str
+    outcome: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+def reading_row(
+    gateway_id: int, point: Point, value: object, slot_ms: int, kind: str, read_at: datetime
+) -> dict:
+    number: float | None = None
+    text: str | None = None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_FLOAT_LIMIT:
+        number, text = float(value), str(value)
+    else:
+        number = float(value)  # type: ignore[arg-type]
+    return {
+        "gateway_id": gateway_id,
+        "point": point.name,
+        "slot_at": ms_to_dt(slot_ms),
+        "kind": kind,
+        "read_at": read_at,
+        "value": number,
+        "text": text,
+        "unit": point.unit,
+    }
+
+
+def record_poll(
+    session: Session, record: PollRecord, readings: Sequence[dict], *, failure_threshold: int
+) -> str | None:
+    """Write the poll-log row and, only if that row is new, the readings: a slot already
+    recorded (by a duplicate, or as missed by a restart) keeps what it has. Updates the
+    failure count; returns the disable reason if this poll crossed the threshold."""
+    duration = None
+    if record.started_at and record.finished_at:
+        duration = (record.finished_at - record.started_at).total_seconds() * 1000
+    row = {
+        "gateway_id": record.gateway_id,
+        "slot_at": ms_to_dt(record.slot_ms),
+        "kind": record.kind,
+        "outcome": record.outcome,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "duration_ms": duration,
+        "error": record.error,
+    }
+    if not insert_ignoring_conflicts(session, PollLog.__table__, [row]):
+        return None
+    insert_ignoring_conflicts(session, Reading.__table__, readings)
+    if record.kind != "scheduled" or record.outcome not in ("ok", "failed"):
+        return None
+    if record.outcome == "ok":
+        # Conditional, so a healthy gateway's row is not rewritten on every poll.
+        session.execute(
+            update(GatewayRow)
+            .where(GatewayRow.id == record.gateway_id, GatewayRow.consecutive_failures != 0)
+            .values(consecutive_failures=0)
+        )
+        return None
+    gateway = session.get_one(GatewayRow, record.gateway_id, with_for_update=True)
+    gateway.consecutive_failures += 1
+    if gateway.consecutive_failures < failure_threshold or not gateway.enabled:
+        return None
+    reason = (
+        f"auto-disabled after {gateway.consecutive_failures} consecutive failed polls; "
+        f"last error: {record.error}"
+    )
+    gateway.enabled, gateway.disabled_reason = False, reason
+    return reason
+
+
+def record_missed(session: Session, gateway_id: int, slots_ms: Sequence[int], why: str) -> int:
+    """Account for slots that passed without a poll. Slots already recorded are kept."""
+    rows = [
+        {
+            "gateway_id": gateway_id,
+            "slot_at": ms_to_dt(slot),
+            "kind": "scheduled",
+            "outcome": "missed",
+            "error": why,
+        }
+        for slot in slots_ms
+    ]
+    return insert_ignoring_conflicts(session, PollLog.__table__, rows)
+
+
+def last_recorded_slot(session: Session, gateway_id: int) -> int | None:
+    """Newest scheduled slot with any record, the fallback when Redis lost the chain."""
+    newest = session.scalar(
+        select(func.max(PollLog.slot_at)).where(
+            PollLog.gateway_id == gateway_id, PollLog.kind == "scheduled"
+        )
+    )
+    if newest is None:
+        return None
+    if newest.tzinfo is None:
+        newest = newest.replace(tzinfo=UTC)
+    return dt_to_ms(newest)
