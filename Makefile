@@ -1,0 +1,48 @@
+# pollctl: `make demo` runs the system on embedded defaults, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast test-e2e lint format typecheck clean
+
+help:
+	@echo "make demo       run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
+	@echo "make test       create the environment and run the whole suite"
+	@echo "make test-fast  the suite without the slow end-to-end tests"
+	@echo "make lint | format | typecheck | clean"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pollctl demo $(if $(DURATION),--duration $(DURATION))
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
+
+test-e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) pollctl-demo .pytest_cache .ruff_cache .mypy_cache *.egg-info

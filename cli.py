@@ -1,0 +1,352 @@
+"""`pollctl`: import gateways, start and stop polling, watch, validate, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from polling import diagnostics, migrate, queries, service
+from polling.errors import ConfigError, PollingError, ServiceUnavailable
+from polling.gateways import load_gateways
+from polling.runtime import Runtime
+from polling.settings import Settings
+from polling.status import collect_status, table
+from polling.store import delete_gateway, import_gateways
+from polling.store import load_gateways as stored_gateways
+
+
+class PollctlGroup(click.Group):
+    """Turns our errors into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PollingError as exc:
+            for line in str(exc).splitlines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(1)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _runtime(*, migrated: bool = True) -> Runtime:
+    """A runtime whose Redis and database answer (and, by default, are migrated)."""
+    rt = Runtime.build(_settings())
+    rt.check()
+    if migrated and not migrate.is_at_head(rt.engine):
+        raise ServiceUnavailable(
+            f"database {rt.engine.url.render_as_string()} is not migrated: run `pollctl db upgrade`"
+        )
+    return rt
+
+
+def _enqueue() -> Callable[[int, str, int], None]:
+    from workers.tasks import send_poll  # Celery only where a task is sent
+
+    return send_poll
+
+
+def _when(dt: datetime | None) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if dt else "-"
+
+
+@click.group(cls=PollctlGroup)
+@click.version_option(package_name="pollctl")
+def main() -> None:
+    """Poll Modbus TCP gateways exactly once per interval, on Celery."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@main.command()
+def config() -> None:
+    """Print the settings in force (POLLING_* variables and .env), secrets masked."""
+    for key, value in _settings().masked().items():
+        click.echo(f"{key}={value}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema (Alembic)."""
+    rt = _runtime(migrated=False)
+    migrate.upgrade(rt.engine, revision)
+    click.echo(f"database at revision {migrate.current_revision(rt.engine)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision."""
+    rt = _runtime(migrated=False)
+    click.echo(f"{migrate.current_revision(rt.engine) or 'empty'} (head {migrate.head_revision()})")
+
+
+@main.group()
+def gateway() -> None:
+    """Gateways and their register maps."""
+
+
+@gateway.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def gateway_import(path: str) -> None:
+    """Upsert the gateways of a YAML file by name; the whole file is checked first."""
+    settings = _settings()
+    gateways = load_gateways(path, max_interval=settings.max_interval)
+    rt = _runtime()
+    with rt.sessions() as session, session.begin():
+        created, updated = import_gateways(session, gateways)
+    click.echo(f"imported {len(gateways)} gateways from {path} ({created} new, {updated} updated)")
+    if created:
+        click.echo("new gateways are not polled until `pollctl start`")
+
+
+@gateway.command("list")
+def gateway_list() -> None:
+    """List configured gateways."""
+    rt = _runtime()
+    with rt.sessions() as session:
+        rows = [
+            (
+                g.config.name,
+                f"{g.config.host}:{g.config.port}",
+                g.config.device_id,
+                f"{g.config.interval:g}",
+                len(g.config.points),
+                "yes" if g.enabled else "no",
+            )
+            for g in stored_gateways(session)
+        ]
+    click.echo(table(["gateway", "endpoint", "device", "interval_s", "points", "enabled"], rows))
+
+
+@gateway.command("delete")
+@click.argument("name")
+def gateway_delete(name: str) -> None:
+    """Stop and delete a gateway, with its poll log and readings."""
+    rt = _runtime()
+    service.stop(rt, [name])
+    with rt.sessions() as session, session.begin():
+        delete_gateway(session, name)
+    click.echo(f"deleted {name}")
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _names(gateways: tuple[str, ...]) -> list[str] | None:
+    return list(gateways) if gateways else None
+
+
+@main.command()
+@click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
+def start(gateways: tuple[str, ...]) -> None:
+    """Start polling: one chain per enabled gateway. Naming a gateway re-enables it."""
+    report = service.start(_runtime(), _enqueue(), _names(gateways))
+    for name in report.started:
+        click.echo(f"started {name}")
+    for name in report.already:
+        click.echo(f"already polling {name}")
+    for name, reason in report.skipped.items():
+        click.echo(f"not started {name}: {reason}")
+
+
+@main.command()
+@click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
+def stop(gateways: tuple[str, ...]) -> None:
+    """Stop polling; returns once no poll of these gateways is in flight."""
+    report = service.stop(_runtime(), _names(gateways))
+    click.echo(f"stopped {len(report.stopped)} gateways")
+
+
+@main.command()
+def reconcile() -> None:
+    """Run one reconcile now (beat runs it every POLLING_RECONCILE_SECONDS)."""
+    report = service.reconcile(_runtime(), _enqueue())
+    click.echo(
+        f"started {len(report.started)}, restarted {len(report.restarted)}, "
+        f"retired {len(report.retired)}, recorded {report.missed} missed slots"
+    )
+
+
+@main.command("poll-now")
+@click.option("--gateway", "name", required=True)
+def poll_now(name: str) -> None:
+    """Poll one gateway at once, outside its schedule (recorded as a manual poll)."""
+    outcome = service.poll_now(_runtime(), name)
+    click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
+    for point, value in outcome.values.items():
+        click.echo(f"  {point} = {value}")
+    if outcome.outcome != "ok":
+        sys.exit(1)
+
+
+# -- watching --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--detailed", is_flag=True, help="Add counts of skipped and missed slots, errors.")
+@click.option("--json", "as_json", is_flag=True)
+def status(detailed: bool, as_json: bool) -> None:
+    """Per gateway: enabled, polling, last poll and outcome, next due, counts."""
+    statuses = collect_status(_runtime())
+    if as_json:
+        click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
+        return
+    headers = ["gateway", "enabled", "polling", "last_poll", "outcome", "next_due", "ok", "failed"]
+    headers += ["consec_fail"]
+    if detailed:
+        headers += ["skipped", "missed", "note"]
+    rows = []
+    for s in statuses:
+        row = [s.name, "yes" if s.enabled else "NO", s.polling, _when(s.last_slot)]
+        row += [s.last_outcome or "-", _when(s.next_due), s.ok, s.failed, s.consecutive_failures]
+        if detailed:
+            note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
+            row += [s.skipped, s.missed, note]
+        rows.append(row)
+    click.echo(table(headers, rows))
+
+
+def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
+    """`10m`, `2h`, `30s`, `1d`, or an ISO 8601 time (UTC when it names no zone)."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", value.strip())
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match[2]]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: float(match[1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use 10m, 2h, 1d or an ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.option("--gateway", "name", required=True)
+@click.option("--point")
+@click.option("--since", help="10m, 2h, 1d, or an ISO time.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+def readings(name: str, point: str | None, since: str | None, limit: int, fmt: str) -> None:
+    """Readings of one gateway, newest first."""
+    rt = _runtime()
+    since_dt = parse_since(since)
+    service._select(rt, [name])  # unknown names are an error, not an empty table
+    with rt.sessions() as session:
+        rows = queries.readings(session, name, point=point, since=since_dt, limit=limit)
+    if fmt == "json":
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    headers = ["gateway", "point", "slot_at", "read_at", "value", "unit"]
+    values = [
+        (r.gateway, r.point, r.slot_at.isoformat(), r.read_at.isoformat(), r.value, r.unit)
+        for r in rows
+    ]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(headers)
+        writer.writerows(values)
+        click.echo(out.getvalue(), nl=False)
+        return
+    click.echo(table(headers, [(g, p, _when(s), _when(r), v, u) for g, p, s, r, v, u in values]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def validate(as_json: bool) -> None:
+    """Check that every active gateway has exactly one live chain and no other has one.
+    Exit 0 healthy, 1 warnings, 2 errors."""
+    try:
+        rt = Runtime.build(_settings())
+        results = diagnostics.run_checks(rt)
+    except PollingError as exc:
+        results = [diagnostics.CheckResult("config", "error", str(exc))]
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for r in results:
+            click.echo(f"{r.status.upper():8} {r.component}: {r.message}")
+            for name, items in r.details.items():
+                if items:
+                    click.echo(f"         {name}: {', '.join(map(str, items))}")
+            for hint in r.recommendations:
+                click.echo(f"         -> {hint}")
+    sys.exit(diagnostics.exit_code(results))
+
+
+# -- simulation and demo ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "path", required=True, type=click.Path(dir_okay=False))
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--tick",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Seconds between value changes.",
+)
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def simulate(path: str, latency_ms: float, tick: float, duration: float | None, host: str) -> None:
+    """Serve every gateway of a file as a simulated Modbus device on loopback."""
+    from polling.simulator import Simulator
+
+    gateways = load_gateways(path)
+    sim = Simulator(gateways, host=host, latency_ms=latency_ms, tick_seconds=tick)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(sim.serve())
+        await asyncio.sleep(0)
+        click.echo(f"simulating {len(gateways)} gateways on {host} ports {sim.ports}", err=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), duration) if duration else await task
+        except TimeoutError:
+            task.cancel()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
+@click.option("--workdir", default="pollctl-demo", show_default=True, type=click.Path())
+def demo(duration: float | None, workdir: str) -> None:
+    """Run the whole system on embedded defaults with a simulated fleet."""
+    from polling.demo import run_demo
+
+    run_demo(workdir=workdir, duration=duration)
+
+
+if __name__ == "__main__":
+    main()

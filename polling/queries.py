@@ -1,0 +1,168 @@
+"""The read side: per-gateway status from the poll log, and readings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .chains import ChainState
+from .models import GatewayRow, PollLog, Reading
+from .store import ms_to_dt
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    name: str
+    enabled: bool
+    disabled_reason: str | None
+    #: yes (live chain) | overdue (chain stopped advancing) | no
+    polling: str
+    interval: float
+    last_slot: datetime | None
+    last_outcome: str | None
+    last_error: str | None
+    next_due: datetime | None
+    ok: int
+    failed: int
+    skipped: int
+    missed: int
+    consecutive_failures: int
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        for key in ("last_slot", "next_due"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+def gateway_statuses(
+    session: Session, chains: dict[int, ChainState], overdue: set[int]
+) -> list[GatewayStatus]:
+    """Counts come from the poll log (scheduled polls only), one grouped query."""
+    counts: dict[int, dict[str, int]] = {}
+    grouped = (
+        select(PollLog.gateway_id, PollLog.outcome, func.count())
+        .where(PollLog.kind == "scheduled")
+        .group_by(PollLog.gateway_id, PollLog.outcome)
+    )
+    for gateway_id, outcome, n in session.execute(grouped):
+        counts.setdefault(gateway_id, {})[outcome] = n
+    latest = _latest_polls(session)
+    out = []
+    for row in session.scalars(select(GatewayRow).order_by(GatewayRow.name)):
+        chain = chains.get(row.id)
+        last = latest.get(row.id)
+        c = counts.get(row.id, {})
+        polling = "no" if chain is None else ("overdue" if row.id in overdue else "yes")
+        out.append(
+            GatewayStatus(
+                name=row.name,
+                enabled=row.enabled,
+                disabled_reason=row.disabled_reason,
+                polling=polling,
+                interval=row.interval_s,
+                last_slot=last.slot_at if last else None,
+                last_outcome=last.outcome if last else None,
+                last_error=last.error if last else None,
+                next_due=ms_to_dt(chain.due_ms) if chain else None,
+                ok=c.get("ok", 0),
+                failed=c.get("failed", 0),
+                skipped=c.get("skipped", 0),
+                missed=c.get("missed", 0),
+                consecutive_failures=row.consecutive_failures,
+            )
+        )
+    return out
+
+
+def _latest_polls(session: Session) -> dict[int, PollLog]:
+    """Each gateway's newest scheduled poll that ran (missed slots are not polls)."""
+    newest = (
+        select(PollLog.gateway_id, func.max(PollLog.slot_at).label("slot_at"))
+        .where(PollLog.kind == "scheduled", PollLog.outcome != "missed")
+        .group_by(PollLog.gateway_id)
+        .subquery()
+    )
+    query = select(PollLog).join(
+        newest,
+        (PollLog.gateway_id == newest.c.gateway_id) & (PollLog.slot_at == newest.c.slot_at),
+    )
+    return {
+        row.gateway_id: row for row in session.scalars(query.where(PollLog.kind == "scheduled"))
+    }
+
+
+@dataclass(frozen=True)
+class ReadingRow:
+    gateway: str
+    point: str
+    slot_at: datetime
+    read_at: datetime
+    value: float | str | None
+    unit: str | None
+    kind: str
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["slot_at"] = self.slot_at.isoformat()
+        data["read_at"] = self.read_at.isoformat()
+        return data
+
+
+def readings(
+    session: Session,
+    gateway: str,
+    *,
+    point: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[ReadingRow]:
+    """Newest first."""
+    query = (
+        select(Reading, GatewayRow.name)
+        .join(GatewayRow, GatewayRow.id == Reading.gateway_id)
+        .where(GatewayRow.name == gateway)
+    )
+    if point is not None:
+        query = query.where(Reading.point == point)
+    if since is not None:
+        query = query.where(Reading.slot_at >= since)
+    query = query.order_by(Reading.slot_at.desc(), Reading.point).limit(limit)
+    return [
+        ReadingRow(
+            gateway=name,
+            point=r.point,
+            slot_at=r.slot_at,
+            read_at=r.read_at,
+            value=r.text if r.text is not None else r.value,
+            unit=r.unit,
+            kind=r.kind,
+        )
+        for r, name in session.execute(query)
+    ]
+
+
+def latest_values(session: Session) -> dict[str, dict[str, object]]:
+    """Each gateway's most recent value per point (for the demo's live table)."""
+    newest = (
+        select(Reading.gateway_id, Reading.point, func.max(Reading.slot_at).label("slot_at"))
+        .group_by(Reading.gateway_id, Reading.point)
+        .subquery()
+    )
+    query = (
+        select(GatewayRow.name, Reading)
+        .join(GatewayRow, GatewayRow.id == Reading.gateway_id)
+        .join(
+            newest,
+            (Reading.gateway_id == newest.c.gateway_id)
+            & (Reading.point == newest.c.point)
+            & (Reading.slot_at == newest.c.slot_at),
+        )
+    )
+    out: dict[str, dict[str, object]] = {}
+    for name, r in session.execute(query):
+        out.setdefault(name, {})[r.point] = r.text if r.text is not None else r.value
+    return out

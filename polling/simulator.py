@@ -1,0 +1,217 @@
+"""Simulated gateways: every gateway of a file served by pymodbus on loopback.
+
+Values change once per tick (default 1 s) in a known way (`simulated_value`), so a test
+can say which value a poll at a given time must have read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from . import codec
+from .gateways import Gateway, Point
+
+log = logging.getLogger(__name__)
+
+BLOCKS = ("coil", "discrete", "holding", "input")
+FUNCTION_BLOCK = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 4: "input"}
+#: Registers served beyond the last configured one, so gap-merged reads stay legal.
+MARGIN = 128
+
+
+def _seed(gateway: str, point: str) -> int:
+    return zlib.crc32(f"{gateway}/{point}".encode()) % 10_000
+
+
+def simulated_raw(gateway: str, point: Point, tick: int) -> codec.Value:
+    """The raw value a simulated point holds during `tick`; exact in its type."""
+    s = _seed(gateway, point.name)
+    t = tick % 100_000
+    match point.type:
+        case "bool":
+            return (s + t) % 2 == 0
+        case "string":
+            return f"{point.name[:6]}-{t}"[: 2 * (point.count or 1)]
+        case "int16":
+            return (s + t) % 20_000 - 10_000
+        case "uint16":
+            return (s + t) % 65_536
+        case "int32":
+            return -(s * 1_000 + t)
+        case "uint32":
+            return 3_000_000_000 + s * 1_000 + t
+        case "int64":
+            return -(s * 10**12) - t
+        case "uint64":
+            return 2**60 + s * 1_000 + t
+        case "float32":
+            return (s % 1_000) + (t % 1_000) * 0.25
+        case _:  # float64
+            return s / 8 + t * 0.125
+
+
+def simulated_value(gateway: str, point: Point, tick: int) -> codec.Value:
+    """The engineering value a poll during `tick` reads (raw, then scale and offset)."""
+    return codec.scaled(simulated_raw(gateway, point, tick), point.scale, point.offset)
+
+
+def current_tick(tick_seconds: float, now: float | None = None) -> int:
+    return int((time.time() if now is None else now) // tick_seconds)
+
+
+@dataclass
+class _Device:
+    device_id: int
+    points: dict[str, list[tuple[str, Point]]] = field(
+        default_factory=lambda: {b: [] for b in BLOCKS}
+    )
+    ticks: dict[str, int] = field(default_factory=dict)
+
+    def size(self, block: str) -> int:
+        """Registers in a block (bits are packed 16 to a register)."""
+        ends = [p.address + p.width for _, p in self.points[block]] or [0]
+        if block in ("coil", "discrete"):
+            return max(ends) // 16 + 1 + MARGIN // 16
+        return min(max(ends) + MARGIN, 65536)
+
+    def refresh(self, block: str, registers: list[int], tick: int) -> None:
+        if self.ticks.get(block) == tick:
+            return
+        self.ticks[block] = tick
+        for gateway, point in self.points[block]:
+            value = simulated_raw(gateway, point, tick)
+            if block in ("coil", "discrete"):
+                word, bit = divmod(point.address, 16)
+                mask = 1 << bit
+                registers[word] = (registers[word] | mask) if value else (registers[word] & ~mask)
+            else:
+                words = codec.encode(value, point.type, point.order, point.count)
+                registers[point.address : point.address + len(words)] = words
+
+
+def _devices(gateways: Sequence[Gateway]) -> dict[int, dict[int, _Device]]:
+    """Devices by port, then by device id."""
+    ports: dict[int, dict[int, _Device]] = {}
+    for gateway in gateways:
+        devices = ports.setdefault(gateway.port, {})
+        for point in gateway.points:
+            device_id = point.device_id if point.device_id is not None else gateway.device_id
+            device = devices.setdefault(device_id, _Device(device_id))
+            device.points[point.register].append((gateway.name, point))
+    return ports
+
+
+async def _action(
+    device: _Device,
+    tick_seconds: float,
+    latency: float,
+    function_code: int,
+    _start: int,
+    _address: int,
+    _count: int,
+    registers: list[int],
+    _values: object,
+) -> None:
+    block = FUNCTION_BLOCK.get(function_code)
+    if block is not None:
+        device.refresh(block, registers, current_tick(tick_seconds))
+    if latency:
+        await asyncio.sleep(latency)
+
+
+def _sim_device(device: _Device, tick_seconds: float, latency: float) -> SimDevice:
+    blocks = tuple(
+        [SimData(0, count=16 * device.size(block), values=False, datatype=DataType.BITS)]
+        if block in ("coil", "discrete")
+        else [SimData(0, count=device.size(block), datatype=DataType.REGISTERS)]
+        for block in BLOCKS
+    )
+    return SimDevice(
+        id=device.device_id,
+        simdata=blocks,  # type: ignore[arg-type]
+        action=partial(_action, device, tick_seconds, latency),
+    )
+
+
+class Simulator:
+    """pymodbus servers for a fleet, in one asyncio loop on a thread of its own."""
+
+    def __init__(
+        self,
+        gateways: Sequence[Gateway],
+        *,
+        host: str = "127.0.0.1",
+        latency_ms: float = 0.0,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        self.host = host
+        self.tick_seconds = tick_seconds
+        self._ports = _devices(gateways)
+        self._latency = latency_ms / 1000
+        self._servers: list[ModbusTcpServer] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def ports(self) -> list[int]:
+        return sorted(self._ports)
+
+    async def serve(self) -> None:
+        """Serve until cancelled (also the body of `pollctl simulate`)."""
+        for port, devices in self._ports.items():
+            sims = [_sim_device(d, self.tick_seconds, self._latency) for d in devices.values()]
+            server = ModbusTcpServer(sims, address=(self.host, port))
+            if not await server.listen():
+                raise OSError(f"simulator cannot listen on {self.host}:{port}")
+            self._servers.append(server)
+        self._ready.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for server in self._servers:
+                await server.shutdown()
+            self._servers.clear()
+
+    def start(self, timeout: float = 10.0) -> Simulator:
+        self._thread = threading.Thread(target=self._run, name="modbus-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"simulator did not start: {self._error!r}")
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(self.serve())
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,131 @@
+import pytest
+
+from polling.errors import ConfigError
+from polling.gateways import load_gateways, parse_gateways
+
+GOOD = {
+    "gateways": [
+        {
+            "name": "boiler-room",
+            "host": "10.0.0.12",
+            "interval": 10,
+            "points": [
+                {
+                    "name": "supply_temp",
+                    "register": "holding",
+                    "address": 0,
+                    "type": "float32",
+                    "order": "ABCD",
+                    "scale": 1.0,
+                    "offset": 0.0,
+                    "unit": "°C",
+                    "device_id": 2,
+                },
+                {
+                    "name": "label",
+                    "register": "holding",
+                    "address": 40,
+                    "type": "string",
+                    "count": 8,
+                },
+                {"name": "alarm", "register": "coil", "address": 3},
+            ],
+        }
+    ]
+}
+
+
+def test_defaults_are_filled_in():
+    [gateway] = parse_gateways(GOOD)
+    assert (gateway.port, gateway.device_id, gateway.timeout, gateway.enabled) == (
+        502,
+        1,
+        3.0,
+        True,
+    )
+    temp, label, alarm = gateway.points
+    assert (temp.device_id, temp.width, temp.unit) == (2, 2, "°C")
+    assert (label.width, label.count) == (8, 8)
+    assert (alarm.type, alarm.width) == ("bool", 1)
+
+
+def test_default_timeout_never_exceeds_a_short_interval():
+    doc = {"gateways": [{**GOOD["gateways"][0], "interval": 0.5}]}
+    assert parse_gateways(doc)[0].timeout == 0.5
+
+
+def _with(gateway_changes=None, point_changes=None, extra_gateway=None):
+    gateway = dict(GOOD["gateways"][0], **(gateway_changes or {}))
+    gateway["points"] = [
+        dict(gateway["points"][0], **(point_changes or {})),
+        *gateway["points"][1:],
+    ]
+    return {"gateways": [gateway] + ([extra_gateway] if extra_gateway else [])}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            _with({"interval": "ten"}),
+            "gateway 'boiler-room': field 'interval': expected int or float",
+        ),
+        (_with({"interval": 0}), "field 'interval': must be > 0"),
+        (_with({"port": 70000}), "field 'port': must be between 1 and 65535"),
+        (_with({"enabled": "yes"}), "field 'enabled': expected bool"),
+        (_with({"timeout": 20}), "field 'timeout': 20 s is longer than the interval"),
+        (_with({"adress": 1}), "field 'adress': unknown field"),
+        (
+            _with(point_changes={"address": 65535}),
+            "point 'supply_temp': field 'address': 65535 + 2 registers runs past 65535",
+        ),
+        (
+            _with(point_changes={"address": -1}),
+            "point 'supply_temp': field 'address': must be between",
+        ),
+        (
+            _with(point_changes={"type": "float16"}),
+            "point 'supply_temp': field 'type': must be one of",
+        ),
+        (_with(point_changes={"order": "ABDC"}), "field 'order': must be one of"),
+        (_with(point_changes={"register": "coil"}), "coil points hold single bits"),
+        (
+            _with(point_changes={"type": "string"}),
+            "point 'supply_temp': field 'count': is required",
+        ),
+        (_with(point_changes={"count": 4}), "field 'count': applies to string points only"),
+        (_with(point_changes={"name": "label"}), "point 'label': duplicate name"),
+        (_with(extra_gateway=GOOD["gateways"][0]), "gateway 'boiler-room': duplicate name"),
+        ({"gateways": [{"host": "x"}]}, "gateways[0]: field 'name': is required"),
+        ({"gateway": []}, "expected a top-level 'gateways:' list"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_fault(doc, message):
+    with pytest.raises(ConfigError) as info:
+        parse_gateways(doc, source="site.yaml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("site.yaml: ")
+
+
+def test_every_fault_is_reported_one_line_each():
+    doc = _with({"port": 0}, {"type": "nope"})
+    with pytest.raises(ConfigError) as info:
+        parse_gateways(doc, source="site.yaml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2 and all(
+        line.startswith("site.yaml: gateway 'boiler-room'") for line in lines
+    )
+
+
+def test_interval_beyond_the_visibility_timeout_is_refused():
+    with pytest.raises(ConfigError, match="exceeds the longest allowed, 3600 s"):
+        parse_gateways(_with({"interval": 7200, "timeout": 3}), max_interval=3600)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
+        load_gateways(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateways: [\n  - name: x\n   host: y\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+: not valid YAML"):
+        load_gateways(bad)

@@ -1,0 +1,1 @@
+"""The Celery side of pollctl: the app, its queues, the beat guard and thin tasks."""

@@ -1,0 +1,42 @@
+"""The Celery app: `celery -A workers.app worker -Q polling` and `celery -A workers.app beat`."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from beat_schedule import beat_schedule
+from polling.settings import Settings
+
+from .queues import DEFAULT, QUEUES, ROUTES
+
+settings = Settings.from_env()
+
+app = Celery("pollctl", broker=settings.redis_url, include=["workers.tasks"])
+app.conf.update(
+    task_queues=QUEUES,
+    task_routes=ROUTES,
+    task_default_queue=DEFAULT,
+    task_serializer="json",
+    accept_content=["json"],
+    # No result backend: outcomes live in the poll log.
+    task_ignore_result=True,
+    # Redelivered if the worker dies mid-task; the slot claim keeps a redelivery from
+    # polling twice, so this cannot loop on a poison message.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    worker_timer_precision=settings.timer_precision,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        # Unacked (and ETA) messages come back after this; intervals are capped below it.
+        "visibility_timeout": settings.visibility_timeout,
+        # Consume queues in the order declared: polling before scheduling and default.
+        "queue_order_strategy": "priority",
+    },
+    beat_schedule=beat_schedule(settings),
+    beat_scheduler="workers.beat:SingletonScheduler",
+    beat_max_loop_interval=1.0,
+    timezone="UTC",
+    enable_utc=True,
+)
