@@ -74,5 +74,6 @@ def insert_ignoring_conflicts(session: Session, table: Any, rows: Sequence[dict]
     for start in range(0, len(rows), 500):
         chunk = list(rows[start : start + 500])
         stmt = module.insert(table).values(chunk).on_conflict_do_nothing()
-        inserted += session.execute(stmt).rowcount or 0
+        # rowcount is not reliable for multi-row inserts on every driver; RETURNING is.
+        inserted += len(session.execute(stmt.returning(table.c.id)).all())
     return inserted

@@ -1,0 +1,227 @@
+"""Chain steps, start, stop, reconcile and poll-now against real Redis, a real database
+(SQLite and PostgreSQL) and simulated devices."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import select
+
+from polling import service
+from polling.gateways import parse_gateways
+from polling.models import PollLog, Reading
+from polling.schedule import Grid
+from polling.simulator import current_tick, simulated_value
+from polling.store import import_gateways, load_gateways, ms_to_dt
+from tests.fleet import ALL_TYPES, fleet
+
+
+class Sent:
+    """Records what would have been enqueued."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, int]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, gateway_id: int, token: str, slot_ms: int) -> None:
+        with self._lock:
+            self.calls.append((gateway_id, token, slot_ms))
+
+
+def setup_fleet(runtime, document):
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    with runtime.sessions() as session:
+        return {g.config.name: g for g in load_gateways(session)}
+
+
+def poll_rows(runtime, kind="scheduled"):
+    with runtime.sessions() as session:
+        return list(
+            session.scalars(select(PollLog).where(PollLog.kind == kind).order_by(PollLog.slot_at))
+        )
+
+
+def reading_rows(runtime):
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Reading)))
+
+
+@pytest.fixture
+def one_gateway(runtime, simulate, free_ports):
+    document = fleet(free_ports(1), [1.0])
+    simulate(document)
+    return setup_fleet(runtime, document)["gw0"]
+
+
+def test_start_sends_one_first_task_per_enabled_gateway(runtime, free_ports):
+    document = fleet(free_ports(3), [1, 2, 5])
+    document["gateways"][2]["enabled"] = False
+    setup_fleet(runtime, document)
+    sent = Sent()
+    report = service.start(runtime, sent)
+    assert sorted(report.started) == ["gw0", "gw1"]
+    assert report.skipped == {"gw2": "disabled in its configuration"}
+    assert len(sent.calls) == 2
+    again = service.start(runtime, sent)
+    assert sorted(again.already) == ["gw0", "gw1"] and len(sent.calls) == 2
+
+
+def test_a_chain_step_polls_decodes_records_and_advances(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    [(gateway_id, token, slot)] = sent.calls
+    before = current_tick(1.0)
+    result = service.poll_step(runtime, gateway_id, token, slot)
+    after = current_tick(1.0)
+    assert (result.verdict, result.outcome) == ("polled", "ok")
+    assert result.next_ms == slot + 1000
+    [row] = poll_rows(runtime)
+    assert (row.outcome, row.slot_at, row.error) == ("ok", ms_to_dt(slot), None)
+    values = {r.point: (r.text if r.text is not None else r.value) for r in reading_rows(runtime)}
+    assert set(values) == {p["name"] for p in ALL_TYPES}
+    for point in one_gateway.config.points:
+        expected = {simulated_value("gw0", point, t) for t in range(before, after + 1)}
+        got = values[point.name]
+        if isinstance(got, float) and not isinstance(next(iter(expected)), str):
+            assert any(got == float(e) for e in expected), point.name
+        else:
+            assert got in {str(e) for e in expected}, point.name
+
+
+def test_a_duplicated_message_polls_once(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    [(gateway_id, token, slot)] = sent.calls
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda _: service.poll_step(runtime, gateway_id, token, slot), range(4))
+        )
+    verdicts = sorted(r.verdict for r in results)
+    assert verdicts.count("polled") == 1
+    assert set(verdicts) <= {"polled", "claimed", "moved"}
+    assert len(poll_rows(runtime)) == 1
+    assert len(reading_rows(runtime)) == len(ALL_TYPES)
+    # The same message redelivered later finds the chain moved on.
+    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "moved"
+
+
+def test_stop_retires_the_token_so_queued_tasks_die(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    [(gateway_id, token, slot)] = sent.calls
+    service.stop(runtime, ["gw0"])
+    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "retired"
+    service.start(runtime, sent, ["gw0"])
+    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "stale"
+    assert poll_rows(runtime) == []
+
+
+def test_a_task_started_after_its_slot_records_missed_and_moves_on(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    [(gateway_id, token, slot)] = sent.calls
+    runtime.clock = lambda: slot + 3500  # 3.5 intervals late
+    result = service.poll_step(runtime, gateway_id, token, slot)
+    assert result.next_ms == slot + 3000
+    rows = poll_rows(runtime)
+    assert [(r.slot_at, r.outcome) for r in rows] == [
+        (ms_to_dt(slot + k * 1000), "missed") for k in range(3)
+    ]
+
+
+def test_failures_are_counted_and_disable_the_gateway(runtime, free_ports):
+    [port] = free_ports(1)  # nothing listens there
+    gateway = setup_fleet(runtime, fleet([port], [1.0]))["gw0"]
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    grid = Grid.for_gateway("gw0", 1.0)
+    for _ in range(3):
+        gateway_id, token, slot = sent.calls[-1]
+        runtime.clock = lambda s=slot: s + 10
+        result = service.poll_step(runtime, gateway_id, token, slot)
+        if result.next_ms is not None:
+            sent(gateway_id, token, result.next_ms)
+    rows = poll_rows(runtime)
+    assert [r.outcome for r in rows] == ["failed"] * 3
+    assert f"cannot connect to 127.0.0.1:{port}" in rows[0].error
+    assert result.verdict == "retired"
+    with runtime.sessions() as session:
+        [stored] = load_gateways(session, ["gw0"])
+    assert not stored.enabled
+    assert stored.disabled_reason.startswith("auto-disabled after 3 consecutive failed polls")
+    assert runtime.chains.get(gateway.id) is None
+    # Plain start leaves it alone; naming it re-enables it.
+    runtime.clock = lambda: grid.start(grid.index(sent.calls[-1][2]) + 10)
+    assert "gw0" in service.start(runtime, sent).skipped
+    assert service.start(runtime, sent, ["gw0"]).started == ["gw0"]
+
+
+def test_a_modbus_exception_is_a_failed_poll_with_its_code(runtime, simulate, free_ports):
+    document = fleet(free_ports(1), [1.0], [{"name": "far", "address": 5000}])
+    far_doc = fleet([document["gateways"][0]["port"]], [1.0], [{"name": "near", "address": 0}])
+    simulate(far_doc)  # serves registers 0..128 only
+    setup_fleet(runtime, document)
+    sent = Sent()
+    service.start(runtime, sent)
+    result = service.poll_step(runtime, *sent.calls[0])
+    assert result.outcome == "failed"
+    [row] = poll_rows(runtime)
+    assert "exception 2 (illegal data address) reading holding 5000..5000 of device 1" in row.error
+
+
+def test_reconcile_restarts_a_dead_chain_and_records_the_gap(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    gateway_id, token, slot = sent.calls[0]
+    first = service.poll_step(runtime, gateway_id, token, slot)
+    # The successor's message is lost (a killed worker held it): reconcile 10 s later.
+    runtime.clock = lambda: slot + 10_500
+    report = service.reconcile(runtime, sent)
+    assert report.restarted == ["gw0"] and report.missed == 9
+    _, new_token, new_slot = sent.calls[-1]
+    assert new_token != token and new_slot == slot + 10_000
+    # The old chain's message, delivered at last, dies.
+    assert service.poll_step(runtime, gateway_id, token, first.next_ms).verdict == "stale"
+    outcomes = [r.outcome for r in poll_rows(runtime)]
+    assert outcomes == ["ok"] + ["missed"] * 9
+
+
+def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, free_ports):
+    document = fleet(free_ports(2), [1, 1])
+    simulate(document)
+    gateways = setup_fleet(runtime, document)
+    sent = Sent()
+    service.start(runtime, sent)
+    runtime.redis.delete(runtime.keys.chain(gateways["gw0"].id))  # Redis lost it
+    from polling.store import set_polling
+
+    with runtime.sessions() as session, session.begin():
+        set_polling(session, gateways["gw1"].id, on=False, token=None)  # stopped behind our back
+    report = service.reconcile(runtime, sent)
+    assert report.started == ["gw0"] and report.retired == ["gw1"]
+    assert runtime.chains.get(gateways["gw1"].id) is None
+
+
+def test_poll_now_is_recorded_as_manual_and_leaves_the_schedule_alone(runtime, one_gateway):
+    outcome = service.poll_now(runtime, "gw0")
+    assert outcome.outcome == "ok" and set(outcome.values) == {p["name"] for p in ALL_TYPES}
+    assert poll_rows(runtime) == []
+    [manual] = poll_rows(runtime, kind="manual")
+    assert manual.outcome == "ok"
+    assert {r.kind for r in reading_rows(runtime)} == {"manual"}
+
+
+def test_stop_waits_for_the_poll_in_flight(runtime, one_gateway):
+    config = one_gateway.config
+    lock = runtime.redis.lock(runtime.keys.endpoint_lock(config.host, config.port), timeout=5)
+    assert lock.acquire()
+    done = threading.Event()
+    stopper = threading.Thread(target=lambda: (service.stop(runtime, ["gw0"]), done.set()))
+    stopper.start()
+    assert not done.wait(0.3)  # still waiting for the poll holding the lock
+    lock.release()
+    assert done.wait(5)
+    stopper.join()
