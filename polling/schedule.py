@@ -48,6 +48,12 @@ class Grid:
         ended by `now_ms`, the one in progress (never one that has passed)."""
         return max(slot_ms + self.interval_ms, self.containing(now_ms))
 
+    def starting(self, now_ms: int) -> int:
+        """First slot of a new chain: the one in progress while at most half of it has
+        passed (a prompt first poll), else the next (so the first task is not born late)."""
+        current = self.containing(now_ms)
+        return current if now_ms - current <= self.interval_ms // 2 else current + self.interval_ms
+
     def between(self, after_ms: int, before_ms: int, limit: int | None = None) -> list[int]:
         """Slot starts strictly between two slot starts, oldest first, at most `limit`
         of the newest ones."""

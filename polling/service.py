@@ -180,10 +180,10 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
 def _start_chain(
     rt: Runtime, enqueue: Enqueue, gateway: StoredGateway, old: ChainState | None, now: int
 ) -> int:
-    """Issue a new token and send the chain's first task, for the slot in progress.
+    """Issue a new token and send the chain's first task (see `Grid.starting`).
     With an `old` chain (restart), the slots it left unpolled are recorded as missed."""
     grid = grid_of(gateway)
-    first = grid.containing(now)
+    first = grid.starting(now)
     missed = 0
     last = old.last_ms if old else None
     if old is None and gateway.polling_since is not None:

@@ -37,7 +37,7 @@ def fleet(ports: list[int], intervals: list[float], points: list[dict] | None = 
                 "port": port,
                 "interval": interval,
                 "timeout": min(1.0, interval),
-                "points": points or ALL_TYPES,
+                "points": [dict(p) for p in (points or ALL_TYPES)],
             }
             for i, (port, interval) in enumerate(zip(ports, intervals, strict=True))
         ]

@@ -68,3 +68,8 @@ def test_anchor_is_stable_and_spread():
 def test_to_ms_rounds_fractions():
     assert to_ms(0.001) == 1
     assert to_ms(1.5) == 1500
+
+
+@pytest.mark.parametrize(("now", "first"), [(1000, 1000), (1500, 1000), (1501, 2000), (1999, 2000)])
+def test_a_new_chain_starts_in_the_current_slot_only_while_it_is_young(now, first):
+    assert Grid(0, 1000).starting(now) == first

@@ -1,0 +1,91 @@
+"""Real `celery worker` and `celery beat` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CeleryProcess:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._handle = log.open("ab")
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, no acknowledgements, as when a host dies."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._handle.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Worker(CeleryProcess):
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 8) -> None:
+        self.hostname = f"e2e-{uuid.uuid4().hex[:8]}@localhost"
+        super().__init__(
+            [
+                "worker",
+                "-Q",
+                "polling,scheduling,default",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "-n",
+                self.hostname,
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env,
+            log,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the worker answers a ping over the broker: it is consuming."""
+        from workers.app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.output()[-3000:]}")
+            if app.control.ping(destination=[self.hostname], timeout=0.5):
+                return
+        raise TimeoutError(f"worker not ready in {timeout} s:\n{self.output()[-3000:]}")
+
+
+class Beat(CeleryProcess):
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        schedule = log.with_suffix(".schedule")
+        super().__init__(["beat", "--loglevel", "INFO", "-s", str(schedule)], env, log)

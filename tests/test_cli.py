@@ -1,0 +1,142 @@
+"""The `pollctl` command through click's runner, against the real services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from cli import main, parse_since
+from polling.models import GatewayRow, PointRow
+from tests.fleet import fleet
+
+
+@pytest.fixture
+def pollctl(env, runtime):
+    runner = CliRunner()
+
+    def run(*args: str, code: int | None = 0, extra_env: dict | None = None):
+        result = runner.invoke(main, list(args), env={**env, **(extra_env or {})})
+        if code is not None:
+            assert result.exit_code == code, result.output + str(result.exception)
+        return result
+
+    return run
+
+
+def counts(runtime):
+    with runtime.sessions() as session:
+        return (
+            session.scalar(select(func.count()).select_from(GatewayRow)),
+            session.scalar(select(func.count()).select_from(PointRow)),
+        )
+
+
+def test_import_is_an_upsert_by_name(pollctl, runtime, gateways_file, free_ports):
+    document = fleet(free_ports(2), [1, 2], [{"name": "a", "address": 0}])
+    out = pollctl("gateway", "import", str(gateways_file(document))).output
+    assert "imported 2 gateways" in out and "(2 new, 0 updated)" in out
+    document["gateways"][0]["points"].append({"name": "b", "address": 1})
+    out = pollctl("gateway", "import", str(gateways_file(document))).output
+    assert "(0 new, 2 updated)" in out
+    assert counts(runtime) == (2, 3)
+
+
+def test_a_bad_file_is_refused_whole_and_nothing_changes(
+    pollctl, runtime, gateways_file, free_ports
+):
+    good = fleet(free_ports(2), [1, 2], [{"name": "a", "address": 0}])
+    pollctl("gateway", "import", str(gateways_file(good)))
+    bad = fleet(free_ports(2), [1, 2], [{"name": "a", "address": 0}])
+    bad["gateways"][0]["points"].append({"name": "b", "address": 1, "type": "float32"})
+    bad["gateways"][1]["points"][0]["type"] = "string"
+    path = gateways_file(bad, "bad.yaml")
+    result = pollctl("gateway", "import", str(path), code=1)
+    assert result.output.splitlines() == [
+        f"error: {path}: gateway 'gw1': point 'a': field 'count': is required for string points "
+        "(registers to read)"
+    ]
+    assert counts(runtime) == (2, 2)
+    with runtime.sessions() as session:
+        ports = set(session.scalars(select(GatewayRow.port)))
+    assert ports == {g["port"] for g in good["gateways"]}
+
+
+def test_unreachable_services_give_one_line_naming_the_url(pollctl):
+    result = pollctl("status", code=1, extra_env={"POLLING_REDIS_URL": "redis://127.0.0.1:1/0"})
+    [line] = result.output.splitlines()
+    assert line.startswith("error: redis redis://127.0.0.1:1/0 is unreachable")
+    result = pollctl(
+        "status",
+        code=1,
+        extra_env={"POLLING_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"},
+    )
+    [line] = result.output.splitlines()
+    assert line.startswith("error: database postgresql+psycopg://nobody:***@127.0.0.1:1/none")
+
+
+def test_start_status_poll_now_readings_stop(pollctl, gateways_file, simulate, free_ports):
+    document = fleet(free_ports(2), [1, 2], [{"name": "a", "address": 0, "unit": "kW"}])
+    simulate(document)
+    pollctl("gateway", "import", str(gateways_file(document)))
+    assert pollctl("start", "--gateway", "gw0").output.strip() == "started gw0"
+    statuses = {s["name"]: s for s in json.loads(pollctl("status", "--json").output)}
+    assert statuses["gw0"]["polling"] == "yes" and statuses["gw1"]["polling"] == "no"
+    assert statuses["gw0"]["next_due"] is not None
+
+    out = pollctl("poll-now", "--gateway", "gw1").output
+    assert out.startswith("gw1: ok") and "  a = " in out
+    rows = json.loads(pollctl("readings", "--gateway", "gw1", "--format", "json").output)
+    assert [(r["gateway"], r["point"], r["unit"], r["kind"]) for r in rows] == [
+        ("gw1", "a", "kW", "manual")
+    ]
+    text = pollctl("readings", "--gateway", "gw1", "--format", "csv", "--since", "10m").output
+    header, *data = list(csv.reader(io.StringIO(text)))
+    assert header == ["gateway", "point", "slot_at", "read_at", "value", "unit"]
+    assert len(data) == 1
+    assert "gw1" in pollctl("status", "--detailed").output
+
+    assert pollctl("stop").output.strip() == "stopped 2 gateways"
+    statuses = {s["name"]: s for s in json.loads(pollctl("status", "--json").output)}
+    assert statuses["gw0"]["polling"] == "no"
+
+
+def test_unknown_gateway_names_are_errors(pollctl):
+    for args in (
+        ["start", "--gateway", "nope"],
+        ["poll-now", "--gateway", "nope"],
+        ["readings", "--gateway", "nope"],
+    ):
+        result = pollctl(*args, code=1)
+        assert result.output.strip() == "error: unknown gateway: nope"
+
+
+def test_validate_exit_codes(pollctl, gateways_file, free_ports):
+    assert pollctl("validate").exit_code == 0
+    pollctl("gateway", "import", str(gateways_file(fleet(free_ports(1), [1]))))
+    pollctl("start")
+    assert pollctl("validate").exit_code == 0  # a fresh chain is not overdue yet
+    result = pollctl(
+        "validate", "--json", code=2, extra_env={"POLLING_KEY_PREFIX": "elsewhere"}
+    )  # as seen by a deployment whose Redis lost every chain
+    [schedules] = [c for c in json.loads(result.output) if c["component"] == "schedules"]
+    assert schedules["details"]["missing"] == ["gw0"]
+    assert any("celery -A workers.app beat" in r for r in schedules["recommendations"])
+
+
+def test_config_masks_secrets(pollctl):
+    out = pollctl("config", extra_env={"POLLING_DATABASE_URL": "postgresql://u:secret@h/db"}).output
+    assert "POLLING_DATABASE_URL=postgresql://u:***@h/db" in out and "secret" not in out
+
+
+def test_since_parsing():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("10m", now) == datetime(2026, 1, 1, 11, 50, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    assert parse_since("2026-01-01T10:00:00", now) == datetime(2026, 1, 1, 10, tzinfo=UTC)

@@ -1,0 +1,167 @@
+"""The whole pipeline: simulated gateways, real Celery worker and beat processes, real Redis,
+SQLite and PostgreSQL. Given a fleet, when it runs (and when its worker dies), then every
+slot is accounted for once and each reading holds the value the device served."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select
+
+from polling import service
+from polling.gateways import parse_gateways
+from polling.models import GatewayRow, PollLog, Reading
+from polling.schedule import Grid
+from polling.simulator import simulated_value
+from polling.store import dt_to_ms, import_gateways
+from tests.fleet import fleet
+from tests.processes import Beat, Worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+RUN_SECONDS = 22
+INTERVALS = [0.5, 1.0, 1.5, 2.0]
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started = []
+
+    def start(cls, env, name):
+        proc = cls(env, tmp_path / f"{name}.log")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout} s")
+        time.sleep(0.2)
+
+
+def load_record(runtime):
+    with runtime.sessions() as session:
+        names = dict(session.execute(select(GatewayRow.id, GatewayRow.name)).all())
+        polls = list(session.scalars(select(PollLog).where(PollLog.kind == "scheduled")))
+        readings = list(session.scalars(select(Reading).where(Reading.kind == "scheduled")))
+    return names, polls, readings
+
+
+def check_record(runtime, document) -> dict[str, Counter]:
+    """Per gateway, from its first slot to its last: every slot once, readings only for
+    polled slots, one per point, each the simulator's value at the time of the read."""
+    gateways = {g.name: g for g in parse_gateways(document)}
+    names, polls, readings = load_record(runtime)
+    polls_by_gateway = defaultdict(list)
+    for poll in polls:
+        polls_by_gateway[names[poll.gateway_id]].append(poll)
+    readings_by_slot = defaultdict(list)
+    for reading in readings:
+        readings_by_slot[(names[reading.gateway_id], dt_to_ms(reading.slot_at))].append(reading)
+    outcomes = {}
+    problems = {}
+    for name, gateway in gateways.items():
+        grid = Grid.for_gateway(name, gateway.interval)
+        rows = sorted(polls_by_gateway[name], key=lambda p: p.slot_at)
+        slots = [dt_to_ms(p.slot_at) for p in rows]
+        assert len(slots) == len(set(slots)), f"{name}: a slot polled twice"
+        assert all(grid.is_slot(s) for s in slots)
+        expected = list(range(slots[0], slots[-1] + 1, grid.interval_ms))
+        assert slots == expected, f"{name}: slots missing: {sorted(set(expected) - set(slots))}"
+        for poll in rows:
+            got = readings_by_slot.pop((name, dt_to_ms(poll.slot_at)), [])
+            if poll.outcome != "ok":
+                assert got == [], f"{name}: readings for a {poll.outcome} slot"
+                continue
+            assert sorted(r.point for r in got) == sorted(p.name for p in gateway.points)
+            _check_values(name, gateway, poll, got)
+        outcomes[name] = Counter(p.outcome for p in rows)
+        problems[name] = [(p.slot_at.isoformat(), p.outcome, p.error) for p in rows if p.outcome != "ok"]
+    assert not readings_by_slot, f"readings without a poll-log row: {sorted(readings_by_slot)}"
+    check_record.problems = problems  # type: ignore[attr-defined]
+    return outcomes
+
+
+def _check_values(name, gateway, poll, readings) -> None:
+    points = {p.name: p for p in gateway.points}
+    first_tick = int(poll.started_at.timestamp())
+    for reading in readings:
+        point = points[reading.point]
+        last_tick = int(reading.read_at.timestamp())
+        candidates = {simulated_value(name, point, t) for t in range(first_tick, last_tick + 1)}
+        got = reading.text if reading.text is not None else reading.value
+        wanted = {str(c) if isinstance(got, str) else float(c) for c in candidates}
+        assert got in wanted, f"{name}.{reading.point} = {got!r}, device served {candidates}"
+
+
+def setup(runtime, simulate, free_ports, **sim):
+    document = fleet(free_ports(len(INTERVALS)), INTERVALS)
+    simulate(document, **sim)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    return document
+
+
+def test_fleet_is_polled_once_per_slot_with_no_gaps(runtime, env, simulate, free_ports, processes):
+    from workers.tasks import send_poll
+
+    document = setup(runtime, simulate, free_ports)
+    worker = processes(Worker, env, "worker")
+    processes(Beat, env, "beat")
+    worker.wait_ready()
+    service.start(runtime, send_poll)
+    time.sleep(RUN_SECONDS)  # the run under test, not a synchronisation
+    service.stop(runtime)
+    outcomes = check_record(runtime, document)
+    for name, interval in zip(outcomes, INTERVALS, strict=True):
+        assert set(outcomes[name]) == {"ok"}, f"{name}: {check_record.problems[name]}"
+        assert outcomes[name]["ok"] >= RUN_SECONDS / interval - 2
+    total = sum(c["ok"] for c in outcomes.values())
+    print(
+        f"\n{total} polls in {RUN_SECONDS} s ({total / RUN_SECONDS:.1f}/s), no gaps, no duplicates"
+    )
+
+
+def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
+    runtime, env, simulate, free_ports, processes
+):
+    from workers.tasks import send_poll
+
+    # Slow devices, so the kill lands while reads are in flight.
+    document = setup(runtime, simulate, free_ports, latency_ms=60)
+    worker = processes(Worker, env, "worker")
+    processes(Beat, env, "beat")
+    worker.wait_ready()
+    service.start(runtime, send_poll)
+    time.sleep(6)
+    worker.kill()
+    killed_at = time.time()
+    time.sleep(3)  # the worker stays dead for a while
+    worker = processes(Worker, env, "worker2")
+    worker.wait_ready()
+
+    def every_gateway_polled_since_restart() -> bool:
+        _, polls, _ = load_record(runtime)
+        recovered = {
+            p.gateway_id
+            for p in polls
+            if p.outcome == "ok" and p.started_at and p.started_at.timestamp() > killed_at + 3
+        }
+        return len(recovered) == len(INTERVALS)
+
+    wait_until(every_gateway_polled_since_restart, 40, "polling back on every gateway")
+    time.sleep(4)
+    service.stop(runtime)
+    outcomes = check_record(runtime, document)
+    assert sum(c["missed"] for c in outcomes.values()) > 0, outcomes
+    assert all(set(c) <= {"ok", "missed", "failed", "skipped"} for c in outcomes.values())
+    print(f"\nafter SIGKILL: {dict(outcomes)}")
