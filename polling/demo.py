@@ -26,6 +26,8 @@ from .runtime import Runtime
 from .settings import DEFAULT_REDIS_URL, Settings
 from .status import collect_status, table
 
+WORKER = "demo@pollctl"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -203,6 +205,7 @@ def run_demo(*, workdir: str, duration: float | None) -> None:
             _spawn([*celery, "beat", "--loglevel", "WARNING"], env, work / "beat.log"),
         ]
         try:
+            _wait_for_worker(celery, env, procs)
             subprocess.run(_cli("start"), env=env, check=True)
             _watch(Settings.from_env(env), duration, procs)
         except KeyboardInterrupt:
@@ -211,6 +214,19 @@ def run_demo(*, workdir: str, duration: float | None) -> None:
             subprocess.run(_cli("stop"), env=env, check=False)
             _stop(procs)
     print(f"logs and database in {work}")
+
+
+def _wait_for_worker(celery: list[str], env: dict[str, str], procs: list) -> None:
+    """Start polling only once the worker consumes, so the first slots are not missed."""
+    print("waiting for the worker to answer a ping ...", flush=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("a demo process exited early: see the logs in the work directory")
+        ping = [*celery, "inspect", "ping", "-d", WORKER, "--timeout", "1"]
+        if subprocess.run(ping, env=env, capture_output=True).returncode == 0:
+            return
+    raise SystemExit("the demo worker did not answer within 90 s: see worker.log")
 
 
 def _watch(settings: Settings, duration: float | None, procs: list[subprocess.Popen]) -> None:

@@ -83,19 +83,22 @@ def execute_poll(
     if not lock.acquire():
         error = f"endpoint {config.host}:{config.port} busy: another poll held its lock"
         return _record(rt, gateway, slot_ms, kind, "skipped", started, error, {})
+    # The lock is held until the poll is recorded, so `pollctl stop` (which waits for it)
+    # returns only when nothing of this gateway is being polled or written.
     try:
         if token is not None and not rt.chains.is_current(gateway.id, token):
             return PollOutcome("stale")
-        answers = rt.modbus.read(config.host, config.port, config.timeout, requests)
-        values = decode_all(requests, answers)
-    except ModbusError as exc:
-        return _record(rt, gateway, slot_ms, kind, "failed", started, str(exc), {})
+        try:
+            answers = rt.modbus.read(config.host, config.port, config.timeout, requests)
+            values = decode_all(requests, answers)
+        except ModbusError as exc:
+            return _record(rt, gateway, slot_ms, kind, "failed", started, str(exc), {})
+        return _record(rt, gateway, slot_ms, kind, "ok", started, None, values)
     finally:
         try:
             lock.release()
         except LockError:
             log.warning("lock of %s:%s expired during a poll", config.host, config.port)
-    return _record(rt, gateway, slot_ms, kind, "ok", started, None, values)
 
 
 def _record(

@@ -56,9 +56,10 @@ def load_record(runtime):
     return names, polls, readings
 
 
-def check_record(runtime, document) -> dict[str, Counter]:
+def check_record(runtime, document) -> tuple[dict[str, Counter], dict[str, list]]:
     """Per gateway, from its first slot to its last: every slot once, readings only for
-    polled slots, one per point, each the simulator's value at the time of the read."""
+    polled slots, one per point, each the simulator's value at the time of the read.
+    Returns the outcome counts and the rows that were not ok, per gateway."""
     gateways = {g.name: g for g in parse_gateways(document)}
     names, polls, readings = load_record(runtime)
     polls_by_gateway = defaultdict(list)
@@ -85,10 +86,9 @@ def check_record(runtime, document) -> dict[str, Counter]:
             assert sorted(r.point for r in got) == sorted(p.name for p in gateway.points)
             _check_values(name, gateway, poll, got)
         outcomes[name] = Counter(p.outcome for p in rows)
-        problems[name] = [(p.slot_at.isoformat(), p.outcome, p.error) for p in rows if p.outcome != "ok"]
+        problems[name] = [(p.slot_at, p.outcome, p.error) for p in rows if p.outcome != "ok"]
     assert not readings_by_slot, f"readings without a poll-log row: {sorted(readings_by_slot)}"
-    check_record.problems = problems  # type: ignore[attr-defined]
-    return outcomes
+    return outcomes, problems
 
 
 def _check_values(name, gateway, poll, readings) -> None:
@@ -121,9 +121,9 @@ def test_fleet_is_polled_once_per_slot_with_no_gaps(runtime, env, simulate, free
     service.start(runtime, send_poll)
     time.sleep(RUN_SECONDS)  # the run under test, not a synchronisation
     service.stop(runtime)
-    outcomes = check_record(runtime, document)
+    outcomes, problems = check_record(runtime, document)
     for name, interval in zip(outcomes, INTERVALS, strict=True):
-        assert set(outcomes[name]) == {"ok"}, f"{name}: {check_record.problems[name]}"
+        assert set(outcomes[name]) == {"ok"}, f"{name}: {problems[name]}"
         assert outcomes[name]["ok"] >= RUN_SECONDS / interval - 2
     total = sum(c["ok"] for c in outcomes.values())
     print(
@@ -161,7 +161,7 @@ def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
     wait_until(every_gateway_polled_since_restart, 40, "polling back on every gateway")
     time.sleep(4)
     service.stop(runtime)
-    outcomes = check_record(runtime, document)
+    outcomes, _ = check_record(runtime, document)
     assert sum(c["missed"] for c in outcomes.values()) > 0, outcomes
     assert all(set(c) <= {"ok", "missed", "failed", "skipped"} for c in outcomes.values())
     print(f"\nafter SIGKILL: {dict(outcomes)}")
