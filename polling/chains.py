@@ -79,13 +79,13 @@ class Chains:
     def issue(self, gateway_id: int, first_ms: int, last_ms: int | None = None) -> str:
         """Start a new chain: a fresh token replaces any old one, whose tasks then die."""
         token = uuid.uuid4().hex
-        mapping: dict[str, str | int] = {"token": token, "due": first_ms}
-        if last_ms is not None:
-            mapping["last"] = last_ms
         key = self.keys.chain(gateway_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.hset(key, mapping=mapping)
+        pipe.hset(key, "token", token)
+        pipe.hset(key, "due", first_ms)
+        if last_ms is not None:
+            pipe.hset(key, "last", last_ms)
         pipe.execute()
         return token
 
@@ -103,7 +103,7 @@ class Chains:
         return _text(verdict)  # type: ignore[return-value]
 
     def advance(self, gateway_id: int, token: str, slot_ms: int, next_ms: int) -> bool:
-        args = [token, slot_ms, next_ms]
+        args: list[str | int] = [token, slot_ms, next_ms]
         return bool(self._advance(keys=[self.keys.chain(gateway_id)], args=args))
 
 

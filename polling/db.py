@@ -47,7 +47,7 @@ def check_database(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         url = mask_url(engine.url.render_as_string(hide_password=False))
         raise ServiceUnavailable(f"database {url} is unreachable: {reason}") from None
 

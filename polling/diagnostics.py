@@ -64,9 +64,9 @@ def check_schedules(rt: Runtime) -> CheckResult:
         elif gateway.active and chain and is_overdue(rt, gateway, chain, now):
             overdue.append(gateway.config.name)
     for gateway_id in chains:
-        gateway = gateways.get(gateway_id)
-        if gateway is None or not gateway.active:
-            stray.append(gateway.config.name if gateway else f"#{gateway_id}")
+        owner = gateways.get(gateway_id)
+        if owner is None or not owner.active:
+            stray.append(owner.config.name if owner else f"#{gateway_id}")
     details = {"missing": missing, "overdue": overdue, "stray": stray}
     active = sum(g.active for g in gateways.values())
     if missing or overdue:

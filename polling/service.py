@@ -255,10 +255,10 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
                 report.missed += _start_chain(rt, enqueue, gateway, chain, now)
                 report.restarted.append(gateway.config.name)
         for gateway_id in chains:
-            gateway = gateways.get(gateway_id)
-            if gateway is None or not gateway.active:
-                _retire_chain(rt, gateway_id, gateway)
-                report.retired.append(gateway.config.name if gateway else f"#{gateway_id}")
+            owner = gateways.get(gateway_id)
+            if owner is None or not owner.active:
+                _retire_chain(rt, gateway_id, owner)
+                report.retired.append(owner.config.name if owner else f"#{gateway_id}")
     finally:
         with contextlib.suppress(LockError):
             lock.release()

@@ -136,7 +136,8 @@ def gateway_ids(session: Session) -> set[int]:
 
 
 def delete_gateway(session: Session, name: str) -> bool:
-    return bool(session.execute(delete(GatewayRow).where(GatewayRow.name == name)).rowcount)
+    result = session.execute(delete(GatewayRow).where(GatewayRow.name == name))
+    return bool(getattr(result, "rowcount", 0))
 
 
 def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | None) -> None:
