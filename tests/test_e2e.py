@@ -103,6 +103,17 @@ def _check_values(name, gateway, poll, readings) -> None:
         assert got in wanted, f"{name}.{reading.point} = {got!r}, device served {candidates}"
 
 
+def lateness(runtime) -> str:
+    """Start of each poll minus the start of its slot, for the report."""
+    _, polls, _ = load_record(runtime)
+    late = sorted((p.started_at - p.slot_at).total_seconds() * 1000 for p in polls if p.started_at)
+
+    def pick(q: float) -> float:
+        return late[min(len(late) - 1, int(q * len(late)))]
+
+    return f"lateness p50 {pick(0.5):.1f} ms, p99 {pick(0.99):.1f} ms, max {late[-1]:.1f} ms"
+
+
 def setup(runtime, simulate, free_ports, **sim):
     document = fleet(free_ports(len(INTERVALS)), INTERVALS)
     simulate(document, **sim)
@@ -126,9 +137,8 @@ def test_fleet_is_polled_once_per_slot_with_no_gaps(runtime, env, simulate, free
         assert set(outcomes[name]) == {"ok"}, f"{name}: {problems[name]}"
         assert outcomes[name]["ok"] >= RUN_SECONDS / interval - 2
     total = sum(c["ok"] for c in outcomes.values())
-    print(
-        f"\n{total} polls in {RUN_SECONDS} s ({total / RUN_SECONDS:.1f}/s), no gaps, no duplicates"
-    )
+    rate = total / RUN_SECONDS
+    print(f"\n{total} polls in {RUN_SECONDS} s ({rate:.1f}/s), no gaps; {lateness(runtime)}")
 
 
 def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
@@ -165,3 +175,20 @@ def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
     assert sum(c["missed"] for c in outcomes.values()) > 0, outcomes
     assert all(set(c) <= {"ok", "missed", "failed", "skipped"} for c in outcomes.values())
     print(f"\nafter SIGKILL: {dict(outcomes)}")
+
+
+def test_two_beats_one_sends_and_the_other_takes_over(tmp_path, processes):
+    from tests.conftest import REDIS_URL
+
+    env = {"POLLING_REDIS_URL": REDIS_URL, "POLLING_KEY_PREFIX": f"beat{time.time_ns()}"}
+    first, second = processes(Beat, env, "beat1"), processes(Beat, env, "beat2")
+
+    def said(beat: Beat, words: str) -> bool:
+        return words in beat.output()
+
+    wait_until(lambda: said(first, "beat active") or said(second, "beat active"), 30, "a beat")
+    active, standby = (first, second) if said(first, "beat active") else (second, first)
+    wait_until(lambda: said(standby, "on standby"), 15, "the other beat standing by")
+    assert not said(standby, "beat active")
+    active.kill()
+    wait_until(lambda: said(standby, "beat active"), 20, "the standby beat taking over")

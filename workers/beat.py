@@ -34,7 +34,7 @@ class SingletonScheduler(Scheduler):
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self._hold = self._redis.register_script(_HOLD)
         self._key = Keys(settings.key_prefix).beat_lock
-        self._active = False
+        self._active: bool | None = None  # unknown until the first tick logs it
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
