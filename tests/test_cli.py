@@ -140,3 +140,37 @@ def test_since_parsing():
     assert parse_since("10m", now) == datetime(2026, 1, 1, 11, 50, tzinfo=UTC)
     assert parse_since("2h", now) == datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     assert parse_since("2026-01-01T10:00:00", now) == datetime(2026, 1, 1, 10, tzinfo=UTC)
+
+
+def test_simulate_serves_a_file_until_its_duration(pollctl, env, gateways_file, free_ports):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.processes import ROOT
+
+    document = fleet(free_ports(1), [1], [{"name": "a", "address": 0, "type": "int32"}])
+    path = gateways_file(document)
+    pollctl("gateway", "import", str(path))
+    port = document["gateways"][0]["port"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "simulate", "--config", str(path), "--duration", "30"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until the simulator accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        assert pollctl("poll-now", "--gateway", "gw0").output.startswith("gw0: ok")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -225,3 +225,20 @@ def test_stop_waits_for_the_poll_in_flight(runtime, one_gateway):
     lock.release()
     assert done.wait(5)
     stopper.join()
+
+
+def test_a_slow_device_times_out_into_a_failed_poll(runtime, simulate, free_ports):
+    document = fleet(free_ports(1), [2.0], [{"name": "a", "address": 0}])
+    document["gateways"][0]["timeout"] = 0.3
+    simulate(document, latency_ms=800)
+    setup_fleet(runtime, document)
+    outcome = service.poll_now(runtime, "gw0")
+    assert outcome.outcome == "failed"
+    assert "no valid answer reading holding 0..0 of device 1" in outcome.error
+
+
+def test_connections_are_reused_across_polls(runtime, one_gateway):
+    service.poll_now(runtime, "gw0")
+    [client] = runtime.modbus._clients.values()
+    service.poll_now(runtime, "gw0")
+    assert list(runtime.modbus._clients.values()) == [client] and client.connected
