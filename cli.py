@@ -262,18 +262,20 @@ def readings(name: str, point: str | None, since: str | None, limit: int, fmt: s
         click.echo(json.dumps([r.as_json() for r in rows], indent=2))
         return
     headers = ["gateway", "point", "slot_at", "read_at", "value", "unit"]
-    values = [
-        (r.gateway, r.point, r.slot_at.isoformat(), r.read_at.isoformat(), r.value, r.unit)
-        for r in rows
-    ]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(headers)
-        writer.writerows(values)
+        writer.writerows(
+            (r.gateway, r.point, r.slot_at.isoformat(), r.read_at.isoformat(), r.value, r.unit)
+            for r in rows
+        )
         click.echo(out.getvalue(), nl=False)
         return
-    click.echo(table(headers, [(g, p, _when(s), _when(r), v, u) for g, p, s, r, v, u in values]))
+    cells = [
+        (r.gateway, r.point, _when(r.slot_at), _when(r.read_at), r.value, r.unit) for r in rows
+    ]
+    click.echo(table(headers, cells))
 
 
 @main.command()

@@ -97,4 +97,5 @@ def scaled(raw: Value, scale: float, offset: float) -> Value:
         return raw
     if scale == 1 and offset == 0:
         return raw
-    return raw * scale + offset
+    # 15 significant digits drop binary noise (0.1 * 3 -> 0.3, not 0.30000000000000004).
+    return float(f"{raw * scale + offset:.15g}")

@@ -98,16 +98,8 @@ def parse_gateways(
     entries = document.get("gateways") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: expected a top-level 'gateways:' list")
-    gateways: list[Gateway] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        gateway = _gateway(entry, index, errors, max_interval)
-        if gateway is None:
-            continue
-        if gateway.name in seen:
-            errors.add(f"gateway '{gateway.name}'", "duplicate name")
-        seen.add(gateway.name)
-        gateways.append(gateway)
+    parsed = [_gateway(entry, i, errors, max_interval) for i, entry in enumerate(entries)]
+    gateways = _unique(parsed, errors, "gateway '{}'")
     if errors.lines:
         raise ConfigError("\n".join(errors.lines))
     return gateways
@@ -212,17 +204,19 @@ def _points(entries: Any, gateway: str, errors: _Errors) -> tuple[Point, ...]:
     if not isinstance(entries, list) or not entries:
         errors.add(f"gateway '{gateway}': field 'points'", "expected a non-empty list")
         return ()
-    points: list[Point] = []
+    parsed = [_point(entry, i, gateway, errors) for i, entry in enumerate(entries)]
+    return tuple(_unique(parsed, errors, f"gateway '{gateway}': point '{{}}'"))
+
+
+def _unique(items: list[Any], errors: _Errors, where: str) -> list[Any]:
+    """The parsed items (None for those already reported), flagging repeated names."""
     seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        point = _point(entry, index, gateway, errors)
-        if point is None:
-            continue
-        if point.name in seen:
-            errors.add(f"gateway '{gateway}': point '{point.name}'", "duplicate name")
-        seen.add(point.name)
-        points.append(point)
-    return tuple(points)
+    for item in items:
+        if item is not None and item.name in seen:
+            errors.add(where.format(item.name), "duplicate name")
+        if item is not None:
+            seen.add(item.name)
+    return [item for item in items if item is not None]
 
 
 def _point(entry: Any, index: int, gateway: str, errors: _Errors) -> Point | None:

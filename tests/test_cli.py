@@ -98,6 +98,10 @@ def test_start_status_poll_now_readings_stop(pollctl, gateways_file, simulate, f
     header, *data = list(csv.reader(io.StringIO(text)))
     assert header == ["gateway", "point", "slot_at", "read_at", "value", "unit"]
     assert len(data) == 1
+    table = pollctl("readings", "--gateway", "gw1", "--point", "a", "--limit", "5").output
+    header_line, _, row = table.splitlines()
+    assert header_line.split() == header and row.split()[0:2] == ["gw1", "a"]
+    assert row.split()[-1] == "kW"
     assert "gw1" in pollctl("status", "--detailed").output
 
     assert pollctl("stop").output.strip() == "stopped 2 gateways"

@@ -75,6 +75,8 @@ def test_wrong_width_is_a_decode_error():
         (250, 1.0, 0.0, 250),
         (2**63 - 1, 1.0, 0.0, 2**63 - 1),  # unscaled integers keep every digit
         (-40, 0.5, 10.0, -10.0),
+        (-9484, 0.1, 0.0, -948.4),
+        (3, 0.1, 0.0, 0.3),
         (True, 2.0, 1.0, True),
         ("abc", 2.0, 1.0, "abc"),
     ],
