@@ -89,7 +89,11 @@ def check_schedules(rt: Runtime) -> CheckResult:
             details,
             ["run `pollctl reconcile` to retire them"],
         )
-    return CheckResult("schedules", "healthy", f"{active} active gateways, one live chain each")
+    stopped = sum(g.enabled and not g.polling for g in gateways.values())
+    note = f" ({stopped} enabled but stopped by `pollctl stop`)" if stopped else ""
+    return CheckResult(
+        "schedules", "healthy", f"{active} active gateways, one live chain each{note}"
+    )
 
 
 def check_failures(rt: Runtime) -> CheckResult:
