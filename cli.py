@@ -255,7 +255,7 @@ def readings(name: str, point: str | None, since: str | None, limit: int, fmt: s
     """Readings of one gateway, newest first."""
     rt = _runtime()
     since_dt = parse_since(since)
-    service._select(rt, [name])  # unknown names are an error, not an empty table
+    service.select_gateways(rt, [name])  # an unknown name is an error, not an empty table
     with rt.sessions() as session:
         rows = queries.readings(session, name, point=point, since=since_dt, limit=limit)
     if fmt == "json":

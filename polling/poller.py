@@ -65,12 +65,14 @@ def execute_poll(
     kind: str = "scheduled",
     token: str | None = None,
     lock_wait: float | None = None,
+    requests: list[Request] | None = None,
 ) -> PollOutcome:
     """Poll `gateway` for `slot_ms` under its endpoint lock and record the result.
     With a `token`, the chain is checked again once the lock is held, so nothing polls
     after `pollctl stop` has retired the token and waited for the lock."""
     config = gateway.config
-    requests = requests_for(rt, config)
+    if requests is None:
+        requests = requests_for(rt, config)
     budget = poll_budget(config, len(requests))
     lock = rt.redis.lock(
         rt.keys.endpoint_lock(config.host, config.port),

@@ -14,6 +14,7 @@ from redis.exceptions import LockError
 
 from .chains import ChainState
 from .errors import GatewayNotFound
+from .plan import Request
 from .poller import PollOutcome, execute_poll, poll_budget, requests_for
 from .runtime import Runtime
 from .schedule import Grid
@@ -62,14 +63,16 @@ def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepRes
         rt.chains.retire(gateway_id, token)
         return StepResult("retired")
     grid = grid_of(gateway)
-    interval_s = gateway.config.interval
-    claim_ttl_ms = round(1000 * max(3 * interval_s, 2 * budget_of(rt, gateway), 60))
+    requests = requests_for(rt, gateway.config)
+    budget = poll_budget(gateway.config, len(requests))
+    claim_ttl_ms = round(1000 * max(3 * gateway.config.interval, 2 * budget, 60))
     verdict = rt.chains.begin(gateway_id, token, slot_ms, claim_ttl_ms)
     if verdict in ("stale", "moved", "claimed"):
         log.info("poll of gateway %s slot %s dropped: %s", gateway_id, slot_ms, verdict)
         return StepResult(verdict)
     on_grid = grid.is_slot(slot_ms)
-    outcome = _poll_owned_slot(rt, gateway, grid, token, slot_ms, foreign=verdict == "foreign")
+    foreign = verdict == "foreign"
+    outcome = _poll_owned_slot(rt, gateway, grid, token, slot_ms, requests, foreign=foreign)
     if outcome is not None and outcome.outcome == "stale":
         return StepResult("stale")
     if outcome is not None and outcome.disabled_reason:
@@ -86,7 +89,14 @@ def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepRes
 
 
 def _poll_owned_slot(
-    rt: Runtime, gateway: StoredGateway, grid: Grid, token: str, slot_ms: int, *, foreign: bool
+    rt: Runtime,
+    gateway: StoredGateway,
+    grid: Grid,
+    token: str,
+    slot_ms: int,
+    requests: list[Request],
+    *,
+    foreign: bool,
 ) -> PollOutcome | None:
     if not grid.is_slot(slot_ms):
         return None  # the interval changed since this task was sent: realign, record nothing
@@ -101,7 +111,7 @@ def _poll_owned_slot(
         return PollOutcome("missed")
     remaining = (slot_ms + grid.interval_ms - now) / 1000
     lock_wait = min(gateway.config.timeout, remaining)
-    return execute_poll(rt, gateway, slot_ms, token=token, lock_wait=lock_wait)
+    return execute_poll(rt, gateway, slot_ms, token=token, lock_wait=lock_wait, requests=requests)
 
 
 def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
@@ -111,6 +121,7 @@ def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
 
 
 def _retire(rt: Runtime, gateway_id: int, token: str = "") -> None:
+    """End the chain in Redis (only if it still has `token`, when given) and its mirror."""
     rt.chains.retire(gateway_id, token)
     with rt.sessions() as session, session.begin():
         set_chain_token(session, gateway_id, None)
@@ -132,7 +143,8 @@ class FleetReport:
     missed: int = 0
 
 
-def _select(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
+def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
+    """The named gateways (all when `names` is None); unknown names are an error."""
     wanted = None if names is None else list(dict.fromkeys(names))
     with rt.sessions() as session:
         gateways = load_gateways(session, wanted)
@@ -155,7 +167,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     Naming a gateway also re-enables it if it was disabled (automatically or in its file)."""
     report = FleetReport()
     explicit = names is not None
-    gateways = _select(rt, names)
+    gateways = select_gateways(rt, names)
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
             if explicit and not gateway.enabled:
@@ -163,7 +175,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             set_polling(session, gateway.id, on=True, token=None)
     live = rt.chains.all()
     now = rt.clock()
-    for gateway in _select(rt, [g.config.name for g in gateways]):
+    for gateway in select_gateways(rt, [g.config.name for g in gateways]):
         name = gateway.config.name
         if not gateway.enabled:
             report.skipped[name] = gateway.disabled_reason or "disabled in its configuration"
@@ -206,7 +218,7 @@ def _start_chain(
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
     """Retire the chains and wait for polls in flight: nothing polls once this returns."""
     report = FleetReport()
-    gateways = _select(rt, names)
+    gateways = select_gateways(rt, names)
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
             set_polling(session, gateway.id, on=False, token=None)
@@ -241,7 +253,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     if not lock.acquire():
         return report  # another reconcile is running; it does the same work
     try:
-        gateways = {g.id: g for g in _select(rt, None)}
+        gateways = {g.id: g for g in select_gateways(rt, None)}
         chains = rt.chains.all()
         now = rt.clock()
         for gateway in gateways.values():
@@ -257,7 +269,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         for gateway_id in chains:
             owner = gateways.get(gateway_id)
             if owner is None or not owner.active:
-                _retire_chain(rt, gateway_id, owner)
+                _retire(rt, gateway_id)
                 report.retired.append(owner.config.name if owner else f"#{gateway_id}")
     finally:
         with contextlib.suppress(LockError):
@@ -267,15 +279,8 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     return report
 
 
-def _retire_chain(rt: Runtime, gateway_id: int, gateway: StoredGateway | None) -> None:
-    rt.chains.retire(gateway_id)
-    if gateway is not None:
-        with rt.sessions() as session, session.begin():
-            set_chain_token(session, gateway_id, None)
-
-
 def poll_now(rt: Runtime, name: str) -> PollOutcome:
     """One poll outside the schedule, recorded with kind 'manual'; it does not count
     towards the failure threshold and waits its turn for the endpoint lock."""
-    gateway = _select(rt, [name])[0]
+    gateway = select_gateways(rt, [name])[0]
     return execute_poll(rt, gateway, rt.clock(), kind="manual")

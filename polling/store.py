@@ -131,10 +131,6 @@ def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[
     return [_stored(row) for row in session.scalars(query)]
 
 
-def gateway_ids(session: Session) -> set[int]:
-    return set(session.scalars(select(GatewayRow.id)))
-
-
 def delete_gateway(session: Session, name: str) -> bool:
     result = session.execute(delete(GatewayRow).where(GatewayRow.name == name))
     return bool(getattr(result, "rowcount", 0))
@@ -154,7 +150,8 @@ def reenable(session: Session, gateway_id: int) -> None:
 
 
 def set_chain_token(session: Session, gateway_id: int, token: str | None) -> None:
-    session.get_one(GatewayRow, gateway_id).chain_token = token
+    """Mirror the live token (an UPDATE, so a deleted gateway is no error)."""
+    session.execute(update(GatewayRow).where(GatewayRow.id == gateway_id).values(chain_token=token))
 
 
 # -- the record ------------------------------------------------------------------------------

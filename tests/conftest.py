@@ -7,7 +7,6 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -134,10 +133,6 @@ def simulate():
         sim.stop()
     leftover = [t for t in set(threading.enumerate()) - before if t.name == "modbus-simulator"]
     assert not leftover, f"simulator threads left running: {leftover}"
-
-
-def with_prefix(settings: Settings, prefix: str) -> Settings:
-    return replace(settings, key_prefix=prefix)
 
 
 @pytest.fixture
