@@ -104,9 +104,17 @@ def _check_values(name, gateway, poll, readings) -> None:
 
 
 def lateness(runtime) -> str:
-    """Start of each poll minus the start of its slot, for the report."""
+    """Start of each poll minus the start of its slot, for the report; each chain's first
+    poll is left out (a new chain may start up to half an interval into its first slot)."""
     _, polls, _ = load_record(runtime)
-    late = sorted((p.started_at - p.slot_at).total_seconds() * 1000 for p in polls if p.started_at)
+    first = {}
+    for p in polls:
+        first[p.gateway_id] = min(first.get(p.gateway_id, p.slot_at), p.slot_at)
+    late = sorted(
+        (p.started_at - p.slot_at).total_seconds() * 1000
+        for p in polls
+        if p.started_at and p.slot_at != first[p.gateway_id]
+    )
 
     def pick(q: float) -> float:
         return late[min(len(late) - 1, int(q * len(late)))]
