@@ -175,6 +175,8 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             set_polling(session, gateway.id, on=True, token=None)
     live = rt.chains.all()
     now = rt.clock()
+    # Reloaded, not patched in memory: set_polling stamps polling_since, which tells
+    # _start_chain a stop (no missed slots) from a dead chain.
     for gateway in select_gateways(rt, [g.config.name for g in gateways]):
         name = gateway.config.name
         if not gateway.enabled:
@@ -197,19 +199,17 @@ def _start_chain(
     grid = grid_of(gateway)
     first = grid.starting(now)
     missed = 0
-    last = old.last_ms if old else None
-    if old is None and gateway.polling_since is not None:
-        with rt.sessions() as session:
-            last = last_recorded_slot(session, gateway.id)
-        since = round(gateway.polling_since.timestamp() * 1000)
-        if last is not None and last < since:
-            last = None  # the gap is a stop, not a miss
-    if last is not None and grid.is_slot(last):
-        gap = grid.between(last, first, limit=MISSED_LIMIT)
-        with rt.sessions() as session, session.begin():
-            missed = record_missed(session, gateway.id, gap, "no poll ran: the chain had died")
-    token = rt.chains.issue(gateway.id, first, last)
     with rt.sessions() as session, session.begin():
+        last = old.last_ms if old else None
+        if old is None and gateway.polling_since is not None:
+            last = last_recorded_slot(session, gateway.id)
+            since = round(gateway.polling_since.timestamp() * 1000)
+            if last is not None and last < since:
+                last = None  # the gap is a stop, not a miss
+        if last is not None and grid.is_slot(last):
+            gap = grid.between(last, first, limit=MISSED_LIMIT)
+            missed = record_missed(session, gateway.id, gap, "no poll ran: the chain had died")
+        token = rt.chains.issue(gateway.id, first, last)
         set_chain_token(session, gateway.id, token)
     enqueue(gateway.id, token, first)
     return missed
