@@ -1,4 +1,5 @@
-"""Celery beat entries: the periodic reconcile that keeps one chain per active gateway."""
+"""Celery beat entries: the periodic reconcile that keeps one chain per active gateway, and
+the diagnostics run that applies the other safe repairs and records what it did."""
 
 from __future__ import annotations
 
@@ -15,5 +16,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": period,
             # A reconcile that waited longer than its period is superseded by the next.
             "options": {"queue": "scheduling", "expires": period},
+        },
+        "diagnostics": {
+            "task": "pollctl.diagnose",
+            "schedule": settings.diagnostics_seconds,
+            "options": {"queue": "scheduling", "expires": settings.diagnostics_seconds},
         },
     }

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from polling import diagnostics, migrate, queries, service
+from polling import diagnostics, migrate, queries, report, service
+from polling.audit import audit as audit_fleet
+from polling.checks.base import CheckResult
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gateways import load_gateways
 from polling.runtime import Runtime
@@ -278,27 +280,87 @@ def readings(name: str, point: str | None, since: str | None, limit: int, fmt: s
     click.echo(table(headers, cells))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def validate(as_json: bool) -> None:
-    """Check that every active gateway has exactly one live chain and no other has one.
-    Exit 0 healthy, 1 warnings, 2 errors."""
+def _canary() -> Callable[[str, float], None]:
+    from workers.tasks import send_canary
+
+    return send_canary
+
+
+def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
     try:
         rt = Runtime.build(_settings())
-        results = diagnostics.run_checks(rt)
     except PollingError as exc:
-        results = [diagnostics.CheckResult("config", "error", str(exc))]
+        return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
+    return diagnostics.diagnose(rt, fix=fix, enqueue=_enqueue(), canary=_canary())
+
+
+def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+        click.echo(report.as_json(diagnosis.results, diagnosis.repairs, diagnosis.health))
     else:
-        for r in results:
-            click.echo(f"{r.status.upper():8} {r.component}: {r.message}")
-            for name, items in r.details.items():
-                if items:
-                    click.echo(f"         {name}: {', '.join(map(str, items))}")
-            for hint in r.recommendations:
-                click.echo(f"         -> {hint}")
-    sys.exit(diagnostics.exit_code(results))
+        headline = f"health: {diagnosis.health}"
+        click.echo(
+            report.render(diagnosis.results, diagnosis.repairs, verbose=verbose, headline=headline)
+        )
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="Apply the safe repairs, then check again.")
+@click.option("--ack-lost", is_flag=True, help="Clear the count of records lost to a full buffer.")
+@click.option("--json", "as_json", is_flag=True)
+def validate(fix: bool, ack_lost: bool, as_json: bool) -> None:
+    """Check Redis, the database, workers, beat, queues, chains, locks and failures.
+    Exit 0 healthy, 1 degraded (warnings), 2 critical (errors)."""
+    if ack_lost:
+        rt = _runtime()
+        rt.redis.delete(rt.keys.buffer_lost)
+    diagnosis = _diagnose(fix=fix)
+    _report(diagnosis, as_json=as_json, verbose=False)
+    sys.exit(diagnosis.exit_code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--history",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Also show this many of beat's recent diagnostics runs.",
+)
+def diagnose(as_json: bool, history: int) -> None:
+    """Every check with its details and recommendations, and what beat repaired lately."""
+    diagnosis = _diagnose(fix=False)
+    _report(diagnosis, as_json=as_json, verbose=True)
+    if history and not as_json and diagnosis.health != "critical":
+        runs = diagnostics.last_runs(_runtime(), history)
+        click.echo(f"\nrecent diagnostics runs by beat ({len(runs)}):")
+        for run in runs:
+            repaired = "; ".join(a for acts in run.repairs.values() for a in acts) or "nothing"
+            click.echo(f"  {_when(run.ran_at)}  {run.health:9} repaired: {repaired}")
+    sys.exit(diagnosis.exit_code)
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="Remove leftover keys and stale waiting messages.")
+@click.option("--json", "as_json", is_flag=True)
+def audit(fix: bool, as_json: bool) -> None:
+    """Look for what could poll a gateway twice from outside: extra beats, workers on other
+    code or configuration, stray Celery processes, leftover keys, stale queued polls."""
+    from workers.control import list_consumers
+
+    result = audit_fleet(_runtime(), fix=fix, consumers=list_consumers)
+    code = diagnostics.exit_code(result.findings)
+    health = ("clean", "warning", "error")[code]
+    if as_json:
+        click.echo(report.as_json(result.findings, result.repairs, health))
+    else:
+        click.echo(
+            report.render(
+                result.findings, result.repairs, verbose=False, headline=f"audit: {health}"
+            )
+        )
+    sys.exit(code)
 
 
 # -- simulation and demo ---------------------------------------------------------------------

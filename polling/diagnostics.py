@@ -1,125 +1,138 @@
-"""Health checks over the live system; `pollctl validate` turns them into an exit code."""
+"""Diagnostics: run the independent checks, apply the safe fixes, grade the whole system.
+
+`pollctl validate` and `pollctl diagnose` run them on demand; beat runs them (with fixes)
+every `POLLING_DIAGNOSTICS_SECONDS` and each run is recorded in `diagnostic_runs`.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import ServiceUnavailable
-from .migrate import is_at_head
-from .runtime import Runtime, check_redis
-from .service import is_overdue
-from .store import load_gateways
+from sqlalchemy import delete, select
 
-Status = Literal["healthy", "warning", "error"]
-SEVERITY: dict[str, int] = {"healthy": 0, "warning": 1, "error": 2}
+from .checks.base import SEVERITY, CheckResult, Context, Enqueue, SendCanary
+from .checks.fleet import (
+    check_buffer,
+    check_failures,
+    check_limits,
+    check_locks,
+    check_schedules,
+    fix_buffer,
+    fix_locks,
+    fix_schedules,
+)
+from .checks.services import (
+    check_beat,
+    check_database_service,
+    check_queues,
+    check_redis_service,
+    check_workers,
+)
+from .models import DiagnosticRun
+from .runtime import Runtime
 
+__all__ = ["CheckResult", "Context", "Diagnosis", "diagnose", "exit_code", "health"]
 
-@dataclass(frozen=True)
-class CheckResult:
-    component: str
-    status: Status
-    message: str
-    details: dict = field(default_factory=dict)
-    recommendations: list[str] = field(default_factory=list)
+log = logging.getLogger(__name__)
 
-    def as_json(self) -> dict:
-        return asdict(self)
+Health = Literal["healthy", "degraded", "critical"]
+Check = Callable[[Context], CheckResult]
+Fix = Callable[[Context, CheckResult], list[str]]
 
-
-def check_services(rt: Runtime) -> list[CheckResult]:
-    results = []
-    try:
-        check_redis(rt.redis, rt.settings.redis_url)
-        results.append(CheckResult("redis", "healthy", "reachable"))
-    except ServiceUnavailable as exc:
-        return [CheckResult("redis", "error", str(exc), recommendations=["start Redis"])]
-    try:
-        migrated = is_at_head(rt.engine)
-    except Exception as exc:
-        msg = f"database unreachable: {exc}".splitlines()[0]
-        return [*results, CheckResult("database", "error", msg)]
-    if not migrated:
-        return [
-            *results,
-            CheckResult(
-                "database", "error", "schema not at head", recommendations=["pollctl db upgrade"]
-            ),
-        ]
-    return [*results, CheckResult("database", "healthy", "reachable and migrated")]
-
-
-def check_schedules(rt: Runtime) -> CheckResult:
-    """Every active gateway has exactly one live, punctual chain; no other has one."""
-    with rt.sessions() as session:
-        gateways = {g.id: g for g in load_gateways(session)}
-    chains = rt.chains.all()
-    now = rt.clock()
-    missing, overdue, stray = [], [], []
-    for gateway in gateways.values():
-        chain = chains.get(gateway.id)
-        if gateway.active and chain is None:
-            missing.append(gateway.config.name)
-        elif gateway.active and chain and is_overdue(rt, gateway, chain, now):
-            overdue.append(gateway.config.name)
-    for gateway_id in chains:
-        owner = gateways.get(gateway_id)
-        if owner is None or not owner.active:
-            stray.append(owner.config.name if owner else f"#{gateway_id}")
-    details = {"missing": missing, "overdue": overdue, "stray": stray}
-    active = sum(g.active for g in gateways.values())
-    if missing or overdue:
-        return CheckResult(
-            "schedules",
-            "error",
-            f"{len(missing)} active gateways without a chain, {len(overdue)} overdue",
-            details,
-            [
-                "make sure `celery -A workers.app worker -Q polling` and "
-                "`celery -A workers.app beat` are running (beat's reconcile restarts chains)",
-                "or run `pollctl reconcile` once",
-            ],
-        )
-    if stray:
-        return CheckResult(
-            "schedules",
-            "warning",
-            f"{len(stray)} chains for inactive gateways",
-            details,
-            ["run `pollctl reconcile` to retire them"],
-        )
-    stopped = sum(g.enabled and not g.polling for g in gateways.values())
-    note = f" ({stopped} enabled but stopped by `pollctl stop`)" if stopped else ""
-    return CheckResult(
-        "schedules", "healthy", f"{active} active gateways, one live chain each{note}"
-    )
+#: Without these the other checks cannot run.
+SERVICES: tuple[Check, ...] = (check_redis_service, check_database_service)
+CHECKS: tuple[tuple[Check, Fix | None], ...] = (
+    (check_workers, None),
+    (check_beat, None),
+    (check_queues, None),
+    (check_buffer, fix_buffer),
+    (check_schedules, fix_schedules),
+    (check_locks, fix_locks),
+    (check_failures, None),
+    (check_limits, None),
+)
+#: Runs kept in the database.
+KEEP_RUNS = 2000
 
 
-def check_failures(rt: Runtime) -> CheckResult:
-    with rt.sessions() as session:
-        gateways = load_gateways(session)
-    disabled = {g.config.name: g.disabled_reason for g in gateways if g.disabled_reason}
-    if disabled:
-        return CheckResult(
-            "gateways",
-            "warning",
-            f"{len(disabled)} gateways auto-disabled",
-            {"disabled": disabled},
-            ["fix the device, then `pollctl start --gateway NAME`"],
-        )
-    return CheckResult("gateways", "healthy", "none auto-disabled")
+@dataclass
+class Diagnosis:
+    results: list[CheckResult]
+    #: Repairs applied, by component.
+    repairs: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def health(self) -> Health:
+        return health(self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.results)
 
 
-CHECKS: tuple[Callable[[Runtime], CheckResult], ...] = (check_schedules, check_failures)
-
-
-def run_checks(rt: Runtime) -> list[CheckResult]:
-    results = check_services(rt)
+def diagnose(
+    rt: Runtime,
+    *,
+    fix: bool = False,
+    enqueue: Enqueue | None = None,
+    canary: SendCanary | None = None,
+) -> Diagnosis:
+    """Run every check; with `fix`, apply the safe repair of each that found something and
+    check it again, so the results describe the system as it is left."""
+    ctx = Context(rt, enqueue, canary)
+    results = [check(ctx) for check in SERVICES]
     if any(r.status == "error" for r in results):
-        return results
-    return results + [check(rt) for check in CHECKS]
+        return Diagnosis(results)  # nothing else can be checked without Redis and the database
+    repairs: dict[str, list[str]] = {}
+    for check, repair in CHECKS:
+        result = _run(check, ctx)
+        if fix and repair is not None and result.fixable:
+            actions = repair(ctx, result)
+            if actions:
+                repairs[result.component] = actions
+                result = _run(check, ctx)
+        results.append(result)
+    return Diagnosis(results, repairs)
+
+
+def _run(check: Check, ctx: Context) -> CheckResult:
+    """A check that breaks is itself a finding, not the end of the diagnosis."""
+    try:
+        return check(ctx)
+    except Exception as exc:
+        log.exception("check %s failed", check.__name__)
+        component = check.__name__.removeprefix("check_")
+        return CheckResult(component, "error", f"check failed: {type(exc).__name__}: {exc}")
 
 
 def exit_code(results: list[CheckResult]) -> int:
+    """0 healthy, 1 warnings, 2 errors: what `pollctl validate` exits with."""
     return max((SEVERITY[r.status] for r in results), default=0)
+
+
+def health(results: list[CheckResult]) -> Health:
+    return ("healthy", "degraded", "critical")[exit_code(results)]  # type: ignore[return-value]
+
+
+def record(rt: Runtime, diagnosis: Diagnosis) -> None:
+    """Keep what a run found and repaired; older runs beyond KEEP_RUNS are deleted."""
+    findings = {r.component: r.message for r in diagnosis.results if r.status != "healthy"}
+    with rt.sessions() as session, session.begin():
+        session.add(
+            DiagnosticRun(health=diagnosis.health, findings=findings, repairs=diagnosis.repairs)
+        )
+        session.flush()
+        cutoff = session.scalar(
+            select(DiagnosticRun.id).order_by(DiagnosticRun.id.desc()).offset(KEEP_RUNS).limit(1)
+        )
+        if cutoff is not None:
+            session.execute(delete(DiagnosticRun).where(DiagnosticRun.id <= cutoff))
+
+
+def last_runs(rt: Runtime, limit: int = 5) -> list[DiagnosticRun]:
+    with rt.sessions() as session:
+        query = select(DiagnosticRun).order_by(DiagnosticRun.id.desc()).limit(limit)
+        return list(session.scalars(query))

@@ -26,8 +26,50 @@ class Keys:
         return f"{self.prefix}:lock:{host}:{port}"
 
     @property
+    def locks_pattern(self) -> str:
+        return f"{self.prefix}:lock:*"
+
+    @property
+    def claims_pattern(self) -> str:
+        return f"{self.prefix}:claim:*"
+
+    @property
     def beat_lock(self) -> str:
         return f"{self.prefix}:beat"
+
+    def worker(self, hostname: str) -> str:
+        """Heartbeat of a worker: what it consumes, its code version and configuration."""
+        return f"{self.prefix}:worker:{hostname}"
+
+    @property
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def beat(self, token: str) -> str:
+        """Heartbeat of a beat process, active or standing by."""
+        return f"{self.prefix}:beats:{token}"
+
+    @property
+    def beats_pattern(self) -> str:
+        return f"{self.prefix}:beats:*"
+
+    def canary(self, nonce: str) -> str:
+        """List a canary task pushes to when a polling worker has run it."""
+        return f"{self.prefix}:canary:{nonce}"
+
+    @property
+    def buffer(self) -> str:
+        """Poll records waiting for the database, oldest first."""
+        return f"{self.prefix}:buffer"
+
+    @property
+    def buffer_lost(self) -> str:
+        """Hash: records dropped because the buffer was full (count, first, last)."""
+        return f"{self.prefix}:buffer:lost"
+
+    @property
+    def buffer_flush_lock(self) -> str:
+        return f"{self.prefix}:buffer:flush"
 
     @property
     def reconcile_lock(self) -> str:

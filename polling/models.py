@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -106,6 +107,8 @@ class PollLog(Base):
     __table_args__ = (
         UniqueConstraint("gateway_id", "kind", "slot_at", name="uq_poll_log_slot"),
         Index("ix_poll_log_gateway_slot", "gateway_id", "slot_at"),
+        # Health windows and retention look at recent slots of the whole fleet.
+        Index("ix_poll_log_slot", "slot_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -140,3 +143,18 @@ class Reading(Base):
     #: Strings, and integers a double cannot hold exactly.
     text: Mapped[str | None] = mapped_column(Text)
     unit: Mapped[str | None] = mapped_column(String(64))
+
+
+class DiagnosticRun(Base):
+    """What a diagnostics run found and repaired (the beat task's record of its fixes)."""
+
+    __tablename__ = "diagnostic_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ran_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    #: healthy | degraded | critical
+    health: Mapped[str] = mapped_column(String(16))
+    #: The checks that were not healthy: component -> message.
+    findings: Mapped[dict] = mapped_column(JSON)
+    #: Repairs applied: component -> list of actions.
+    repairs: Mapped[dict] = mapped_column(JSON)

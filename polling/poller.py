@@ -13,8 +13,9 @@ from . import codec
 from .errors import ModbusError
 from .gateways import Gateway
 from .plan import BIT_REGISTERS, Request, plan_requests
+from .recording import poll_entry, save
 from .runtime import Runtime
-from .store import PollRecord, StoredGateway, ms_to_dt, reading_row, record_poll
+from .store import PollRecord, StoredGateway, ms_to_dt, reading_row
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ def _record(
         for name, value in values.items()
     ]
     record = PollRecord(gateway.id, slot_ms, kind, outcome, started, finished, error)
-    with rt.sessions() as session, session.begin():
-        reason = record_poll(
-            session, record, readings, failure_threshold=rt.settings.failure_threshold
-        )
+    reason = save(rt, poll_entry(record, readings))
     if error:
         log.info("poll of %s at %s %s: %s", gateway.config.name, ms_to_dt(slot_ms), outcome, error)
     return PollOutcome(outcome, error, values, reason)

@@ -166,3 +166,37 @@ def latest_values(session: Session) -> dict[str, dict[str, object]]:
     for name, r in session.execute(query):
         out.setdefault(name, {})[r.point] = r.text if r.text is not None else r.value
     return out
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One gateway's scheduled slots since a time: outcomes and mean poll duration."""
+
+    outcomes: dict[str, int]
+    mean_duration_ms: float | None
+
+    @property
+    def polled(self) -> int:
+        return sum(n for outcome, n in self.outcomes.items() if outcome != "missed")
+
+
+def window_stats(session: Session, since: datetime) -> dict[int, WindowStats]:
+    """Per gateway, one grouped query over the recent slots (indexed by slot)."""
+    query = (
+        select(PollLog.gateway_id, PollLog.outcome, func.count(), func.avg(PollLog.duration_ms))
+        .where(PollLog.kind == "scheduled", PollLog.slot_at >= since)
+        .group_by(PollLog.gateway_id, PollLog.outcome)
+    )
+    outcomes: dict[int, dict[str, int]] = {}
+    durations: dict[int, list[tuple[int, float]]] = {}
+    for gateway_id, outcome, n, mean in session.execute(query):
+        outcomes.setdefault(gateway_id, {})[outcome] = n
+        if mean is not None:
+            durations.setdefault(gateway_id, []).append((n, float(mean)))
+    out = {}
+    for gateway_id, counts in outcomes.items():
+        parts = durations.get(gateway_id, [])
+        total = sum(n for n, _ in parts)
+        mean = sum(n * m for n, m in parts) / total if total else None
+        out[gateway_id] = WindowStats(counts, mean)
+    return out

@@ -6,17 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .buffer import RecordBuffer
 from .chains import Chains
 from .db import check_database, make_engine, session_factory
 from .errors import ServiceUnavailable
 from .keys import Keys
 from .modbus import ModbusPool
 from .settings import Settings, mask_url
+
+if TYPE_CHECKING:
+    from .store import StoredGateway
 
 
 def now_ms() -> int:
@@ -32,7 +37,11 @@ class Runtime:
     keys: Keys
     chains: Chains
     modbus: ModbusPool
+    buffer: RecordBuffer
     clock: Callable[[], int] = field(default=now_ms)
+    #: Last configuration read for each gateway, so chains go on polling (into the buffer)
+    #: while the database is unreachable.
+    known: dict[int, StoredGateway] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -52,6 +61,7 @@ class Runtime:
             keys=keys,
             chains=Chains(client, keys),
             modbus=ModbusPool(),
+            buffer=RecordBuffer(client, keys, settings.buffer_limit),
         )
 
     def check(self) -> None:

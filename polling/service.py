@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
+from sqlalchemy.exc import DBAPIError
 
 from .chains import ChainState
 from .errors import GatewayNotFound
 from .plan import Request
 from .poller import PollOutcome, execute_poll, poll_budget, requests_for
+from .recording import flush, is_unreachable, missed_entry, save
 from .runtime import Runtime
 from .schedule import Grid
 from .store import (
@@ -57,8 +59,7 @@ def budget_of(rt: Runtime, gateway: StoredGateway) -> float:
 def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepResult:
     """One link of a chain: poll `slot_ms` if this task still owns it, then advance the
     chain to the next slot. Returns the slot to enqueue next, if this task advanced it."""
-    with rt.sessions() as session:
-        gateway = load_gateway(session, gateway_id)
+    gateway = _load_for_poll(rt, gateway_id)
     if gateway is None or not gateway.active:
         rt.chains.retire(gateway_id, token)
         return StepResult("retired")
@@ -116,8 +117,24 @@ def _poll_owned_slot(
 
 def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
     if slots:
-        with rt.sessions() as session, session.begin():
-            record_missed(session, gateway_id, slots, why)
+        save(rt, missed_entry(gateway_id, slots, why))
+
+
+def _load_for_poll(rt: Runtime, gateway_id: int) -> StoredGateway | None:
+    """The gateway's configuration; while the database is unreachable, the last one this
+    process read, so the chain goes on polling and its records go to the buffer."""
+    try:
+        with rt.sessions() as session:
+            gateway = load_gateway(session, gateway_id)
+    except DBAPIError as exc:
+        if not is_unreachable(exc) or gateway_id not in rt.known:
+            raise
+        return rt.known[gateway_id]
+    if gateway is None:
+        rt.known.pop(gateway_id, None)
+    else:
+        rt.known[gateway_id] = gateway
+    return gateway
 
 
 def _retire(rt: Runtime, gateway_id: int, token: str = "") -> None:
@@ -141,6 +158,8 @@ class FleetReport:
     retired: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     missed: int = 0
+    #: Buffered records written to the database.
+    flushed: int = 0
 
 
 def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
@@ -167,6 +186,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     Naming a gateway also re-enables it if it was disabled (automatically or in its file)."""
     report = FleetReport()
     explicit = names is not None
+    flush(rt)  # buffered records first, so no slot they hold is taken for a gap
     gateways = select_gateways(rt, names)
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
@@ -206,6 +226,9 @@ def _start_chain(
             since = round(gateway.polling_since.timestamp() * 1000)
             if last is not None and last < since:
                 last = None  # the gap is a stop, not a miss
+        if last is not None and grid.is_slot(last) and last >= first:
+            # Redis lost the chain (and its claims) after this slot was recorded.
+            first = last + grid.interval_ms
         if last is not None and grid.is_slot(last):
             gap = grid.between(last, first, limit=MISSED_LIMIT)
             missed = record_missed(session, gateway.id, gap, "no poll ran: the chain had died")
@@ -253,6 +276,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     if not lock.acquire():
         return report  # another reconcile is running; it does the same work
     try:
+        report.flushed = flush(rt)  # before gaps are computed from the database
         gateways = {g.id: g for g in select_gateways(rt, None)}
         chains = rt.chains.all()
         now = rt.clock()
@@ -274,7 +298,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     finally:
         with contextlib.suppress(LockError):
             lock.release()
-    if report.started or report.restarted or report.retired:
+    if report.started or report.restarted or report.retired or report.flushed:
         log.warning("reconcile: %s", report)
     return report
 

@@ -38,6 +38,26 @@ class Settings:
     visibility_timeout: int = 7200
     #: How often the worker's timer looks for due ETA tasks (Celery's default is 1 s).
     timer_precision: float = 0.05
+    #: How often beat runs the diagnostics task, which applies the safe repairs.
+    diagnostics_seconds: float = 30.0
+    #: Window over which the failure rate is computed.
+    health_window: float = 300.0
+    #: Failure rate (failed / polled, over the window) above which health is degraded...
+    failure_rate_warning: float = 0.25
+    #: ... and above which it is critical.
+    failure_rate_critical: float = 0.5
+    #: Age in seconds of the oldest message waiting in a queue: degraded above this...
+    backlog_warning: float = 5.0
+    #: ... critical above this.
+    backlog_critical: float = 30.0
+    #: Share of active gateways with an overdue or missing chain that makes health critical
+    #: (any at all makes it degraded).
+    overdue_critical: float = 0.1
+    #: A canary task sent to the `polling` queue must come back within this.
+    canary_timeout: float = 5.0
+    #: Poll records kept in Redis while the database is unreachable; past it they are
+    #: counted as lost.
+    buffer_limit: int = 100_000
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
 
@@ -80,8 +100,13 @@ class Settings:
             raise ConfigError("POLLING_MAX_BITS must be between 1 and 2000")
         if self.max_gap < 0:
             raise ConfigError("POLLING_MAX_GAP must be >= 0")
-        if self.visibility_timeout < 60:
-            raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 60 seconds")
+        for name in ("failure_rate_warning", "failure_rate_critical", "overdue_critical"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"POLLING_{name.upper()} must be between 0 and 1")
+        if self.buffer_limit < 0:
+            raise ConfigError("POLLING_BUFFER_LIMIT must be >= 0")
+        if self.visibility_timeout < 10:
+            raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""

@@ -119,17 +119,27 @@ def test_unknown_gateway_names_are_errors(pollctl):
         assert result.output.strip() == "error: unknown gateway: nope"
 
 
-def test_validate_exit_codes(pollctl, gateways_file, free_ports):
-    assert pollctl("validate").exit_code == 0
+def checks(result) -> dict[str, dict]:
+    return {c["component"]: c for c in json.loads(result.output)["checks"]}
+
+
+def test_validate_reports_schedules_and_exits_critical_without_workers(
+    pollctl, gateways_file, free_ports
+):
     pollctl("gateway", "import", str(gateways_file(fleet(free_ports(1), [1]))))
     pollctl("start")
-    assert pollctl("validate").exit_code == 0  # a fresh chain is not overdue yet
+    result = pollctl("validate", "--json", code=2)  # no worker, no beat in this test
+    found = checks(result)
+    assert json.loads(result.output)["health"] == "critical"
+    assert found["schedules"]["status"] == "healthy"  # a fresh chain is not overdue yet
+    assert found["workers"]["status"] == "error"
+    assert any("pollctl-worker@" in r for r in found["workers"]["recommendations"])
     result = pollctl(
         "validate", "--json", code=2, extra_env={"POLLING_KEY_PREFIX": "elsewhere"}
     )  # as seen by a deployment whose Redis lost every chain
-    [schedules] = [c for c in json.loads(result.output) if c["component"] == "schedules"]
-    assert schedules["details"]["missing"] == ["gw0"]
-    assert any("celery -A workers.app beat" in r for r in schedules["recommendations"])
+    schedules = checks(result)["schedules"]
+    assert schedules["details"]["missing"] == ["gw0"] and schedules["fixable"]
+    assert any("pollctl-beat" in r for r in schedules["recommendations"])
 
 
 def test_config_masks_secrets(pollctl):

@@ -10,7 +10,9 @@ from typing import Any
 import redis
 from celery.beat import Scheduler
 
+from polling import heartbeat
 from polling.keys import Keys
+from polling.runtime import now_ms
 
 from .app import settings
 
@@ -35,20 +37,37 @@ class SingletonScheduler(Scheduler):
         self._hold = self._redis.register_script(_HOLD)
         self._key = Keys(settings.key_prefix).beat_lock
         self._active: bool | None = None  # unknown until the first tick logs it
+        self._published_ms = 0
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
             active = bool(self._hold(keys=[self._key], args=[self._token, LOCK_TTL_MS]))
         except redis.RedisError as exc:
-            log.warning("beat lock unavailable (%s); not sending", exc)
-            active = False
-        if active != self._active:
+            if self._active is not False:
+                log.warning("beat lock unavailable (%s); not sending", exc)
+            self._active = False
+            return 1.0
+        changed = active != self._active
+        if changed:
             log.warning(
                 "beat %s",
                 "active: sending" if active else "on standby: another beat holds the lock",
             )
             self._active = active
+        self._publish(active, changed)
         if not active:
             return 1.0
         return min(super().tick(*args, **kwargs), 1.0)
+
+    def _publish(self, active: bool, changed: bool) -> None:
+        """A heartbeat, active or standing by, so diagnostics can tell one beat from two."""
+        now = now_ms()
+        if not changed and now - self._published_ms < heartbeat.PERIOD_SECONDS * 1000:
+            return
+        info = heartbeat.this_process(f"beat-{self._token[:8]}", settings, now, active=active)
+        try:
+            heartbeat.publish(self._redis, Keys(settings.key_prefix).beat(self._token), info)
+            self._published_ms = now
+        except redis.RedisError as exc:
+            log.warning("beat heartbeat not written: %s", exc)

@@ -13,4 +13,6 @@ QUEUES = (Queue(POLLING), Queue(SCHEDULING), Queue(DEFAULT))
 ROUTES = {
     "pollctl.poll": {"queue": POLLING},
     "pollctl.reconcile": {"queue": SCHEDULING},
+    "pollctl.diagnose": {"queue": SCHEDULING},
+    "pollctl.canary": {"queue": POLLING},
 }

@@ -1,0 +1,222 @@
+"""The audit: what could poll a gateway twice from outside the chains' own guards.
+
+More than one beat, polling workers running other code or another configuration, Celery
+processes that do not heartbeat, keys left by retired chains, and queued poll messages
+for gateways that are gone or chains that were replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import broker, heartbeat
+from .checks.base import CheckResult
+from .runtime import Runtime
+from .store import StoredGateway, load_gateways
+
+#: Hostname -> queues of every worker that answers over the broker (from the Celery side).
+ListConsumers = Callable[[], dict[str, list[str]]]
+
+
+@dataclass
+class Audit:
+    findings: list[CheckResult]
+    repairs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def audit(rt: Runtime, *, fix: bool = False, consumers: ListConsumers | None = None) -> Audit:
+    with rt.sessions() as session:
+        gateways = {g.id: g for g in load_gateways(session)}
+    result = Audit(
+        [
+            _beats(rt),
+            _worker_versions(rt),
+            _strays(rt, consumers),
+        ]
+    )
+    repairable = (
+        (_leftover_keys, _delete_leftover_keys),
+        (_queued_messages, _drop_queued_messages),
+    )
+    for check, repair in repairable:
+        finding = check(rt, gateways)
+        if fix and finding.fixable:
+            actions = repair(rt, gateways)
+            if actions:
+                result.repairs[finding.component] = actions
+                finding = check(rt, gateways)
+        result.findings.append(finding)
+    return result
+
+
+def _beats(rt: Runtime) -> CheckResult:
+    beats = heartbeat.live_beats(rt.redis, rt.keys)
+    names = [
+        f"{b.name} pid {b.pid} on {b.host} ({'active' if b.active else 'standby'})" for b in beats
+    ]
+    if len(beats) <= 1:
+        return CheckResult("beats", "healthy", f"{len(beats)} beat running", {"beats": names})
+    return CheckResult(
+        "beats",
+        "warning",
+        f"{len(beats)} beats running; the singleton lock lets one send, but one started "
+        "with another scheduler would send everything twice",
+        {"beats": names},
+        ["run one beat unit (pollctl-beat.service); stop the others"],
+    )
+
+
+def _worker_versions(rt: Runtime) -> CheckResult:
+    mine = (heartbeat.code_version(), heartbeat.config_fingerprint(rt.settings))
+    workers = [w for w in heartbeat.live_workers(rt.redis, rt.keys) if "polling" in w.queues]
+    odd = [
+        f"{w.name} (pid {w.pid} on {w.host}): code {w.version}, config {w.config}"
+        for w in workers
+        if (w.version, w.config) != mine
+    ]
+    details = {"expected": {"code": mine[0], "config": mine[1]}, "different": odd}
+    if not odd:
+        return CheckResult(
+            "worker-versions", "healthy", f"{len(workers)} polling workers, all alike", details
+        )
+    return CheckResult(
+        "worker-versions",
+        "error",
+        f"{len(odd)} polling workers run other code or another configuration than this host",
+        details,
+        ["deploy the same release and /etc/pollctl/pollctl.env everywhere, then restart them"],
+    )
+
+
+def _strays(rt: Runtime, consumers: ListConsumers | None) -> CheckResult:
+    """Celery processes of this app that do not heartbeat: old releases, manual runs."""
+    known = heartbeat.live_workers(rt.redis, rt.keys)
+    known_names = {w.name for w in known}
+    beats = heartbeat.live_beats(rt.redis, rt.keys)
+    host = socket.gethostname()
+    known_pids = {p.pid for p in [*known, *beats] if p.host == host}
+    strays = [
+        f"pid {pid}: {cmd}"
+        for pid, ppid, cmd in _celery_processes()
+        if not {pid, ppid} & known_pids
+    ]
+    if consumers is not None:
+        strays += [
+            f"worker {name} consumes {', '.join(queues)} without a heartbeat"
+            for name, queues in sorted(consumers().items())
+            if name not in known_names and "polling" in queues
+        ]
+    if not strays:
+        return CheckResult("processes", "healthy", "no Celery process without a heartbeat")
+    return CheckResult(
+        "processes",
+        "warning",
+        f"{len(strays)} Celery processes of this app without a pollctl heartbeat",
+        {"strays": strays},
+        ["stop processes not started by the pollctl units (systemctl list-units 'pollctl*')"],
+    )
+
+
+def _celery_processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of local `celery -A workers.app` workers and beats."""
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        text = " ".join(words)
+        is_app = "workers.app" in text and any(w in ("worker", "beat") for w in words)
+        if is_app and int(entry.name) != me and any("celery" in w for w in words[:3]):
+            yield int(entry.name), ppid, text[:200]
+
+
+def _leftover_keys(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckResult:
+    claims = list(_stale_claims(rt, gateways))
+    chains = [gid for gid in rt.chains.all() if gid not in gateways or not gateways[gid].active]
+    details = {"claims": [k for k, _ in claims][:50], "chains": chains}
+    if not claims and not chains:
+        return CheckResult("keys", "healthy", "no keys left by retired chains")
+    return CheckResult(
+        "keys",
+        "warning",
+        f"{len(chains)} chains of inactive gateways and {len(claims)} slot claims of "
+        "retired chains left in Redis",
+        details,
+        ["pollctl audit --fix removes them"],
+        fixable=True,
+    )
+
+
+def _stale_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> Iterator[tuple[str, int]]:
+    """Claims of gateways without a live chain whose slot has ended: no task can still
+    be polling them, so removing them cannot let a slot be polled twice."""
+    live = rt.chains.all()
+    now = rt.clock()
+    prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
+    for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
+        key = raw.decode()
+        gateway_id, slot = (int(x) for x in key.removeprefix(prefix).split(":", 1))
+        gateway = gateways.get(gateway_id)
+        interval_ms = round(1000 * gateway.config.interval) if gateway else 0
+        if gateway_id not in live and slot + interval_ms < now:
+            yield key, gateway_id
+
+
+def _delete_leftover_keys(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+    actions = []
+    for gid in rt.chains.all():
+        if gid not in gateways or not gateways[gid].active:
+            rt.chains.retire(gid)
+            actions.append(f"retired chain of gateway #{gid}")
+    claims = [key for key, _ in _stale_claims(rt, gateways)]
+    if claims:
+        rt.redis.delete(*claims)
+        actions.append(f"deleted {len(claims)} slot claims of retired chains")
+    return actions
+
+
+def _foreign_messages(
+    rt: Runtime, gateways: dict[int, StoredGateway]
+) -> Iterator[tuple[broker.PollMessage, str]]:
+    live = rt.chains.all()
+    for message in broker.poll_messages(rt.redis, "polling"):
+        if message.gateway_id not in gateways:
+            yield message, "unknown gateway"
+        elif (chain := live.get(message.gateway_id)) is None or chain.token != message.token:
+            yield message, "replaced chain"
+
+
+def _queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckResult:
+    found = list(_foreign_messages(rt, gateways))
+    unknown = sum(1 for _, why in found if why == "unknown gateway")
+    held = sum(1 for m, _ in found if m.held)
+    details = {
+        "unknown_gateway": unknown,
+        "replaced_chain": len(found) - unknown,
+        "held_by_workers": held,
+    }
+    if not found:
+        return CheckResult("messages", "healthy", "every queued poll belongs to a live chain")
+    return CheckResult(
+        "messages",
+        "warning",
+        f"{len(found)} queued polls for unknown gateways or replaced chains ({held} held by "
+        "workers); each dies unpolled when delivered",
+        details,
+        ["pollctl audit --fix removes the waiting ones"],
+        fixable=len(found) > held,
+    )
+
+
+def _drop_queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+    removed = sum(
+        broker.remove_waiting(rt.redis, m) for m, _ in _foreign_messages(rt, gateways) if not m.held
+    )
+    return [f"removed {removed} waiting poll messages of unknown gateways or replaced chains"]

@@ -1,0 +1,1 @@
+"""Independent health checks; `polling.diagnostics` runs them and applies their fixes."""
