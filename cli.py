@@ -110,7 +110,9 @@ def gateway() -> None:
 def gateway_import(path: str) -> None:
     """Upsert the gateways of a YAML file by name; the whole file is checked first."""
     settings = _settings()
-    gateways = load_gateways(path, max_interval=settings.max_interval)
+    gateways = load_gateways(
+        path, max_interval=settings.max_interval, min_interval=settings.min_interval
+    )
     rt = _runtime()
     with rt.sessions() as session, session.begin():
         created, updated = import_gateways(session, gateways)

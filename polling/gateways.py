@@ -75,7 +75,9 @@ class _Errors:
         self.lines.append(f"{self.source}: {where}: {message}")
 
 
-def load_gateways(path: str | Path, *, max_interval: float | None = None) -> list[Gateway]:
+def load_gateways(
+    path: str | Path, *, max_interval: float | None = None, min_interval: float = 0.001
+) -> list[Gateway]:
     """Read and validate a whole gateways file; raise ConfigError naming every fault."""
     path = Path(path)
     try:
@@ -88,17 +90,24 @@ def load_gateways(path: str | Path, *, max_interval: float | None = None) -> lis
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark else ""
         raise ConfigError(f"{path}: {at}not valid YAML") from None
-    return parse_gateways(document, source=str(path), max_interval=max_interval)
+    return parse_gateways(
+        document, source=str(path), max_interval=max_interval, min_interval=min_interval
+    )
 
 
 def parse_gateways(
-    document: Any, *, source: str = "<gateways>", max_interval: float | None = None
+    document: Any,
+    *,
+    source: str = "<gateways>",
+    max_interval: float | None = None,
+    min_interval: float = 0.001,
 ) -> list[Gateway]:
     errors = _Errors(source)
     entries = document.get("gateways") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: expected a top-level 'gateways:' list")
-    parsed = [_gateway(entry, i, errors, max_interval) for i, entry in enumerate(entries)]
+    limits = (min_interval, max_interval)
+    parsed = [_gateway(entry, i, errors, limits) for i, entry in enumerate(entries)]
     gateways = _unique(parsed, errors, "gateway '{}'")
     if errors.lines:
         raise ConfigError("\n".join(errors.lines))
@@ -155,7 +164,9 @@ class _Fields:
             self.bad(str(key), "unknown field")
 
 
-def _gateway(entry: Any, index: int, errors: _Errors, max_interval: float | None) -> Gateway | None:
+def _gateway(
+    entry: Any, index: int, errors: _Errors, limits: tuple[float, float | None]
+) -> Gateway | None:
     if not isinstance(entry, dict):
         errors.add(f"gateways[{index}]", "expected a mapping")
         return None
@@ -169,11 +180,16 @@ def _gateway(entry: Any, index: int, errors: _Errors, max_interval: float | None
     port = f.integer("port", 1, 65535, default=502)
     device_id = f.integer("device_id", 0, 255, default=1)
     enabled = f.get("enabled", (bool,), default=True)
+    min_interval, max_interval = limits
     interval = f.number("interval", required=True)
     if interval is not None and interval <= 0:
         f.bad("interval", f"must be > 0 seconds, got {interval:g}")
-    elif interval is not None and interval < 0.001:
-        f.bad("interval", "must be at least 0.001 seconds")
+    elif interval is not None and interval < min_interval:
+        f.bad(
+            "interval",
+            f"{interval:g} s is below the shortest the poller serves, {min_interval:g} s "
+            "(POLLING_MIN_INTERVAL)",
+        )
     elif interval is not None and max_interval and interval > max_interval:
         f.bad(
             "interval",

@@ -36,6 +36,8 @@ class Settings:
     max_bits: int = 2000
     #: kombu redelivers unacknowledged messages after this; intervals must stay well below it.
     visibility_timeout: int = 7200
+    #: Shortest interval accepted: below it, task start jitter is a large share of a slot.
+    min_interval: float = 0.1
     #: How often the worker's timer looks for due ETA tasks (Celery's default is 1 s).
     timer_precision: float = 0.05
     #: How often beat runs the diagnostics task, which applies the safe repairs.

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -70,7 +71,19 @@ def current_tick(tick_seconds: float, now: float | None = None) -> int:
 
 
 @dataclass
+class Traffic:
+    """What the devices served, for tests that count polls from the device's side."""
+
+    #: (time, port, function code, address) of the requests served, the newest ones
+    #: (bounded, so a long `pollctl simulate` does not grow without end).
+    reads: deque[tuple[float, int, int, int]] = field(default_factory=lambda: deque(maxlen=500_000))
+    #: Requests being answered right now (device latency makes this non-zero for a while).
+    in_flight: int = 0
+
+
+@dataclass
 class _Device:
+    port: int
     device_id: int
     points: dict[str, list[tuple[str, Point]]] = field(
         default_factory=lambda: {b: [] for b in BLOCKS}
@@ -106,7 +119,7 @@ def _devices(gateways: Sequence[Gateway]) -> dict[int, dict[int, _Device]]:
         devices = ports.setdefault(gateway.port, {})
         for point in gateway.points:
             device_id = point.device_id if point.device_id is not None else gateway.device_id
-            device = devices.setdefault(device_id, _Device(device_id))
+            device = devices.setdefault(device_id, _Device(gateway.port, device_id))
             device.points[point.register].append((gateway.name, point))
     return ports
 
@@ -115,21 +128,29 @@ async def _action(
     device: _Device,
     tick_seconds: float,
     latency: float,
+    traffic: Traffic,
     function_code: int,
     _start: int,
-    _address: int,
+    address: int,
     _count: int,
     registers: list[int],
     _values: object,
 ) -> None:
+    traffic.reads.append((time.time(), device.port, function_code, address))
     block = FUNCTION_BLOCK.get(function_code)
     if block is not None:
         device.refresh(block, registers, current_tick(tick_seconds))
     if latency:
-        await asyncio.sleep(latency)
+        traffic.in_flight += 1
+        try:
+            await asyncio.sleep(latency)
+        finally:
+            traffic.in_flight -= 1
 
 
-def _sim_device(device: _Device, tick_seconds: float, latency: float) -> SimDevice:
+def _sim_device(
+    device: _Device, tick_seconds: float, latency: float, traffic: Traffic
+) -> SimDevice:
     blocks = tuple(
         [SimData(0, count=16 * device.size(block), values=False, datatype=DataType.BITS)]
         if block in ("coil", "discrete")
@@ -139,7 +160,7 @@ def _sim_device(device: _Device, tick_seconds: float, latency: float) -> SimDevi
     return SimDevice(
         id=device.device_id,
         simdata=blocks,  # type: ignore[arg-type]
-        action=partial(_action, device, tick_seconds, latency),
+        action=partial(_action, device, tick_seconds, latency, traffic),
     )
 
 
@@ -163,6 +184,7 @@ class Simulator:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.traffic = Traffic()
 
     @property
     def ports(self) -> list[int]:
@@ -171,7 +193,10 @@ class Simulator:
     async def serve(self) -> None:
         """Serve until cancelled (also the body of `pollctl simulate`)."""
         for port, devices in self._ports.items():
-            sims = [_sim_device(d, self.tick_seconds, self._latency) for d in devices.values()]
+            sims = [
+                _sim_device(d, self.tick_seconds, self._latency, self.traffic)
+                for d in devices.values()
+            ]
             server = ModbusTcpServer(sims, address=(self.host, port))
             if not await server.listen():
                 raise OSError(f"simulator cannot listen on {self.host}:{port}")

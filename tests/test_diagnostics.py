@@ -1,0 +1,208 @@
+"""Diagnostics, repairs, audit and the database-outage buffer, against real Redis and
+databases (workers and beat are stood in for by their heartbeats where a test needs one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from polling import diagnostics, heartbeat, recording
+from polling.audit import audit
+from polling.checks.base import Context
+from polling.checks.fleet import check_failures, check_locks, check_schedules
+from polling.checks.services import check_beat, check_queues, check_workers
+from polling.gateways import parse_gateways
+from polling.models import PollLog, Reading
+from polling.runtime import Runtime
+from polling.service import start
+from polling.store import PollRecord, import_gateways, reading_row, record_poll
+from tests.fleet import fleet
+
+POINTS = [{"name": "a", "address": 0}]
+
+
+def setup_fleet(runtime: Runtime, n: int = 2, start_chains: bool = True) -> list:
+    """Gateways on closed ports (nothing here polls them), started with a recording enqueue."""
+    document = fleet([1 + i for i in range(n)], [1.0] * n, POINTS)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    sent: list = []
+    if start_chains:
+        start(runtime, lambda *args: sent.append(args))
+    return sent
+
+
+def publish(runtime: Runtime, kind: str, name: str, **extra) -> None:
+    info = heartbeat.this_process(name, runtime.settings, runtime.clock(), **extra)
+    key = runtime.keys.worker(name) if kind == "worker" else runtime.keys.beat(name)
+    heartbeat.publish(runtime.redis, key, info)
+
+
+def test_missing_chains_are_an_error_that_the_fix_repairs(runtime):
+    setup_fleet(runtime, 3)
+    for gateway_id in runtime.chains.all():
+        runtime.redis.delete(runtime.keys.chain(gateway_id))  # as a Redis restart leaves it
+    sent: list = []
+    ctx = Context(runtime, enqueue=lambda *a: sent.append(a))
+    result = check_schedules(ctx)
+    assert result.status == "error" and len(result.details["missing"]) == 3 and result.fixable
+    diagnosis = diagnostics.diagnose(runtime, fix=True, enqueue=ctx.enqueue)
+    [schedules] = [r for r in diagnosis.results if r.component == "schedules"]
+    assert schedules.status == "healthy"
+    assert len(diagnosis.repairs["schedules"]) == 3 and len(sent) == 3
+
+
+def test_an_overdue_share_below_the_critical_one_only_degrades(runtime):
+    setup_fleet(runtime, 4)
+    runtime.settings = dataclasses.replace(runtime.settings, overdue_critical=0.5)
+    [gid, *_] = sorted(runtime.chains.all())
+    chain = runtime.chains.get(gid)
+    runtime.chains.issue(gid, chain.due_ms - 3_600_000)  # due an hour ago: dead
+    result = check_schedules(Context(runtime))
+    assert result.status == "warning" and len(result.details["overdue"]) == 1
+
+
+def test_orphaned_locks_and_claims_are_found_and_deleted(runtime):
+    setup_fleet(runtime, 1)
+    lock = runtime.keys.endpoint_lock("10.9.9.9", 502)
+    forever = runtime.keys.endpoint_lock("127.0.0.1", 1)
+    claim = runtime.keys.claim(999_999, 1000)
+    runtime.redis.set(lock, "x", px=60_000)
+    runtime.redis.set(forever, "x")  # a lock without expiry, as a crashed old release left
+    runtime.redis.set(claim, "x", px=60_000)
+    result = check_locks(Context(runtime))
+    assert result.status == "warning"
+    assert set(result.details["locks"]) == {lock, forever} and result.details["claims"] == [claim]
+    diagnosis = diagnostics.diagnose(runtime, fix=True)
+    assert len(diagnosis.repairs["locks"]) == 3
+    assert not runtime.redis.exists(lock, forever, claim)
+
+
+def _poll(runtime, gateway_id: int, slot_ms: int, outcome: str) -> None:
+    now = datetime.now(UTC)
+    record = PollRecord(gateway_id, slot_ms, "scheduled", outcome, now, now, None)
+    with runtime.sessions() as session, session.begin():
+        record_poll(session, record, [], failure_threshold=1000)
+
+
+def test_failure_rate_grades_health(runtime):
+    setup_fleet(runtime, 1)
+    [gid] = runtime.chains.all()
+    base = runtime.clock() - 60_000
+    for i in range(10):
+        _poll(runtime, gid, base + i * 1000, "failed" if i < 3 else "ok")
+    assert check_failures(Context(runtime)).status == "warning"  # 30 %
+    for i in range(10, 15):
+        _poll(runtime, gid, base + i * 1000, "failed")
+    result = check_failures(Context(runtime))
+    assert result.status == "error" and result.details["failure_rate"] == round(8 / 15, 4)
+    assert result.details["failing"] == ["gw0"]
+
+
+def test_workers_check_needs_a_heartbeat_and_a_returning_canary(runtime):
+    result = check_workers(Context(runtime))
+    assert result.status == "error" and "no live worker" in result.message
+    publish(runtime, "worker", "w1@host", queues=("polling",))
+    runtime.settings = dataclasses.replace(runtime.settings, canary_timeout=0.3)
+    sent: list = []
+    result = check_workers(Context(runtime, canary=lambda nonce, ttl: sent.append(nonce)))
+    assert result.status == "error" and "canary" in result.message and len(sent) == 1
+
+    def answer(nonce: str, ttl: float) -> None:  # what the canary task does on a worker
+        runtime.redis.rpush(runtime.keys.canary(nonce), "w1@host")
+
+    result = check_workers(Context(runtime, canary=answer))
+    assert result.status == "healthy" and result.details["canary_served_by"] == "w1@host"
+
+
+def test_beat_check_and_audit_count_beats(runtime):
+    assert check_beat(Context(runtime)).status == "error"
+    publish(runtime, "beat", "b1", active=True)
+    publish(runtime, "beat", "b2", active=False)
+    assert check_beat(Context(runtime)).status == "healthy"
+    [beats] = [f for f in audit(runtime).findings if f.component == "beats"]
+    assert beats.status == "warning" and len(beats.details["beats"]) == 2
+
+
+def test_queue_backlog_is_graded_by_the_age_of_the_oldest_message(runtime):
+    from workers.tasks import send_canary
+
+    send_canary("nobody-consumes-this", 60)
+    assert check_queues(Context(runtime)).status == "healthy"
+    later = runtime.clock() + 60_000
+    runtime.clock = lambda: later
+    result = check_queues(Context(runtime))
+    assert result.status == "error" and result.details["polling"]["waiting"] == 1
+    assert result.details["polling"]["oldest_age_s"] >= 59
+
+
+def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(runtime):
+    from workers.tasks import send_poll
+
+    setup_fleet(runtime, 1)
+    publish(runtime, "worker", "old@host", queues=("polling",))
+    runtime.redis.set(
+        runtime.keys.worker("old@host"),
+        json.dumps(
+            {
+                **json.loads(runtime.redis.get(runtime.keys.worker("old@host"))),
+                "version": "0.0.1+deadbeef",
+            }
+        ),
+        px=10_000,
+    )
+    [(gid, chain)] = runtime.chains.all().items()
+    send_poll(gid, "a-replaced-token", chain.due_ms)
+    send_poll(424242, "whatever", chain.due_ms)
+    result = audit(runtime)
+    found = {f.component: f for f in result.findings}
+    assert found["worker-versions"].status == "error"
+    assert found["messages"].details == {
+        "unknown_gateway": 1,
+        "replaced_chain": 1,
+        "held_by_workers": 0,
+    }
+    fixed = audit(runtime, fix=True)
+    assert {f.component: f.status for f in fixed.findings}["messages"] == "healthy"
+    assert runtime.redis.llen("polling") == 0
+
+
+def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(runtime, settings):
+    setup_fleet(runtime, 1)
+    [gid] = runtime.chains.all()
+    down = Runtime.build(
+        dataclasses.replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none")
+    )
+    slots = [runtime.clock() - 10_000 + i * 1000 for i in range(5)]
+    point = parse_gateways(fleet([1], [1.0], POINTS))[0].points[0]
+    now = datetime.now(UTC)
+    for slot in slots:
+        record = PollRecord(gid, slot, "scheduled", "ok", now, now, None)
+        row = reading_row(gid, point, float(slot % 1000), slot, "scheduled", now)
+        assert recording.save(down, recording.poll_entry(record, [row])) is None
+    recording.save(down, recording.missed_entry(gid, [slots[-1] + 1000], "test"))
+    assert runtime.buffer.pending() == 6
+    result = diagnostics.diagnose(runtime, fix=True)
+    assert result.repairs["buffer"] == ["wrote 6 buffered records to the database"]
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(PollLog)) == 6
+        assert session.scalar(select(func.count()).select_from(Reading)) == 5
+    assert recording.flush(runtime) == 0
+    down.close()
+
+
+def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
+    down = Runtime.build(
+        dataclasses.replace(
+            settings, database_url="postgresql://nobody@127.0.0.1:1/none", buffer_limit=2
+        )
+    )
+    for slot in range(4):
+        recording.save(down, recording.missed_entry(1, [slot * 1000], "test"))
+    assert down.buffer.pending() == 2 and down.buffer.lost().count == 2
+    [buffer] = [r for r in diagnostics.diagnose(runtime).results if r.component == "buffer"]
+    assert buffer.status == "error" and "2 poll records lost" in buffer.message
+    down.close()
