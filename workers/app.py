@@ -31,6 +31,10 @@ app.conf.update(
     broker_transport_options={
         # Unacked (and ETA) messages come back after this; intervals are capped below it.
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for messages past the timeout every tenth of it (kombu's default sweep is
+        # about 100 s, which would dwarf a short timeout).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         # Consume queues in the order declared: polling before scheduling and default.
         "queue_order_strategy": "priority",
     },

@@ -112,9 +112,9 @@ def check_workers(ctx: Context) -> CheckResult:
             f"come back within {timeout:g} s",
             details,
             [
-                "look at the polling queue's backlog (pollctl diagnose)",
-                "restart the polling workers: they may have stopped consuming after a "
-                "broker reconnect",
+                "restart the polling workers (systemctl restart 'pollctl-worker@*'): they "
+                "died, or stopped consuming after a broker reconnect",
+                "or, if the polling queue has a backlog (pollctl diagnose), add workers",
             ],
         )
     details["canary_served_by"] = reply[1].decode()

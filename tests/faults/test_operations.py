@@ -1,0 +1,146 @@
+"""Faults 6, 7 and 8: a poll redelivered after the visibility timeout, `pollctl stop` with
+polls queued and in flight, and bad input of every kind."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from polling.models import GatewayRow, PointRow
+from tests.faults.fleets import document
+from tests.faults.harness import wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_ports):
+    rig = rig_factory(visibility_timeout=10)
+    doc = document(free_ports(3))
+    rig.simulate(doc, latency_ms=50)
+    rig.install(doc)
+    first = rig.worker("first")
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    first.kill()  # its ETA messages stay unacknowledged in Redis
+    second = rig.worker("second")
+    back = time.time()
+    # kombu hands them out again once the visibility timeout has passed.
+    wait_until(lambda: "dropped: stale" in second.output(), 60, "a redelivered poll dropped")
+    time.sleep(2)
+    rig.pollctl("stop")
+    rig.check(
+        "6 redelivery after the visibility timeout (10 s)",
+        started=started,
+        stopped=time.time(),
+        fault_end=back,
+        bound=6.0,
+    )
+
+
+def test_stop_with_polls_queued_and_in_flight_then_start(rig_factory, free_ports):
+    rig = rig_factory()
+    doc = document(free_ports(4), interval=0.5, timeout=0.4)
+    sim = rig.simulate(doc, latency_ms=150)
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    time.sleep(2)
+    wait_until(lambda: sim.traffic.in_flight > 0, 5, "a read in flight")
+    stopping = time.time()
+    rig.pollctl("stop")
+    stopped = time.time()
+    reads_at_stop = len(sim.traffic.reads)
+    time.sleep(3)  # queued polls come due meanwhile, and must die
+    assert len(sim.traffic.reads) == reads_at_stop, "a device was read after stop returned"
+    record = rig.record()
+    late = [
+        r
+        for rows in record.rows.values()
+        for r in rows
+        if r.started_at and r.started_at.timestamp() > stopped
+    ]
+    assert not late, late
+    assert rig.runtime.chains.all() == {}
+    rig.pollctl("start")
+    restarted = time.time()
+    chains = rig.runtime.chains.all()
+    assert len(chains) == 4 and len({c.token for c in chains.values()}) == 4
+    wait_until(lambda: rig.polled_since(restarted), 15, "every gateway polled again")
+    time.sleep(2)
+    rig.pollctl("stop")
+    rig.check(
+        "7 stop with polls queued and in flight, then start",
+        started=started,
+        stopped=time.time(),
+        paused=(stopping, restarted),
+    )
+
+
+def _counts(rig) -> tuple[int, int]:
+    with rig.runtime.sessions() as session:
+        return (
+            session.scalar(select(func.count()).select_from(GatewayRow)),
+            session.scalar(select(func.count()).select_from(PointRow)),
+        )
+
+
+def test_bad_input_is_refused_in_one_line_and_nothing_is_half_written(rig_factory, free_ports):
+    rig = rig_factory()
+    good = document(free_ports(2))
+    rig.install(good)
+    before = _counts(rig)
+    bad = document(free_ports(2))
+    bad["gateways"][0]["points"].append({"name": "x", "address": 3, "type": "nope"})
+    huge = document(free_ports(1), interval=10_000_000, timeout=1)
+    tiny = document(free_ports(1), interval=0.01, timeout=0.01)
+    for name, doc, words in (
+        ("bad.yaml", bad, "gateway 'gw0': point 'x': field 'type'"),
+        ("huge.yaml", huge, "exceeds the longest allowed"),
+        ("tiny.yaml", tiny, "below the shortest the poller serves"),
+    ):
+        path = rig.write_file(doc, name)
+        result = rig.pollctl("gateway", "import", str(path), check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {path}: ") and words in line, line
+        assert "Traceback" not in result.stderr
+        assert _counts(rig) == before
+    for args in (
+        ["start", "--gateway", "nope"],
+        ["stop", "--gateway", "gw0", "--gateway", "nope"],
+        ["poll-now", "--gateway", "nope"],
+        ["readings", "--gateway", "nope"],
+    ):
+        result = rig.pollctl(*args, check=False)
+        assert (result.returncode, result.stderr.strip()) == (1, "error: unknown gateway: nope")
+    listed = json.loads(rig.pollctl("status", "--json").stdout)
+    assert all(not g["enabled"] or g["polling"] == "no" for g in listed)  # stop did nothing
+
+
+def test_an_interval_below_what_the_device_can_serve_is_reported(rig_factory, free_ports):
+    rig = rig_factory()
+    doc = document(free_ports(2), interval=0.3, timeout=0.3)
+    rig.simulate(doc, latency_ms=200)  # two requests: about 0.4 s a poll
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    time.sleep(8)
+    result = rig.pollctl("validate", "--json", check=False)
+    limits = {c["component"]: c for c in json.loads(result.stdout)["checks"]}["limits"]
+    assert limits["status"] == "warning", limits
+    assert sorted(limits["details"]["saturated_endpoints"]) == sorted(
+        f"127.0.0.1:{g['port']}" for g in doc["gateways"]
+    )
+    rig.pollctl("stop")
+    row = rig.check("8 interval below what the device serves", started=started, stopped=time.time())
+    assert row.failed + row.missed > 0  # the slots it could not serve are on the record
