@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-e2e lint format typecheck clean
+.PHONY: help install demo test test-fast test-e2e test-faults test-long lint format typecheck clean
 
 help:
 	@echo "make demo       run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
-	@echo "make test       create the environment and run the whole suite"
+	@echo "make test       create the environment and run the suite (all but the long outages)"
 	@echo "make test-fast  the suite without the slow end-to-end tests"
+	@echo "make test-faults  the whole fault suite, long outages included, with its summary"
+	@echo "make test-long  only the long outages (CI runs it after make test)"
 	@echo "make lint | format | typecheck | clean"
 
 $(STAMP): pyproject.toml
@@ -25,13 +27,19 @@ demo: $(STAMP)
 	$(BIN)/pollctl demo $(if $(DURATION),--duration $(DURATION))
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not long"
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e"
 
 test-e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
+
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults
+
+test-long: $(STAMP)
+	$(BIN)/pytest -m long
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

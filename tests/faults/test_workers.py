@@ -58,6 +58,7 @@ def test_worker_killed_mid_read_then_replaced(rig_factory, free_ports):
     assert replacement.proc.poll() is None
 
 
+@pytest.mark.long
 def test_only_worker_killed_and_started_a_minute_later(rig_factory, free_ports):
     rig = rig_factory()
     _, [worker], started = running_fleet(rig, free_ports)
