@@ -120,10 +120,19 @@ def health(results: list[CheckResult]) -> Health:
 def record(rt: Runtime, diagnosis: Diagnosis) -> None:
     """Keep what a run found and repaired; older runs beyond KEEP_RUNS are deleted."""
     findings = {r.component: r.message for r in diagnosis.results if r.status != "healthy"}
+    _keep(rt, DiagnosticRun(health=diagnosis.health, findings=findings, repairs=diagnosis.repairs))
+
+
+def record_reconcile(rt: Runtime, actions: list[str]) -> None:
+    """The frequent reconcile repairs schedules between diagnostics runs: keep its repairs
+    in the same record (a run that had to repair found the system degraded)."""
+    findings = {"schedules": "chains had drifted from the active gateways"}
+    _keep(rt, DiagnosticRun(health="degraded", findings=findings, repairs={"schedules": actions}))
+
+
+def _keep(rt: Runtime, run: DiagnosticRun) -> None:
     with rt.sessions() as session, session.begin():
-        session.add(
-            DiagnosticRun(health=diagnosis.health, findings=findings, repairs=diagnosis.repairs)
-        )
+        session.add(run)
         session.flush()
         cutoff = session.scalar(
             select(DiagnosticRun.id).order_by(DiagnosticRun.id.desc()).offset(KEEP_RUNS).limit(1)

@@ -161,6 +161,17 @@ class FleetReport:
     #: Buffered records written to the database.
     flushed: int = 0
 
+    def repairs(self) -> list[str]:
+        """What a reconcile changed, in words, for the diagnostics record."""
+        actions = [f"started chain of {n}" for n in self.started]
+        actions += [f"restarted overdue chain of {n} with a new token" for n in self.restarted]
+        actions += [f"retired stray chain of {n}" for n in self.retired]
+        if self.missed:
+            actions.append(f"recorded {self.missed} slots the dead chains left as missed")
+        if self.flushed:
+            actions.append(f"wrote {self.flushed} buffered records to the database")
+        return actions
+
 
 def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
     """The named gateways (all when `names` is None); unknown names are an error."""

@@ -26,7 +26,10 @@ def poll(gateway_id: int, token: str, slot_ms: int) -> str:
 
 @app.task(name="pollctl.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
-    report = service.reconcile(get_runtime(), send_poll)
+    rt = get_runtime()
+    report = service.reconcile(rt, send_poll)
+    if actions := report.repairs():
+        diagnostics.record_reconcile(rt, actions)
     return {
         "started": len(report.started),
         "restarted": len(report.restarted),

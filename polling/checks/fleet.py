@@ -71,13 +71,7 @@ def check_schedules(ctx: Context) -> CheckResult:
 def fix_schedules(ctx: Context, _result: CheckResult) -> list[str]:
     if ctx.enqueue is None:
         return []
-    report = service.reconcile(ctx.rt, ctx.enqueue)
-    actions = [f"started chain of {n}" for n in report.started]
-    actions += [f"restarted overdue chain of {n} with a new token" for n in report.restarted]
-    actions += [f"retired stray chain of {n}" for n in report.retired]
-    if report.missed:
-        actions.append(f"recorded {report.missed} slots the dead chains left as missed")
-    return actions
+    return service.reconcile(ctx.rt, ctx.enqueue).repairs()
 
 
 def _orphans(ctx: Context) -> tuple[list[str], list[str]]:
