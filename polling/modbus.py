@@ -101,7 +101,11 @@ class ModbusPool:
 
 
 def _connect(client: ModbusTcpClient, host: str, port: int) -> None:
-    if not client.connect():
+    try:
+        connected = client.connect()
+    except OSError as exc:
+        raise GatewayUnreachable(f"cannot connect to {host}:{port}: {exc}") from None
+    if not connected:
         raise GatewayUnreachable(f"cannot connect to {host}:{port}")
 
 
@@ -115,6 +119,8 @@ def _read_one(client: ModbusTcpClient, request: Request) -> list[int] | list[boo
         response = reader(request.address, count=request.count, device_id=request.device_id)
     except ConnectionException as exc:
         raise GatewayUnreachable(f"connection lost reading {where}: {_reason(exc)}") from None
+    except OSError as exc:  # the sync client lets a reset socket's error through
+        raise GatewayUnreachable(f"connection lost reading {where}: {exc}") from None
     except ModbusIOException as exc:
         raise GatewayTimeout(f"no valid answer reading {where}: {_reason(exc)}") from None
     except ModbusException as exc:

@@ -96,6 +96,12 @@ def execute_poll(
             values = decode_all(requests, answers)
         except ModbusError as exc:
             return _record(rt, gateway, slot_ms, kind, "failed", started, str(exc), {})
+        except Exception as exc:
+            # Whatever a device or library does, the slot is recorded and the chain goes on.
+            log.exception("unexpected error polling %s", config.name)
+            rt.modbus.discard(config.host, config.port)
+            error = f"unexpected error: {type(exc).__name__}: {exc}"
+            return _record(rt, gateway, slot_ms, kind, "failed", started, error, {})
         return _record(rt, gateway, slot_ms, kind, "ok", started, None, values)
     finally:
         try:

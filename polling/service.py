@@ -232,6 +232,8 @@ def _start_chain(
     missed = 0
     with rt.sessions() as session, session.begin():
         last = old.last_ms if old else None
+        if old is not None and last is None and grid.is_slot(old.due_ms):
+            last = old.due_ms - grid.interval_ms  # it died before accounting for any slot
         if old is None and gateway.polling_since is not None:
             last = last_recorded_slot(session, gateway.id)
             since = round(gateway.polling_since.timestamp() * 1000)

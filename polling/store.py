@@ -147,6 +147,8 @@ def reenable(session: Session, gateway_id: int) -> None:
     """Clear an automatic (or configured) disable: the operator's explicit start."""
     row = session.get_one(GatewayRow, gateway_id)
     row.enabled, row.disabled_reason, row.consecutive_failures = True, None, 0
+    # The slots it spent disabled were not polled on purpose: a pause, not missed polls.
+    row.polling_since = utcnow()
 
 
 def set_chain_token(session: Session, gateway_id: int, token: str | None) -> None:

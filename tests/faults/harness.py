@@ -320,7 +320,10 @@ class Rig:
             gaps = sorted(set(wanted) - set(slots))
             assert not gaps, f"{name}: {len(gaps)} slots silently absent, first {gaps[:3]}"
             margin = gateway.interval + 2.0
-            assert slots[0] / 1000 <= started + margin, f"{name}: first slot late"
+            assert slots[0] / 1000 <= started + margin, (
+                f"{name}: first slot {slots[0] / 1000 - started:.1f} s after the start: "
+                f"{[(r.outcome, r.error) for r in rows[:4]]}"
+            )
             assert slots[-1] / 1000 >= stopped - margin - gateway.timeout * 4, (
                 f"{name}: the record stops early"
             )

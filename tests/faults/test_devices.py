@@ -1,0 +1,135 @@
+"""Fault 5: gateways that stop answering, answer slowly, answer with exception codes, drop
+the connection, accept one connection only, or answer with transaction id 0. Each fails
+with a clear error, is auto-disabled at the threshold with the reason shown, does not
+stall its healthy neighbours, and polls again once fixed and re-enabled."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.faults.fleets import POINTS
+from tests.faults.harness import wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
+
+TIMEOUT = 0.5
+#: name -> proxy mode (None: straight to the simulator), and words its error must hold.
+FAULTS = {
+    "silent": ("blackhole", "No response received"),
+    "slow": ("slow", "No response received"),
+    "refusing": (None, "exception 2 (illegal data address)"),
+    "dropping": ("drop", "connection lost"),
+    "single": ("single", "connection lost"),
+    "tid0": ("tid0", "received 0"),
+}
+HEALTHY = ["healthy0", "healthy1"]
+
+
+def gateway(name: str, port: int, points: list[dict]) -> dict:
+    return {
+        "name": name,
+        "host": "127.0.0.1",
+        "port": port,
+        "interval": 1.0,
+        "timeout": TIMEOUT,
+        "points": points,
+    }
+
+
+def test_faulty_devices_fail_clearly_are_disabled_and_recover(rig_factory, free_ports):
+    rig = rig_factory()
+    ports = dict(zip([*HEALTHY, *FAULTS], free_ports(len(HEALTHY) + len(FAULTS)), strict=True))
+    served = {"gateways": [gateway(n, p, POINTS) for n, p in ports.items()]}
+    rig.simulate(served, latency_ms=20)
+    proxies: dict[str, FaultProxy] = {}
+    for name, (mode, _) in FAULTS.items():
+        if mode is not None:
+            proxies[name] = FaultProxy(("127.0.0.1", ports[name])).start()
+    try:
+        _run(rig, ports, proxies)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def _document(ports: dict[str, int], proxies: dict[str, FaultProxy], broken_map: bool) -> dict:
+    entries = []
+    for name, port in ports.items():
+        points = [dict(p) for p in POINTS]
+        if name == "refusing" and broken_map:
+            points.append({"name": "beyond", "address": 9000, "type": "uint16"})
+        entries.append(gateway(name, proxies[name].port if name in proxies else port, points))
+    return {"gateways": entries}
+
+
+def _run(rig, ports: dict[str, int], proxies: dict[str, FaultProxy]) -> None:
+    rig.install(_document(ports, proxies, broken_map=True))
+    # Another master holds the single connection this device accepts.
+    other_master = socket.create_connection(("127.0.0.1", proxies["single"].port))
+    try:
+        _poll_through_faults(rig, ports, proxies, other_master)
+    finally:
+        other_master.close()
+
+
+def _poll_through_faults(rig, ports, proxies, other_master: socket.socket) -> None:
+    for name, (mode, _) in FAULTS.items():
+        if mode is not None:
+            proxies[name].set(mode, delay=2 * TIMEOUT)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+
+    def disabled() -> dict[str, str]:
+        status = json.loads(rig.pollctl("status", "--json").stdout)
+        return {g["name"]: g["disabled_reason"] for g in status if g["disabled_reason"]}
+
+    wait_until(lambda: set(disabled()) == set(FAULTS), 60, "every faulty gateway disabled")
+    reasons = disabled()
+    for name, (_, words) in FAULTS.items():
+        assert "auto-disabled after 3 consecutive failed polls" in reasons[name], reasons[name]
+        assert words in reasons[name], (name, reasons[name])
+    print("\n" + "\n".join(f"{n}: {r}" for n, r in sorted(reasons.items())))
+    time.sleep(2)
+    faulted = time.time()
+
+    # Fix every device (and the register map), then re-enable.
+    other_master.close()
+    for proxy in proxies.values():
+        proxy.set("pass")
+    rig.install(_document(ports, proxies, broken_map=False))
+    args = [a for name in FAULTS for a in ("--gateway", name)]
+    rig.pollctl("start", *args)
+    reenabled = time.time()
+    wait_until(lambda: rig.polled_since(reenabled, list(FAULTS)), 20, "the fixed gateways polled")
+    time.sleep(2)
+    rig.pollctl("stop")
+    stopped = time.time()
+    rig.check(
+        "5 faulty devices: their healthy neighbours",
+        started=started,
+        stopped=stopped,
+        names=HEALTHY,
+    )
+    assert rig.record().outcomes("healthy0").keys() == {"ok"}
+    row = rig.check(
+        "5 faulty devices: failed, disabled, re-enabled",
+        started=started,
+        stopped=stopped,
+        names=list(FAULTS),
+        paused=(started, reenabled),
+    )
+    assert row.failed >= 3 * len(FAULTS)
+    record = rig.record()
+    for name in FAULTS:
+        outcomes = [r.outcome for r in record.rows[name]]
+        first_ok = outcomes.index("ok")
+        assert outcomes[:first_ok].count("failed") >= 3, (name, outcomes)
+        assert set(outcomes[first_ok:]) == {"ok"}, (name, outcomes)
+    assert faulted < reenabled
