@@ -28,6 +28,8 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_timer_precision=settings.timer_precision,
     broker_connection_retry_on_startup=True,
+    # The Redis transport without its crash on connection loss (see workers/transport.py).
+    broker_transport="workers.transport:Transport",
     broker_transport_options={
         # Unacked (and ETA) messages come back after this; intervals are capped below it.
         "visibility_timeout": settings.visibility_timeout,

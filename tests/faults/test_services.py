@@ -1,0 +1,119 @@
+"""Faults 3 and 4: Redis restarted (every queue, token and lock gone) with polls in flight,
+Redis unreachable for 30 s, PostgreSQL unreachable for 60 s."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.faults.fleets import document
+from tests.faults.harness import wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
+
+LATENCY_MS = 120
+#: Celery's broker reconnect backs off (2 s steps); this covers the reconnect itself.
+RECONNECT = 10.0
+
+
+@pytest.fixture
+def proxies():
+    started: list[FaultProxy] = []
+
+    def start(port: int) -> FaultProxy:
+        proxy = FaultProxy(("127.0.0.1", port)).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def start_fleet(rig, free_ports, n: int = 4):
+    doc = document(free_ports(n))
+    sim = rig.simulate(doc, latency_ms=LATENCY_MS)
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    time.sleep(3)
+    return sim, started
+
+
+def recovery_bound(rig, outage: float = 0.0) -> float:
+    s = rig.settings
+    return RECONNECT + 2 * 1.0 + s.reconcile_seconds + s.overdue_grace + outage
+
+
+def test_redis_restarted_with_polls_in_flight(rig_factory, redis_server, free_ports):
+    rig = rig_factory()
+    sim, started = start_fleet(rig, free_ports)
+    wait_until(lambda: sim.traffic.in_flight > 0, 5, "a read in flight")
+    redis_server.kill()
+    redis_server.start()  # empty: no persistence
+    back = time.time()
+    wait_until(lambda: rig.polled_since(back), 40, "polling back on every gateway")
+    time.sleep(3)
+    rig.pollctl("stop")
+    rig.check(
+        "3a Redis restarted (all keys lost), polls in flight",
+        started=started,
+        stopped=time.time(),
+        fault_end=back,
+        bound=recovery_bound(rig),
+    )
+
+
+@pytest.mark.long
+def test_redis_unreachable_for_30_seconds(rig_factory, redis_server, free_ports, proxies):
+    proxy = proxies(redis_server.port)
+    rig = rig_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+    _, started = start_fleet(rig, free_ports)
+    proxy.set("refuse")
+    time.sleep(30)  # the outage under test
+    proxy.set("pass")
+    back = time.time()
+    wait_until(lambda: rig.polled_since(back), 60, "polling back on every gateway")
+    time.sleep(3)
+    rig.pollctl("stop")
+    row = rig.check(
+        "3b Redis unreachable 30 s",
+        started=started,
+        stopped=time.time(),
+        fault_end=back,
+        bound=recovery_bound(rig, outage=30),
+    )
+    assert row.missed >= 4 * 25  # nothing can poll without Redis; the record says so
+
+
+@pytest.mark.long
+def test_postgresql_unreachable_for_60_seconds(rig_factory, free_ports, proxies):
+    proxy = proxies(5432)
+    rig = rig_factory(pg_port=proxy.port)
+    _, started = start_fleet(rig, free_ports)
+    proxy.set("refuse")
+    down = time.time()
+    time.sleep(60)  # the outage under test
+    assert rig.runtime.buffer.pending() >= 4 * 50  # polls went on, into the buffer
+    proxy.set("pass")
+    back = time.time()
+    wait_until(lambda: rig.runtime.buffer.pending() == 0, 30, "the buffer flushed")
+    time.sleep(3)
+    rig.pollctl("stop")
+    row = rig.check(
+        "4 PostgreSQL unreachable 60 s",
+        started=started,
+        stopped=time.time(),
+        fault_end=back,
+        bound=0.0,
+    )
+    record = rig.record()
+    for name, rows in record.rows.items():
+        during = [r for r in rows if down + 2 < r.slot_at.timestamp() < back - 2]
+        assert len(during) >= 55 and all(r.outcome == "ok" for r in during), name
+    assert row.missed == 0 and rig.runtime.buffer.lost().count == 0
