@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import broker, heartbeat
+from .chains import as_text
 from .checks.base import CheckResult
 from .runtime import Runtime
 from .store import StoredGateway, load_gateways
@@ -161,7 +162,7 @@ def _stale_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> Iterator[t
     now = rt.clock()
     prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
     for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
-        key = raw.decode()
+        key = as_text(raw)
         gateway_id, slot = (int(x) for x in key.removeprefix(prefix).split(":", 1))
         gateway = gateways.get(gateway_id)
         interval_ms = round(1000 * gateway.config.interval) if gateway else 0

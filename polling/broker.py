@@ -25,6 +25,10 @@ UNACKED_INDEX = "unacked_index"
 POLL_TASK = "pollctl.poll"
 
 
+def as_bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
 def queue_keys(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
 
@@ -77,7 +81,7 @@ def queue_state(redis: Redis, queue: str, now_ms: int) -> QueueState:
 def unacked_state(redis: Redis, now_ms: int) -> UnackedState:
     count = redis.hlen(UNACKED)
     first = redis.zrange(UNACKED_INDEX, 0, 0, withscores=True)
-    oldest = max(0.0, now_ms / 1000 - first[0][1]) if first else None
+    oldest = max(0.0, now_ms / 1000 - float(first[0][1])) if first else None
     return UnackedState(int(count), oldest if count else None)
 
 
@@ -120,17 +124,17 @@ def poll_messages(redis: Redis, queue: str, chunk: int = 1000) -> Iterator[PollM
             for raw in batch:
                 args = _poll_args(_payload(raw))
                 if args is not None:
-                    yield PollMessage(raw, key, *args)
+                    yield PollMessage(as_bytes(raw), key, *args)
             start += chunk
     for _tag, raw in redis.hscan_iter(UNACKED):
         message = json.loads(raw)[0]
         args = _poll_args(message)
         if args is not None:
-            yield PollMessage(raw, UNACKED, *args)
+            yield PollMessage(as_bytes(raw), UNACKED, *args)
 
 
 def remove_waiting(redis: Redis, message: PollMessage) -> bool:
     """Take a waiting message off its queue (never one a worker holds)."""
     if message.held:
         return False
-    return bool(redis.lrem(message.key, 1, message.raw))
+    return bool(redis.lrem(message.key, 1, message.raw))  # type: ignore[arg-type]

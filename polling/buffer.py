@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import LockError
 
+from .chains import as_text
 from .keys import Keys
 
 # KEYS: buffer, lost. ARGV: entry, limit, now (ms).
@@ -51,7 +52,8 @@ class RecordBuffer:
         return int(self.redis.llen(self.keys.buffer))
 
     def lost(self) -> Lost:
-        data = {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.buffer_lost).items()}
+        raw = self.redis.hgetall(self.keys.buffer_lost)
+        data = {as_text(k): int(v) for k, v in raw.items()}
         return Lost(data.get("count", 0), data.get("first_ms"), data.get("last_ms"))
 
     def flush(self, write: Callable[[list[dict]], None], batch: int = 500) -> int:

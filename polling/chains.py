@@ -73,7 +73,7 @@ class Chains:
         for name, fields in zip(names, pipe.execute(), strict=True):
             state = _state(fields)
             if state is not None:
-                out[int(_text(name).rsplit(":", 1)[1])] = state
+                out[int(as_text(name).rsplit(":", 1)[1])] = state
         return out
 
     def issue(self, gateway_id: int, first_ms: int, last_ms: int | None = None) -> str:
@@ -95,24 +95,24 @@ class Chains:
 
     def is_current(self, gateway_id: int, token: str) -> bool:
         current = self.redis.hget(self.keys.chain(gateway_id), "token")
-        return current is not None and _text(current) == token
+        return current is not None and as_text(current) == token
 
     def begin(self, gateway_id: int, token: str, slot_ms: int, claim_ttl_ms: int) -> Verdict:
         keys = [self.keys.chain(gateway_id), self.keys.claim(gateway_id, slot_ms)]
         verdict = self._begin(keys=keys, args=[token, slot_ms, max(claim_ttl_ms, 1)])
-        return _text(verdict)  # type: ignore[return-value]
+        return as_text(verdict)  # type: ignore[return-value]
 
     def advance(self, gateway_id: int, token: str, slot_ms: int, next_ms: int) -> bool:
         args: list[str | int] = [token, slot_ms, next_ms]
         return bool(self._advance(keys=[self.keys.chain(gateway_id)], args=args))
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _state(fields: dict) -> ChainState | None:
-    data = {_text(k): _text(v) for k, v in fields.items()}
+    data = {as_text(k): as_text(v) for k, v in fields.items()}
     if "token" not in data or "due" not in data:
         return None
     last = data.get("last")

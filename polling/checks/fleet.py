@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .. import service
+from ..chains import as_text
 from ..queries import window_stats
 from ..recording import flush
 from ..store import StoredGateway, load_gateways, ms_to_dt
-from .base import CheckResult, Context, graded, healthy
+from .base import CheckResult, Context, Status, graded, healthy
 
 START_WORKERS = (
     "make sure a polling worker (`systemctl start pollctl-worker@1`) and beat "
@@ -45,7 +46,7 @@ def check_schedules(ctx: Context) -> CheckResult:
     broken = len(missing) + len(overdue)
     if broken:
         share = broken / max(active, 1)
-        status = "error" if share >= rt.settings.overdue_critical else "warning"
+        status: Status = "error" if share >= rt.settings.overdue_critical else "warning"
         return CheckResult(
             "schedules",
             status,
@@ -83,12 +84,12 @@ def _orphans(ctx: Context) -> tuple[list[str], list[str]]:
     claim_prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
     locks, claims = [], []
     for raw in rt.redis.scan_iter(match=rt.keys.locks_pattern, count=1000):
-        key = raw.decode()
+        key = as_text(raw)
         endpoint = key.removeprefix(lock_prefix)
         if endpoint not in endpoints or rt.redis.pttl(key) == -1:
             locks.append(key)
     for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
-        key = raw.decode()
+        key = as_text(raw)
         gateway_id = int(key.removeprefix(claim_prefix).split(":", 1)[0])
         if gateway_id not in gateways or rt.redis.pttl(key) == -1:
             claims.append(key)

@@ -7,6 +7,7 @@ import uuid
 import redis
 
 from .. import broker, heartbeat
+from ..chains import as_text
 from ..errors import ServiceUnavailable
 from ..migrate import current_revision, head_revision
 from ..runtime import check_redis
@@ -117,7 +118,7 @@ def check_workers(ctx: Context) -> CheckResult:
                 "or, if the polling queue has a backlog (pollctl diagnose), add workers",
             ],
         )
-    details["canary_served_by"] = reply[1].decode()
+    details["canary_served_by"] = as_text(reply[1])
     return healthy(
         "workers", f"{len(pollers)} workers consume polling; canary came back", **details
     )
