@@ -28,6 +28,9 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_timer_precision=settings.timer_precision,
     broker_connection_retry_on_startup=True,
+    # Keep reconnecting through a Redis outage of any length (the default gives up after
+    # 100 tries, about 45 minutes, and the worker exits).
+    broker_connection_max_retries=None,
     # The Redis transport without its crash on connection loss (see workers/transport.py).
     broker_transport="workers.transport:Transport",
     broker_transport_options={
