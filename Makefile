@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-e2e test-faults test-long lint format typecheck clean
+.PHONY: help install bench demo test test-fast test-e2e test-faults test-long lint format typecheck clean
 
 help:
 	@echo "make demo       run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/pollctl demo $(if $(DURATION),--duration $(DURATION))
+
+# The benchmark (not part of make test): BENCH_ARGS="--gateways 10000 --scale ..." to vary it.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -m "not long"

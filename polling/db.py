@@ -77,11 +77,8 @@ def insert_ignoring_conflicts(session: Session, table: Any, rows: Sequence[dict]
         return 0
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
-    inserted = 0
-    # Chunks keep SQLite under its bound-parameter limit.
-    for start in range(0, len(rows), 500):
-        chunk = list(rows[start : start + 500])
-        stmt = module.insert(table).values(chunk).on_conflict_do_nothing()
-        # rowcount is not reliable for multi-row inserts on every driver; RETURNING is.
-        inserted += len(session.execute(stmt.returning(table.c.id)).all())
-    return inserted
+    # One statement for every row list: SQLAlchemy's "insertmanyvalues" batches the rows
+    # into multi-row INSERTs from a compiled form it caches, where `.values(rows)` would be
+    # compiled afresh for every call (most of a poll's CPU). RETURNING counts what went in.
+    stmt = module.insert(table).on_conflict_do_nothing().returning(table.c.id)
+    return len(session.execute(stmt, list(rows)).all())

@@ -1,0 +1,106 @@
+"""`python -m bench` (what `make bench` runs): pollctl, the naive setup and the asyncio floor
+on one simulated fleet; prints a table, writes JSON and a PNG to the output folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .analyze import Figures
+from .run import Bench, Plan
+
+SETUPS = ("pollctl", "naive", "floor")
+
+
+def table(rows: list[Figures]) -> str:
+    head = (
+        f"{'setup':8} {'N':>6} {'int s':>5} {'offered/s':>9} {'achieved/s':>10} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'dup':>4} {'missed':>6} "
+        f"{'failed':>6} {'CPU s/1000':>10} {'rows/s':>7}  CPU s per 1000 polls by process"
+    )
+    lines = [head]
+    for f in rows:
+        lat = f.lateness_ms
+        per = ", ".join(f"{k} {v:.2f}" for k, v in f.cpu_per_1000.items())
+        lines.append(
+            f"{f.setup:8} {f.gateways:>6} {f.interval:>5g} {f.offered:>9.1f} {f.achieved:>10.1f} "
+            f"{lat['p50']:>7.1f} {lat['p95']:>7.1f} {lat['p99']:>7.1f} {lat['max']:>7.1f} "
+            f"{f.duplicates:>4} {f.missed:>6} {f.failed:>6} {f.cpu_total_per_1000:>10.2f} "
+            f"{f.rows_per_s:>7.0f}  {per}"
+        )
+    return "\n".join(lines)
+
+
+def run(plan: Plan, setups: list[str]) -> list[Figures]:
+    bench = Bench(plan)
+    out = []
+    with bench.fleet():
+        for setup in setups:
+            print(
+                f"-- {setup}: {plan.gateways} gateways at {plan.interval:g} s, "
+                f"{plan.seconds:g} s measured after {plan.warmup:g} s",
+                flush=True,
+            )
+            figures = getattr(bench, f"run_{setup}")()
+            figures.device_latency_ms = plan.latency_ms
+            out.append(figures)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--gateways", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=40.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=16, help="worker threads")
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="sweep 100, 1000, 5000, 10000 gateways at latencies 0 and 20 ms",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    setups = [s for s in args.setups.split(",") if s]
+    unknown = set(setups) - set(SETUPS)
+    if unknown:
+        parser.error(f"unknown setups: {', '.join(sorted(unknown))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    sizes = (
+        [(n, lat) for lat in (0.0, 20.0) for n in (100, 1000, 5000, 10000)]
+        if args.scale
+        else [(args.gateways, args.latency_ms)]
+    )
+    results: list[Figures] = []
+    for n, latency in sizes:
+        plan = Plan(
+            n,
+            args.interval,
+            args.seconds,
+            args.warmup,
+            latency,
+            args.concurrency,
+            args.out / f"work-{n}-{latency:g}",
+        )
+        results += run(plan, setups)
+        print(table(results), flush=True)
+    (args.out / "results.json").write_text(
+        json.dumps(
+            [{k: v for k, v in asdict(f).items() if k != "samples_ms"} for f in results], indent=2
+        )
+    )
+    try:
+        from .plot import plot
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+    else:
+        print(f"plot: {plot(results, args.out, scale=args.scale)}")
+    print(f"results: {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

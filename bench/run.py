@@ -1,0 +1,269 @@
+"""Run the three setups on one simulated fleet and measure each over the same window."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import redis
+import yaml
+
+from polling.demo import free_port
+from polling.runtime import Runtime
+from polling.settings import Settings
+from polling.store import load_gateways as stored_gateways
+
+from . import analyze, procstats
+from .fleet import fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_SERVER = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+
+
+@dataclass(frozen=True)
+class Plan:
+    gateways: int
+    interval: float
+    seconds: float
+    warmup: float
+    latency_ms: float
+    concurrency: int
+    workdir: Path
+
+
+class Bench:
+    """One fleet (simulator, database, Redis database) shared by the setups in turn."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.workdir = plan.workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+        self.database = f"pollctl_bench_{uuid.uuid4().hex[:8]}"
+        self.database_url = PG_SERVER.rsplit("/", 1)[0] + f"/{self.database}"
+        self.redis_url = f"{REDIS_SERVER}/12"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.fleet_file = self.workdir / "fleet.yaml"
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None):
+        log = (self.workdir / f"{name}.log").open("ab")
+        full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def pollctl(self, *args: str) -> None:
+        env = {**os.environ, **self.env(), "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-c", "from cli import main; main()", *args]
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "POLLING_REDIS_URL": self.redis_url,
+            "POLLING_DATABASE_URL": self.database_url,
+            "POLLING_ENV_FILE": os.devnull,
+            "POLLING_KEY_PREFIX": "bench",
+            "BENCH_GATEWAYS": str(self.fleet_file),
+            "BENCH_DATABASE_URL": self.database_url,
+            "BENCH_BROKER": self.redis_url,
+        }
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    @contextmanager
+    def fleet(self) -> Iterator[None]:
+        p = self.plan
+        timeout = min(1.0, p.interval / 2)
+        doc = fleet([free_port() for _ in range(p.gateways)], p.interval, timeout)
+        self.fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.redis.flushdb()
+        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        cli = [sys.executable, "-c", "from cli import main; main()"]
+        sim = self.spawn(
+            "simulator",
+            [*cli, "simulate", "--config", str(self.fleet_file), "--latency-ms", str(p.latency_ms)],
+        )
+        try:
+            self._wait_for_port(doc["gateways"][-1]["port"], sim)
+            self.pollctl("db", "upgrade")
+            self.pollctl("gateway", "import", str(self.fleet_file))
+            self.simulator = sim
+            yield
+        finally:
+            for proc in self.procs:
+                self.stop(proc)
+            with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def _wait_for_port(self, port: int, proc: subprocess.Popen) -> None:
+        import socket
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("the simulator exited; see its log in " + str(self.workdir))
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("the simulator did not listen within 120 s")
+
+    # -- one setup ---------------------------------------------------------------------------
+
+    def measure(
+        self,
+        setup: str,
+        start: Callable[[], dict[str, subprocess.Popen]],
+        stop: Callable[[], None],
+    ) -> tuple[dict[str, float], dict[str, float], datetime, datetime]:
+        """Start a setup, let it warm up, sample CPU over the window, stop it."""
+        procs = start()
+        time.sleep(self.plan.warmup)
+        pids = {name: proc.pid for name, proc in procs.items()}
+        pids["simulator"] = self.simulator.pid
+        before = procstats.sample(pids, self.redis)
+        window_start = datetime.now(UTC)
+        time.sleep(self.plan.seconds)  # the measured window
+        window_end = datetime.now(UTC)
+        after = procstats.sample(pids, self.redis)
+        rss = {name: procstats.peak_rss_mb(pid) for name, pid in pids.items()}
+        rss["redis"] = procstats.peak_rss_mb(procstats.redis_pid(self.redis))
+        stop()
+        for proc in procs.values():
+            self.stop(proc)
+        return procstats.delta(before, after), rss, window_start, window_end
+
+    def gateways_by_id(self) -> dict:
+        rt = Runtime.build(Settings(redis_url=self.redis_url, database_url=self.database_url))
+        with rt.sessions() as session:
+            stored = stored_gateways(session)
+        rt.close()
+        return {g.id: g.config for g in stored}
+
+    def sessions(self):
+        rt = Runtime.build(Settings(redis_url=self.redis_url, database_url=self.database_url))
+        return rt.sessions
+
+    # -- the three setups --------------------------------------------------------------------
+
+    def celery(self, app: str, role: str, name: str) -> subprocess.Popen:
+        base = [sys.executable, "-m", "celery", "-A", app]
+        if role == "worker":
+            args = [
+                *base,
+                "worker",
+                "-Q",
+                "polling,scheduling,default",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.plan.concurrency),
+                "-n",
+                f"{name}@bench",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "WARNING",
+            ]
+            if app != "workers.app":
+                args[args.index("-Q") + 1] = "celery"
+        else:
+            args = [
+                *base,
+                "beat",
+                "-s",
+                str(self.workdir / f"{name}.schedule"),
+                "--loglevel",
+                "WARNING",
+            ]
+        return self.spawn(name, args, self.env())
+
+    def run_pollctl(self) -> analyze.Figures:
+        def start() -> dict[str, subprocess.Popen]:
+            procs = {
+                "worker": self.celery("workers.app", "worker", "pollctl-worker"),
+                "beat": self.celery("workers.app", "beat", "pollctl-beat"),
+            }
+            time.sleep(3)  # the worker connects; chains wait in Redis meanwhile
+            self.pollctl("start")
+            return procs
+
+        cpu, rss, a, b = self.measure("pollctl", start, lambda: self.pollctl("stop"))
+        with self.sessions()() as session:
+            figures = analyze.slotted("pollctl", "scheduled", session, self.gateways_by_id(), a, b)
+        return _finish(figures, cpu, rss)
+
+    def run_naive(self) -> analyze.Figures:
+        def start() -> dict[str, subprocess.Popen]:
+            self.redis.flushdb()
+            return {
+                "worker": self.celery("bench.naive", "worker", "naive-worker"),
+                "beat": self.celery("bench.naive", "beat", "naive-beat"),
+            }
+
+        cpu, rss, a, b = self.measure("naive", start, lambda: None)
+        with self.sessions()() as session:
+            anchors = analyze.first_polls(session, "naive")
+            figures = analyze.unslotted(
+                "naive", "naive", session, self.gateways_by_id(), a, b, anchors
+            )
+        return _finish(figures, cpu, rss)
+
+    def run_floor(self) -> analyze.Figures:
+        until = time.time() + self.plan.warmup + self.plan.seconds + 2
+
+        started: list[subprocess.Popen] = []
+
+        def start() -> dict[str, subprocess.Popen]:
+            args = [
+                sys.executable,
+                "-m",
+                "bench.floor",
+                str(self.fleet_file),
+                self.database_url,
+                str(until),
+            ]
+            started.append(self.spawn("floor", args))
+            return {"floor": started[0]}
+
+        def finish() -> None:
+            started[0].wait(60)  # it stops by itself after its last flush
+
+        cpu, rss, a, b = self.measure("floor", start, finish)
+        with self.sessions()() as session:
+            figures = analyze.slotted("floor", "floor", session, self.gateways_by_id(), a, b)
+        return _finish(figures, cpu, rss)
+
+
+def _finish(figures: analyze.Figures, cpu: dict[str, float], rss: dict[str, float]):
+    polls = max(1.0, figures.achieved * figures.seconds)
+    figures.cpu_per_1000 = {k: round(v * 1000 / polls, 3) for k, v in cpu.items()}
+    figures.cpu_total_per_1000 = round(
+        sum(v for k, v in figures.cpu_per_1000.items() if k != "simulator"), 3
+    )
+    figures.peak_rss_mb = {k: round(v, 1) for k, v in rss.items()}
+    return figures
