@@ -116,6 +116,7 @@ def gateway_import(path: str) -> None:
     rt = _runtime()
     with rt.sessions() as session, session.begin():
         created, updated = import_gateways(session, gateways)
+    rt.bump_config()
     click.echo(f"imported {len(gateways)} gateways from {path} ({created} new, {updated} updated)")
     if created:
         click.echo("new gateways are not polled until `pollctl start`")
@@ -148,6 +149,7 @@ def gateway_delete(name: str) -> None:
     service.stop(rt, [name])
     with rt.sessions() as session, session.begin():
         delete_gateway(session, name)
+    rt.bump_config()
     click.echo(f"deleted {name}")
 
 

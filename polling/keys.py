@@ -58,6 +58,16 @@ class Keys:
         return f"{self.prefix}:canary:{nonce}"
 
     @property
+    def config_stamp(self) -> str:
+        """Random value replaced on every configuration change (see configcache)."""
+        return f"{self.prefix}:config:stamp"
+
+    @property
+    def config_seen(self) -> str:
+        """Gateway count and newest `updated_at` reconcile last saw in the database."""
+        return f"{self.prefix}:config:seen"
+
+    @property
     def buffer(self) -> str:
         """Poll records waiting for the database, oldest first."""
         return f"{self.prefix}:buffer"

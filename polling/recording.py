@@ -103,5 +103,6 @@ def flush(rt: Runtime) -> int:
 
     written = rt.buffer.flush(write)
     if written:
+        rt.bump_config()  # a buffered failure may have disabled a gateway
         log.warning("flushed %s buffered records to the database", written)
     return written

@@ -4,6 +4,7 @@ from the settings and passed to the service functions."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ class Runtime:
     #: Last configuration read for each gateway, so chains go on polling (into the buffer)
     #: while the database is unreachable.
     known: dict[int, StoredGateway] = field(default_factory=dict)
+    #: The configuration stamp each entry of `known` was read under.
+    known_stamp: dict[int, str | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -68,6 +71,10 @@ class Runtime:
         """Raise ServiceUnavailable, naming the URL, if Redis or the database is down."""
         check_redis(self.redis, self.settings.redis_url)
         check_database(self.engine)
+
+    def bump_config(self) -> None:
+        """Tell every process its in-memory gateways may be stale (see configcache)."""
+        self.redis.set(self.keys.config_stamp, uuid.uuid4().hex)
 
     def close(self) -> None:
         self.modbus.close()

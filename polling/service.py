@@ -11,20 +11,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
-from sqlalchemy.exc import DBAPIError
 
+from . import configcache
 from .chains import ChainState
 from .errors import GatewayNotFound
 from .plan import Request
 from .poller import PollOutcome, execute_poll, poll_budget, requests_for
-from .recording import flush, is_unreachable, missed_entry, save
+from .recording import flush, missed_entry, save
 from .runtime import Runtime
 from .schedule import Grid
 from .store import (
     StoredGateway,
     last_recorded_slot,
-    load_gateway,
     load_gateways,
+    newest_change,
     record_missed,
     reenable,
     set_chain_token,
@@ -59,7 +59,7 @@ def budget_of(rt: Runtime, gateway: StoredGateway) -> float:
 def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepResult:
     """One link of a chain: poll `slot_ms` if this task still owns it, then advance the
     chain to the next slot. Returns the slot to enqueue next, if this task advanced it."""
-    gateway = _load_for_poll(rt, gateway_id)
+    gateway = configcache.gateway_for_poll(rt, gateway_id)
     if gateway is None or not gateway.active:
         rt.chains.retire(gateway_id, token)
         return StepResult("retired")
@@ -120,28 +120,12 @@ def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
         save(rt, missed_entry(gateway_id, slots, why))
 
 
-def _load_for_poll(rt: Runtime, gateway_id: int) -> StoredGateway | None:
-    """The gateway's configuration; while the database is unreachable, the last one this
-    process read, so the chain goes on polling and its records go to the buffer."""
-    try:
-        with rt.sessions() as session:
-            gateway = load_gateway(session, gateway_id)
-    except DBAPIError as exc:
-        if not is_unreachable(exc) or gateway_id not in rt.known:
-            raise
-        return rt.known[gateway_id]
-    if gateway is None:
-        rt.known.pop(gateway_id, None)
-    else:
-        rt.known[gateway_id] = gateway
-    return gateway
-
-
 def _retire(rt: Runtime, gateway_id: int, token: str = "") -> None:
     """End the chain in Redis (only if it still has `token`, when given) and its mirror."""
     rt.chains.retire(gateway_id, token)
     with rt.sessions() as session, session.begin():
         set_chain_token(session, gateway_id, None)
+    rt.bump_config()  # it may have been disabled: no process should poll it from memory
 
 
 # -- the fleet -------------------------------------------------------------------------------
@@ -204,6 +188,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             if explicit and not gateway.enabled:
                 reenable(session, gateway.id)
             set_polling(session, gateway.id, on=True, token=None)
+    rt.bump_config()
     live = rt.chains.all()
     now = rt.clock()
     # Reloaded, not patched in memory: set_polling stamps polling_since, which tells
@@ -258,6 +243,7 @@ def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
             set_polling(session, gateway.id, on=False, token=None)
+    rt.bump_config()
     for gateway in gateways:
         rt.chains.retire(gateway.id)
         report.stopped.append(gateway.config.name)
@@ -291,6 +277,8 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     try:
         report.flushed = flush(rt)  # before gaps are computed from the database
         gateways = {g.id: g for g in select_gateways(rt, None)}
+        with rt.sessions() as session:
+            configcache.note_fleet(rt, len(gateways), newest_change(session))
         chains = rt.chains.all()
         now = rt.clock()
         for gateway in gateways.values():

@@ -136,6 +136,11 @@ def delete_gateway(session: Session, name: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+def newest_change(session: Session) -> datetime | None:
+    """When any gateway row last changed."""
+    return session.scalar(select(func.max(GatewayRow.updated_at)))
+
+
 def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | None) -> None:
     row = session.get_one(GatewayRow, gateway_id)
     if on and not row.polling:
