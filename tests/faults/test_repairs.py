@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
@@ -37,17 +38,19 @@ def test_diagnostics_task_repairs_drift_and_records_it(rig_factory, free_ports):
     rt.chains.issue(987_654, rt.clock())  # a chain of a gateway that does not exist
     orphan = rt.keys.endpoint_lock("127.0.0.1", 1)
     rt.redis.set(orphan, "left by a crashed release")  # and never expires
-    injected = time.time()
+    injected_at = datetime.now(UTC)
 
-    def repaired() -> list[DiagnosticRun]:
+    def actions() -> list[str]:
         with rt.sessions() as session:
-            runs = session.scalars(select(DiagnosticRun).order_by(DiagnosticRun.id))
-            return [r for r in runs if r.repairs and r.ran_at.timestamp() > injected]
+            runs = session.scalars(select(DiagnosticRun).where(DiagnosticRun.ran_at > injected_at))
+            return [a for run in runs for acts in run.repairs.values() for a in acts]
 
-    wait_until(lambda: bool(repaired()), 20, "a diagnostics run with repairs")
-    actions = [a for run in repaired() for acts in run.repairs.values() for a in acts]
-    assert any("#987654" in a for a in actions), actions
-    assert any(orphan in a for a in actions), actions
+    def both_repaired() -> bool:
+        done = actions()
+        return any("#987654" in a for a in done) and any(orphan in a for a in done)
+
+    # Reconcile (every second) retires the chain, the diagnostics run (every 2 s) the lock.
+    wait_until(both_repaired, 20, "both repairs recorded")
     assert 987_654 not in rt.chains.all() and not rt.redis.exists(orphan)
     out = rig.pollctl("diagnose", check=False).stdout
     assert "recent diagnostics runs by beat" in out and "#987654" in out
