@@ -8,7 +8,8 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,10 +54,14 @@ def _runtime(*, migrated: bool = True) -> Runtime:
     return rt
 
 
-def _enqueue() -> Callable[[int, str, int], None]:
-    from workers.tasks import send_poll  # Celery only where a task is sent
+@contextmanager
+def _enqueue() -> Iterator[Callable[[int, str, int], None]]:
+    """Collects the chain steps a command starts and sends them, batched, at the end."""
+    from workers.tasks import step_batcher  # Celery only where a task is sent
 
-    return send_poll
+    batcher = step_batcher()
+    yield batcher.add
+    batcher.flush()
 
 
 def _when(dt: datetime | None) -> str:
@@ -164,7 +169,9 @@ def _names(gateways: tuple[str, ...]) -> list[str] | None:
 @click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
 def start(gateways: tuple[str, ...]) -> None:
     """Start polling: one chain per enabled gateway. Naming a gateway re-enables it."""
-    report = service.start(_runtime(), _enqueue(), _names(gateways))
+    rt = _runtime()
+    with _enqueue() as enqueue:
+        report = service.start(rt, enqueue, _names(gateways))
     for name in report.started:
         click.echo(f"started {name}")
     for name in report.already:
@@ -184,7 +191,9 @@ def stop(gateways: tuple[str, ...]) -> None:
 @main.command()
 def reconcile() -> None:
     """Run one reconcile now (beat runs it every POLLING_RECONCILE_SECONDS)."""
-    report = service.reconcile(_runtime(), _enqueue())
+    rt = _runtime()
+    with _enqueue() as enqueue:
+        report = service.reconcile(rt, enqueue)
     click.echo(
         f"started {len(report.started)}, restarted {len(report.restarted)}, "
         f"retired {len(report.retired)}, recorded {report.missed} missed slots"
@@ -295,7 +304,8 @@ def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
         rt = Runtime.build(_settings())
     except PollingError as exc:
         return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
-    return diagnostics.diagnose(rt, fix=fix, enqueue=_enqueue(), canary=_canary())
+    with _enqueue() as enqueue:
+        return diagnostics.diagnose(rt, fix=fix, enqueue=enqueue, canary=_canary())
 
 
 def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -> None:

@@ -217,7 +217,14 @@ def _queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckRe
 
 
 def _drop_queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+    # A batch message goes only when every step in it is foreign: the others are live chains.
+    foreign: dict[bytes, list[broker.PollMessage]] = {}
+    for message, _ in _foreign_messages(rt, gateways):
+        if not message.held:
+            foreign.setdefault(message.raw, []).append(message)
     removed = sum(
-        broker.remove_waiting(rt.redis, m) for m, _ in _foreign_messages(rt, gateways) if not m.held
+        broker.remove_waiting(rt.redis, steps[0])
+        for steps in foreign.values()
+        if len(steps) == steps[0].size
     )
     return [f"removed {removed} waiting poll messages of unknown gateways or replaced chains"]

@@ -23,6 +23,7 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 POLL_TASK = "pollctl.poll"
+BATCH_TASK = "pollctl.poll_batch"
 
 
 def as_bytes(value: bytes | str) -> bytes:
@@ -51,7 +52,8 @@ class UnackedState:
 
 @dataclass(frozen=True)
 class PollMessage:
-    """A `pollctl.poll` message found in the broker."""
+    """One chain step found in the broker, in a `pollctl.poll_batch` (or `pollctl.poll`)
+    message."""
 
     raw: bytes
     #: The list it waits in, or `unacked` when a worker holds it.
@@ -59,6 +61,8 @@ class PollMessage:
     gateway_id: int
     token: str
     slot_ms: int
+    #: Steps the message carries, this one included.
+    size: int = 1
 
     @property
     def held(self) -> bool:
@@ -102,35 +106,36 @@ def _due_ms(raw: bytes | str) -> int | None:
     return max(candidates) if candidates else None
 
 
-def _poll_args(payload: dict) -> tuple[int, str, int] | None:
+def _poll_steps(payload: dict) -> list[tuple[int, str, int]]:
     headers = payload.get("headers") or {}
-    if headers.get("task") != POLL_TASK:
-        return None
+    task = headers.get("task")
+    if task not in (POLL_TASK, BATCH_TASK):
+        return []
     body = payload.get("body", "")
     if (payload.get("properties") or {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     try:
         args = json.loads(body)[0]
-        return int(args[0]), str(args[1]), int(args[2])
+        steps = [args] if task == POLL_TASK else args[0]
+        return [(int(g), str(t), int(s)) for g, t, s in steps]
     except (ValueError, IndexError, TypeError):
-        return None
+        return []
 
 
 def poll_messages(redis: Redis, queue: str, chunk: int = 1000) -> Iterator[PollMessage]:
-    """Every poll message waiting in `queue` or held by a worker."""
+    """Every chain step waiting in `queue` or held by a worker."""
     for key in queue_keys(queue):
         start = 0
         while batch := redis.lrange(key, start, start + chunk - 1):
             for raw in batch:
-                args = _poll_args(_payload(raw))
-                if args is not None:
-                    yield PollMessage(as_bytes(raw), key, *args)
+                steps = _poll_steps(_payload(raw))
+                for step in steps:
+                    yield PollMessage(as_bytes(raw), key, *step, size=len(steps))
             start += chunk
     for _tag, raw in redis.hscan_iter(UNACKED):
-        message = json.loads(raw)[0]
-        args = _poll_args(message)
-        if args is not None:
-            yield PollMessage(as_bytes(raw), UNACKED, *args)
+        steps = _poll_steps(json.loads(raw)[0])
+        for step in steps:
+            yield PollMessage(as_bytes(raw), UNACKED, *step, size=len(steps))
 
 
 def remove_waiting(redis: Redis, message: PollMessage) -> bool:

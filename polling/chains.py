@@ -42,6 +42,95 @@ end
 return 0
 """
 
+# A batch of steps in one call: for each step the checks of _BEGIN, then each endpoint
+# lock is taken if any of its steps got 'go', in the same atomic call, so a token checked
+# here is still current while the lock is held (`pollctl stop` retires, then waits for it).
+# KEYS: chain and claim of each step, then each lock.
+# ARGV: n steps, m locks, (token, slot, claim ttl) per step,
+#       then per lock: value, ttl (ms), k, and the k step numbers (1-based) it serves.
+# Returns n verdicts, then m lock states: locked | busy | idle (no step of it went).
+_BEGIN_BATCH = """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local chain, claim = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, slot, ttl = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local verdict = 'foreign'
+  if redis.call('HGET', chain, 'token') ~= token then verdict = 'stale'
+  elseif redis.call('HGET', chain, 'due') ~= slot then verdict = 'moved'
+  elseif redis.call('SET', claim, token, 'NX', 'PX', ttl) then verdict = 'go'
+  elseif redis.call('GET', claim) == token then verdict = 'claimed'
+  end
+  out[i] = verdict
+end
+local a = 3 * n + 3
+for j = 1, m do
+  local value, ttl, k = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local wanted = false
+  for x = 1, k do
+    if out[tonumber(ARGV[a + 2 + x])] == 'go' then wanted = true end
+  end
+  a = a + 3 + k
+  local state = 'idle'
+  if wanted then
+    if redis.call('SET', KEYS[2 * n + j], value, 'NX', 'PX', ttl) then state = 'locked'
+    else state = 'busy' end
+  end
+  out[n + j] = state
+end
+return out
+"""
+
+# KEYS: lock, then the chain of each step. ARGV: value, ttl (ms), each step's token.
+# Takes the lock if free; then returns, per step, 1 while its token is still current.
+_LOCK_BATCH = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local out = {}
+for i = 2, #KEYS do
+  out[i - 1] = (redis.call('HGET', KEYS[i], 'token') == ARGV[i + 1]) and 1 or 0
+end
+return out
+"""
+
+# KEYS: chain of each step, then each lock. ARGV: n, m, (token, slot, next) per step,
+# then each lock's value. Advances each chain as _ADVANCE does and releases each lock
+# still holding its value; returns 1 or 0 per step (advanced or not).
+_FINISH_BATCH = """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local token, slot, nxt = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  out[i] = 0
+  if redis.call('HGET', KEYS[i], 'token') == token and redis.call('HGET', KEYS[i], 'due') == slot
+  then
+    redis.call('HSET', KEYS[i], 'due', nxt, 'last', slot)
+    out[i] = 1
+  end
+end
+for j = 1, m do
+  if redis.call('GET', KEYS[n + j]) == ARGV[3 * n + 2 + j] then redis.call('DEL', KEYS[n + j]) end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    gateway_id: int
+    token: str
+    slot_ms: int
+    claim_ttl_ms: int = 1
+
+
+@dataclass(frozen=True)
+class LockRequest:
+    """An endpoint lock a batch wants, for the steps (indexes into the batch) it serves."""
+
+    key: str
+    value: str
+    ttl_ms: int
+    steps: tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class ChainState:
@@ -59,6 +148,9 @@ class Chains:
         self._begin = redis.register_script(_BEGIN)
         self._advance = redis.register_script(_ADVANCE)
         self._retire = redis.register_script(_RETIRE)
+        self._begin_batch = redis.register_script(_BEGIN_BATCH)
+        self._lock_batch = redis.register_script(_LOCK_BATCH)
+        self._finish_batch = redis.register_script(_FINISH_BATCH)
 
     def get(self, gateway_id: int) -> ChainState | None:
         return _state(self.redis.hgetall(self.keys.chain(gateway_id)))
@@ -105,6 +197,47 @@ class Chains:
     def advance(self, gateway_id: int, token: str, slot_ms: int, next_ms: int) -> bool:
         args: list[str | int] = [token, slot_ms, next_ms]
         return bool(self._advance(keys=[self.keys.chain(gateway_id)], args=args))
+
+    def begin_batch(
+        self, steps: list[BatchStep], locks: list[LockRequest]
+    ) -> tuple[list[Verdict], list[str]]:
+        """`begin` for every step, then the locks of endpoints with a step to poll, in one
+        atomic call. Returns the verdicts and each lock's state (locked, busy, idle)."""
+        keys: list[str] = []
+        args: list[str | int] = [len(steps), len(locks)]
+        for step in steps:
+            keys += [
+                self.keys.chain(step.gateway_id),
+                self.keys.claim(step.gateway_id, step.slot_ms),
+            ]
+            args += [step.token, step.slot_ms, max(step.claim_ttl_ms, 1)]
+        for lock in locks:
+            keys.append(lock.key)
+            args += [lock.value, max(lock.ttl_ms, 1), len(lock.steps), *(i + 1 for i in lock.steps)]
+        out = [as_text(v) for v in self._begin_batch(keys=keys, args=args)]
+        return out[: len(steps)], out[len(steps) :]  # type: ignore[return-value]
+
+    def lock_batch(self, lock: LockRequest, steps: list[BatchStep]) -> list[bool] | None:
+        """Take a lock `begin_batch` found busy; None while it still is, else whether each
+        of `steps` still has its token."""
+        keys = [lock.key, *(self.keys.chain(s.gateway_id) for s in steps)]
+        reply = self._lock_batch(
+            keys=keys, args=[lock.value, max(lock.ttl_ms, 1), *(s.token for s in steps)]
+        )
+        return None if reply is None else [bool(x) for x in reply]
+
+    def finish_batch(
+        self, advances: list[tuple[BatchStep, int]], locks: list[LockRequest]
+    ) -> list[bool]:
+        """Advance each step's chain to its next slot (compare-and-set) and release the
+        locks; returns which chains this call advanced."""
+        keys = [self.keys.chain(step.gateway_id) for step, _ in advances]
+        keys += [lock.key for lock in locks]
+        args: list[str | int] = [len(advances), len(locks)]
+        for step, next_ms in advances:
+            args += [step.token, step.slot_ms, next_ms]
+        args += [lock.value for lock in locks]
+        return [bool(x) for x in self._finish_batch(keys=keys, args=args)]
 
 
 def as_text(value: bytes | str) -> str:

@@ -10,37 +10,57 @@ an old value back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
+from .errors import ServiceUnavailable
 from .recording import is_unreachable
 from .runtime import Runtime
-from .store import StoredGateway, load_gateway
+from .store import StoredGateway, load_gateways_by_id
 
 
 def gateway_for_poll(rt: Runtime, gateway_id: int) -> StoredGateway | None:
     """The gateway as configured now: from memory while the stamp holds, else from the
     database; while the database is unreachable, the last one read (the chain goes on
     polling and its records go to the buffer)."""
+    found = gateways_for_poll(rt, [gateway_id])
+    if gateway_id not in found:
+        raise ServiceUnavailable(f"gateway #{gateway_id} unknown here and the database is down")
+    return found[gateway_id]
+
+
+def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, StoredGateway | None]:
+    """`gateway_for_poll` for many: one stamp read, one query for those not in memory.
+    While the database is unreachable, ids this process never read are left out."""
     raw = rt.redis.get(rt.keys.config_stamp)
     stamp = raw.decode() if isinstance(raw, bytes) else raw
-    cached = rt.known.get(gateway_id)
-    if cached is not None and rt.known_stamp.get(gateway_id) == stamp:
-        return cached
+    out: dict[int, StoredGateway | None] = {}
+    stale = []
+    for gateway_id in ids:
+        cached = rt.known.get(gateway_id)
+        if cached is not None and rt.known_stamp.get(gateway_id) == stamp:
+            out[gateway_id] = cached
+        else:
+            stale.append(gateway_id)
+    if not stale:
+        return out
     try:
         with rt.sessions() as session:
-            gateway = load_gateway(session, gateway_id)
+            loaded = {g.id: g for g in load_gateways_by_id(session, stale)}
     except DBAPIError as exc:
-        if not is_unreachable(exc) or cached is None:
+        if not is_unreachable(exc):
             raise
-        return cached
-    if gateway is None:
-        rt.known.pop(gateway_id, None)
-        rt.known_stamp.pop(gateway_id, None)
-    else:
-        rt.known[gateway_id], rt.known_stamp[gateway_id] = gateway, stamp
-    return gateway
+        return out | {i: rt.known[i] for i in stale if i in rt.known}
+    for gateway_id in stale:
+        gateway = out[gateway_id] = loaded.get(gateway_id)
+        if gateway is None:
+            rt.known.pop(gateway_id, None)
+            rt.known_stamp.pop(gateway_id, None)
+        else:
+            rt.known[gateway_id], rt.known_stamp[gateway_id] = gateway, stamp
+    return out
 
 
 def note_fleet(rt: Runtime, count: int, newest: datetime | None) -> None:

@@ -73,12 +73,18 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def insert_ignoring_conflicts(session: Session, table: Any, rows: Sequence[dict]) -> int:
     """Insert `rows`, silently skipping any that hit a unique constraint: the database
     is the last guard against a slot recorded twice. Returns the rows inserted."""
+    return len(inserted(session, table, rows, ("id",)))
+
+
+def inserted(session: Session, table: Any, rows: Sequence[dict], columns: Sequence[str]) -> list:
+    """Insert `rows` ignoring conflicts; returns `columns` of the rows that went in."""
     if not rows:
-        return 0
+        return []
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
     # One statement for every row list: SQLAlchemy's "insertmanyvalues" batches the rows
     # into multi-row INSERTs from a compiled form it caches, where `.values(rows)` would be
-    # compiled afresh for every call (most of a poll's CPU). RETURNING counts what went in.
-    stmt = module.insert(table).on_conflict_do_nothing().returning(table.c.id)
-    return len(session.execute(stmt, list(rows)).all())
+    # compiled afresh for every call (most of a poll's CPU).
+    returning = [table.c[name] for name in columns]
+    stmt = module.insert(table).on_conflict_do_nothing().returning(*returning)
+    return list(session.execute(stmt, list(rows)).all())

@@ -109,22 +109,38 @@ def _connect(client: ModbusTcpClient, host: str, port: int) -> None:
         raise GatewayUnreachable(f"cannot connect to {host}:{port}")
 
 
+def where_of(request: Request, host: str, port: int) -> str:
+    return (
+        f"{request.register} {request.address}..{request.end} "
+        f"of device {request.device_id} at {host}:{port}"
+    )
+
+
 def _read_one(client: ModbusTcpClient, request: Request) -> list[int] | list[bool]:
     reader: Callable[..., ModbusPDU] = getattr(client, READERS[request.register])
-    where = (
-        f"{request.register} {request.address}..{request.end} "
-        f"of device {request.device_id} at {client.comm_params.host}:{client.comm_params.port}"
-    )
+    where = where_of(request, client.comm_params.host or "", client.comm_params.port)
     try:
         response = reader(request.address, count=request.count, device_id=request.device_id)
-    except ConnectionException as exc:
-        raise GatewayUnreachable(f"connection lost reading {where}: {_reason(exc)}") from None
-    except OSError as exc:  # the sync client lets a reset socket's error through
-        raise GatewayUnreachable(f"connection lost reading {where}: {exc}") from None
-    except ModbusIOException as exc:
-        raise GatewayTimeout(f"no valid answer reading {where}: {_reason(exc)}") from None
-    except ModbusException as exc:
-        raise GatewayUnreachable(f"error reading {where}: {_reason(exc)}") from None
+    except Exception as exc:
+        raise as_modbus_error(exc, where) from None
+    return payload_of(response, request, where)
+
+
+def as_modbus_error(exc: Exception, where: str) -> Exception:
+    """pymodbus's exceptions (and a reset socket's OSError) as ours; others unchanged."""
+    if isinstance(exc, ConnectionException):
+        return GatewayUnreachable(f"connection lost reading {where}: {_reason(exc)}")
+    if isinstance(exc, OSError):  # the sync client lets a reset socket's error through
+        return GatewayUnreachable(f"connection lost reading {where}: {exc}")
+    if isinstance(exc, ModbusIOException):
+        return GatewayTimeout(f"no valid answer reading {where}: {_reason(exc)}")
+    if isinstance(exc, ModbusException):
+        return GatewayUnreachable(f"error reading {where}: {_reason(exc)}")
+    return exc
+
+
+def payload_of(response: ModbusPDU, request: Request, where: str) -> list[int] | list[bool]:
+    """The registers (or bits) of an answer; an exception answer or a short one is an error."""
     if response.isError():
         code = getattr(response, "exception_code", 0)
         name = EXCEPTION_NAMES.get(code, "unknown exception")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from .runtime import Runtime
-from .store import PollRecord, record_missed, record_poll
+from .store import PollRecord, record_missed, record_polls
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,20 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def write_entry(session: Session, entry: dict, *, failure_threshold: int) -> str | None:
-    """Write one entry; returns the disable reason if a poll crossed the failure threshold."""
-    if entry["type"] == "missed":
-        record_missed(session, entry["gateway_id"], entry["slots"], entry["why"])
-        return None
+def write_entries(
+    session: Session, entries: Sequence[dict], *, failure_threshold: int
+) -> dict[int, str]:
+    """Write entries (polls in one batch, then missed runs); returns the disable reason of
+    every gateway a poll pushed over the failure threshold."""
+    polls = [_poll_of(e) for e in entries if e["type"] == "poll"]
+    reasons = record_polls(session, polls, failure_threshold=failure_threshold)
+    for entry in entries:
+        if entry["type"] == "missed":
+            record_missed(session, entry["gateway_id"], entry["slots"], entry["why"])
+    return reasons
+
+
+def _poll_of(entry: dict) -> tuple[PollRecord, list[dict]]:
     r = entry["record"]
     record = PollRecord(
         r["gateway_id"],
@@ -67,7 +76,7 @@ def write_entry(session: Session, entry: dict, *, failure_threshold: int) -> str
     readings = [
         {**x, "slot_at": _dt(x["slot_at"]), "read_at": _dt(x["read_at"])} for x in entry["readings"]
     ]
-    return record_poll(session, record, readings, failure_threshold=failure_threshold)
+    return record, readings
 
 
 def is_unreachable(exc: DBAPIError) -> bool:
@@ -77,18 +86,30 @@ def is_unreachable(exc: DBAPIError) -> bool:
 def save(rt: Runtime, entry: dict) -> str | None:
     """Write `entry` now, or keep it in the buffer when the database is unreachable.
     Returns the disable reason, if any (a buffered entry's is known only when flushed)."""
+    entries = [entry]
+    return next(iter(save_many(rt, entries).values()), None)
+
+
+def save_many(rt: Runtime, entries: Sequence[dict]) -> dict[int, str]:
+    """`save` for a batch, in one transaction: all written, or all buffered."""
+    if not entries:
+        return {}
     try:
         with rt.sessions() as session, session.begin():
-            return write_entry(session, entry, failure_threshold=rt.settings.failure_threshold)
+            return write_entries(session, entries, failure_threshold=rt.settings.failure_threshold)
     except DBAPIError as exc:
         if not is_unreachable(exc):
             raise
         reason = str(exc.orig or exc).strip().splitlines()[0] if exc.orig else str(exc)
-        if rt.buffer.push(entry, rt.clock()):
-            log.warning("database unreachable (%s): record buffered in Redis", reason)
-        else:
-            log.error("database unreachable and buffer full: record lost (counted)")
-        return None
+        kept = sum(rt.buffer.push(entry, rt.clock()) for entry in entries)
+        if kept:
+            log.warning("database unreachable (%s): %s records buffered in Redis", reason, kept)
+        if kept < len(entries):
+            log.error(
+                "database unreachable and buffer full: %s records lost (counted)",
+                len(entries) - kept,
+            )
+        return {}
 
 
 def flush(rt: Runtime) -> int:
@@ -98,8 +119,7 @@ def flush(rt: Runtime) -> int:
 
     def write(entries: list[dict]) -> None:
         with rt.sessions() as session, session.begin():
-            for entry in entries:
-                write_entry(session, entry, failure_threshold=rt.settings.failure_threshold)
+            write_entries(session, entries, failure_threshold=rt.settings.failure_threshold)
 
     written = rt.buffer.flush(write)
     if written:

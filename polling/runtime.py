@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .aiomodbus import AsyncModbusPool
 from .buffer import RecordBuffer
 from .chains import Chains
 from .db import check_database, make_engine, session_factory
@@ -39,6 +40,8 @@ class Runtime:
     chains: Chains
     modbus: ModbusPool
     buffer: RecordBuffer
+    #: Modbus over asyncio for poll batches (its loop thread starts on first use).
+    aio: AsyncModbusPool = field(default_factory=AsyncModbusPool)
     clock: Callable[[], int] = field(default=now_ms)
     #: Last configuration read for each gateway, so chains go on polling (into the buffer)
     #: while the database is unreachable.
@@ -78,6 +81,7 @@ class Runtime:
 
     def close(self) -> None:
         self.modbus.close()
+        self.aio.close()
         self.redis.close()
         self.engine.dispose()
 

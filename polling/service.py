@@ -77,7 +77,7 @@ def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepRes
     if outcome is not None and outcome.outcome == "stale":
         return StepResult("stale")
     if outcome is not None and outcome.disabled_reason:
-        _retire(rt, gateway_id, token)
+        retire_chain(rt, gateway_id, token)
         return StepResult("retired", outcome.outcome)
     now = rt.clock()
     next_ms = grid.following(slot_ms, now) if on_grid else grid.containing(now)
@@ -120,7 +120,7 @@ def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
         save(rt, missed_entry(gateway_id, slots, why))
 
 
-def _retire(rt: Runtime, gateway_id: int, token: str = "") -> None:
+def retire_chain(rt: Runtime, gateway_id: int, token: str = "") -> None:
     """End the chain in Redis (only if it still has `token`, when given) and its mirror."""
     rt.chains.retire(gateway_id, token)
     with rt.sessions() as session, session.begin():
@@ -294,7 +294,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         for gateway_id in chains:
             owner = gateways.get(gateway_id)
             if owner is None or not owner.active:
-                _retire(rt, gateway_id)
+                retire_chain(rt, gateway_id)
                 report.retired.append(owner.config.name if owner else f"#{gateway_id}")
     finally:
         with contextlib.suppress(LockError):

@@ -60,6 +60,11 @@ class Settings:
     #: Poll records kept in Redis while the database is unreachable; past it they are
     #: counted as lost.
     buffer_limit: int = 100_000
+    #: Chain steps whose slots start within this window travel in one poll-batch task
+    #: (each poll still starts at its own slot); 0 batches only equal slot starts.
+    batch_window: float = 0.1
+    #: Most chain steps in one poll-batch task, so several workers share a busy window.
+    batch_size: int = 100
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
 
@@ -109,6 +114,13 @@ class Settings:
             raise ConfigError("POLLING_BUFFER_LIMIT must be >= 0")
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
+        self._check_batching()
+
+    def _check_batching(self) -> None:
+        if self.batch_window < 0 or self.batch_window > 1:
+            raise ConfigError("POLLING_BATCH_WINDOW must be between 0 and 1 second")
+        if self.batch_size < 1:
+            raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""

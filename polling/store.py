@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from .db import insert_ignoring_conflicts
+from .db import insert_ignoring_conflicts, inserted
 from .gateways import Gateway, Point
 from .models import GatewayRow, PointRow, PollLog, Reading, utcnow
 
@@ -124,6 +124,11 @@ def load_gateway(session: Session, gateway_id: int) -> StoredGateway | None:
     return _stored(row) if row else None
 
 
+def load_gateways_by_id(session: Session, ids: Sequence[int]) -> list[StoredGateway]:
+    query = select(GatewayRow).options(selectinload(GatewayRow.points))
+    return [_stored(row) for row in session.scalars(query.where(GatewayRow.id.in_(list(ids))))]
+
+
 def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[StoredGateway]:
     query = select(GatewayRow).options(selectinload(GatewayRow.points)).order_by(GatewayRow.name)
     if names is not None:
@@ -198,16 +203,11 @@ def reading_row(
     }
 
 
-def record_poll(
-    session: Session, record: PollRecord, readings: Sequence[dict], *, failure_threshold: int
-) -> str | None:
-    """Write the poll-log row and, only if that row is new, the readings: a slot already
-    recorded (by a duplicate, or as missed by a restart) keeps what it has. Updates the
-    failure count; returns the disable reason if this poll crossed the threshold."""
+def poll_row(record: PollRecord) -> dict:
     duration = None
     if record.started_at and record.finished_at:
         duration = (record.finished_at - record.started_at).total_seconds() * 1000
-    row = {
+    return {
         "gateway_id": record.gateway_id,
         "slot_at": ms_to_dt(record.slot_ms),
         "kind": record.kind,
@@ -217,19 +217,59 @@ def record_poll(
         "duration_ms": duration,
         "error": record.error,
     }
-    if not insert_ignoring_conflicts(session, PollLog.__table__, [row]):
-        return None
-    insert_ignoring_conflicts(session, Reading.__table__, readings)
-    if record.kind != "scheduled" or record.outcome not in ("ok", "failed"):
-        return None
-    if record.outcome == "ok":
+
+
+def record_poll(
+    session: Session, record: PollRecord, readings: Sequence[dict], *, failure_threshold: int
+) -> str | None:
+    """One poll through `record_polls`; returns the disable reason, if any."""
+    reasons = record_polls(session, [(record, readings)], failure_threshold=failure_threshold)
+    return reasons.get(record.gateway_id)
+
+
+def record_polls(
+    session: Session,
+    polls: Sequence[tuple[PollRecord, Sequence[dict]]],
+    *,
+    failure_threshold: int,
+) -> dict[int, str]:
+    """Write the poll-log rows and, for each row that is new, its readings (a slot already
+    recorded, by a duplicate or as missed by a restart, keeps what it has); a few statements
+    for the whole batch. Updates failure counts and returns the disable reason of every
+    gateway this batch pushed over the threshold."""
+    if not polls:
+        return {}
+    rows = [poll_row(record) for record, _ in polls]
+    new = {
+        (gateway_id, kind, dt_to_ms(slot_at))
+        for gateway_id, kind, slot_at in inserted(
+            session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at")
+        )
+    }
+    fresh = [(r, readings) for r, readings in polls if (r.gateway_id, r.kind, r.slot_ms) in new]
+    insert_ignoring_conflicts(session, Reading.__table__, [x for _, rs in fresh for x in rs])
+    counted = [r for r, _ in fresh if r.kind == "scheduled"]
+    healthy = sorted({r.gateway_id for r in counted if r.outcome == "ok"})
+    if healthy:
         # Conditional, so a healthy gateway's row is not rewritten on every poll.
         session.execute(
             update(GatewayRow)
-            .where(GatewayRow.id == record.gateway_id, GatewayRow.consecutive_failures != 0)
+            .where(GatewayRow.id.in_(healthy), GatewayRow.consecutive_failures != 0)
             .values(consecutive_failures=0)
         )
-        return None
+    reasons = {}
+    for record in sorted((r for r in counted if r.outcome == "failed"), key=_by_gateway):
+        reason = _count_failure(session, record, failure_threshold)
+        if reason:
+            reasons[record.gateway_id] = reason
+    return reasons
+
+
+def _by_gateway(record: PollRecord) -> tuple[int, int]:
+    return record.gateway_id, record.slot_ms  # one lock order for every writer
+
+
+def _count_failure(session: Session, record: PollRecord, failure_threshold: int) -> str | None:
     gateway = session.get_one(GatewayRow, record.gateway_id, with_for_update=True)
     gateway.consecutive_failures += 1
     if gateway.consecutive_failures < failure_threshold or not gateway.enabled:

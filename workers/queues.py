@@ -12,6 +12,7 @@ QUEUES = (Queue(POLLING), Queue(SCHEDULING), Queue(DEFAULT))
 
 ROUTES = {
     "pollctl.poll": {"queue": POLLING},
+    "pollctl.poll_batch": {"queue": POLLING},
     "pollctl.reconcile": {"queue": SCHEDULING},
     "pollctl.diagnose": {"queue": SCHEDULING},
     "pollctl.canary": {"queue": POLLING},

@@ -4,30 +4,43 @@ from __future__ import annotations
 
 import logging
 
-from polling import diagnostics, service
+from polling import batch, diagnostics, service
+from polling.batching import Step, StepBatcher, group_steps
 from polling.store import ms_to_dt
 
 from . import heartbeat  # noqa: F401  (its signal handlers: heartbeats, sent-at header)
-from .app import app
+from .app import app, settings
 from .queues import POLLING
 from .runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 
+@app.task(name="pollctl.poll_batch", ignore_result=True)
+def poll_batch(steps: list[list]) -> dict[str, int]:
+    """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
+    window); sends the successors of the chains it advanced, batched again."""
+    result = batch.poll_batch(get_runtime(), [(int(g), str(t), int(s)) for g, t, s in steps])
+    send_steps(result.next_steps)
+    return result.verdicts
+
+
 @app.task(name="pollctl.poll", ignore_result=True)
 def poll(gateway_id: int, token: str, slot_ms: int) -> str:
-    """One step of a gateway's chain; sends the next step if this one advanced the chain."""
+    """One step of one chain (what `pollctl poll`-era messages still in a queue carry);
+    its successor travels in a batch."""
     result = service.poll_step(get_runtime(), gateway_id, token, slot_ms)
     if result.next_ms is not None:
-        send_poll(gateway_id, token, result.next_ms)
+        send_steps([(gateway_id, token, result.next_ms)])
     return result.verdict
 
 
 @app.task(name="pollctl.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     rt = get_runtime()
-    report = service.reconcile(rt, send_poll)
+    batcher = step_batcher()
+    report = service.reconcile(rt, batcher.add)
+    batcher.flush()
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
     return {
@@ -43,7 +56,9 @@ def reconcile() -> dict[str, int]:
 def diagnose() -> str:
     """Every check, with the safe repairs applied and the run recorded."""
     rt = get_runtime()
-    diagnosis = diagnostics.diagnose(rt, fix=True, enqueue=send_poll, canary=send_canary)
+    batcher = step_batcher()
+    diagnosis = diagnostics.diagnose(rt, fix=True, enqueue=batcher.add, canary=send_canary)
+    batcher.flush()
     for result in diagnosis.results:
         if result.status != "healthy":
             log.warning("diagnostics: %s %s: %s", result.status, result.component, result.message)
@@ -67,9 +82,28 @@ def canary(nonce: str) -> None:
     pipe.execute()
 
 
+def send_batch(steps: list[Step]) -> None:
+    """Enqueue a batch of chain steps to start at its first slot (never more than one
+    interval ahead: every step is a chain's next slot)."""
+    first = min(slot for _, _, slot in steps)
+    poll_batch.apply_async(([list(s) for s in steps],), eta=ms_to_dt(first), queue=POLLING)
+
+
+def send_steps(steps: list[Step]) -> None:
+    s = settings
+    for group in group_steps(steps, round(1000 * s.batch_window), s.batch_size):
+        send_batch(group)
+
+
+def step_batcher() -> StepBatcher:
+    """An `Enqueue` for start, reconcile and diagnostics; call `flush` to send."""
+    s = settings
+    return StepBatcher(send_batch, round(1000 * s.batch_window), s.batch_size)
+
+
 def send_poll(gateway_id: int, token: str, slot_ms: int) -> None:
-    """Enqueue a chain step to start at its slot (never more than one interval ahead)."""
-    poll.apply_async((gateway_id, token, slot_ms), eta=ms_to_dt(slot_ms), queue=POLLING)
+    """Enqueue one chain step on its own."""
+    send_batch([(gateway_id, token, slot_ms)])
 
 
 def send_canary(nonce: str, ttl: float) -> None:

@@ -1,0 +1,51 @@
+"""Chain steps grouped into poll batches: steps whose slots start in the same window travel
+in one task message, so the queue's cost is paid per batch, not per poll.
+
+A step is one link of a gateway's chain: (gateway id, token, slot start in ms). Grouping
+changes only how steps travel; every step keeps its own token, claim and record.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+Step = tuple[int, str, int]
+#: Sends one batch of steps (all in one window, earliest slot first).
+SendBatch = Callable[[list[Step]], None]
+
+
+def group_steps(steps: Iterable[Step], window_ms: int, size: int) -> list[list[Step]]:
+    """Steps by window of slot start, at most `size` per batch, earliest batch first; each
+    batch is ordered by slot and gateway, so a window's batches are the same from one
+    interval to the next."""
+    windows: dict[int, list[Step]] = defaultdict(list)
+    for step in steps:
+        windows[step[2] // window_ms if window_ms else step[2]].append(step)
+    batches = []
+    for key in sorted(windows):
+        ordered = sorted(windows[key], key=lambda s: (s[2], s[0]))
+        batches += [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    return batches
+
+
+class StepBatcher:
+    """Collects the steps an operation starts (`add` is an `Enqueue`) and sends them in
+    batches on `flush`."""
+
+    def __init__(self, send: SendBatch, window_ms: int, size: int) -> None:
+        self._send = send
+        self.window_ms = window_ms
+        self.size = size
+        self._steps: list[Step] = []
+
+    def add(self, gateway_id: int, token: str, slot_ms: int) -> None:
+        self._steps.append((gateway_id, token, slot_ms))
+
+    def flush(self) -> int:
+        """Send what was added; returns the number of batches sent."""
+        steps, self._steps = self._steps, []
+        batches = group_steps(steps, self.window_ms, self.size)
+        for batch in batches:
+            self._send(batch)
+        return len(batches)

@@ -1,0 +1,159 @@
+"""Poll batches against real Redis, a real database (SQLite and PostgreSQL) and simulated
+devices: each step of a batch keeps the guarantees of a single chain step."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from polling import batch, service
+from polling.batching import StepBatcher, group_steps
+from polling.poller import requests_for
+from polling.store import load_gateways, ms_to_dt
+from tests.fleet import ALL_TYPES, fleet
+from tests.test_service import Sent, poll_rows, reading_rows, setup_fleet
+
+
+def started(runtime, names=None) -> list[tuple[int, str, int]]:
+    sent = Sent()
+    service.start(runtime, sent, names)
+    return sent.calls
+
+
+def test_group_steps_by_window_and_size():
+    steps = [(1, "a", 1_000), (2, "b", 1_050), (3, "c", 1_099), (4, "d", 1_100), (5, "e", 950)]
+    assert group_steps(steps, 100, 2) == [
+        [(5, "e", 950)],
+        [(1, "a", 1_000), (2, "b", 1_050)],
+        [(3, "c", 1_099)],
+        [(4, "d", 1_100)],
+    ]
+    # Window 0: only equal slot starts travel together.
+    assert group_steps([(1, "a", 5), (2, "b", 5), (3, "c", 6)], 0, 10) == [
+        [(1, "a", 5), (2, "b", 5)],
+        [(3, "c", 6)],
+    ]
+
+
+def test_batcher_sends_on_flush():
+    sent: list[list] = []
+    batcher = StepBatcher(sent.append, 100, 10)
+    for gateway_id in range(3):
+        batcher.add(gateway_id, "t", 2_000 + gateway_id)
+    assert sent == []
+    assert batcher.flush() == 1
+    assert sent == [[(0, "t", 2_000), (1, "t", 2_001), (2, "t", 2_002)]]
+    assert batcher.flush() == 0
+
+
+def test_a_batch_polls_each_step_once_records_and_advances(runtime, simulate, free_ports):
+    ports = free_ports(3)
+    document = fleet([ports[0], ports[1], ports[2], ports[2]], [1.0, 1.0, 2.0, 1.0])
+    simulate(document)
+    setup_fleet(runtime, document)
+    steps = started(runtime)
+    result = batch.poll_batch(runtime, steps)
+    assert result.verdicts == {"polled": 4}
+    nexts = {g: (t, s) for g, t, s in result.next_steps}
+    with runtime.sessions() as session:
+        intervals = {g.id: g.config.interval for g in load_gateways(session)}
+    for gateway_id, token, slot in steps:
+        assert nexts[gateway_id] == (token, slot + round(1000 * intervals[gateway_id]))
+        assert runtime.chains.get(gateway_id).due_ms == nexts[gateway_id][1]
+    rows = poll_rows(runtime)
+    assert sorted((r.gateway_id, r.slot_at, r.outcome) for r in rows) == sorted(
+        (g, ms_to_dt(s), "ok") for g, _, s in steps
+    )
+    for row in rows:
+        assert row.started_at >= row.slot_at  # no poll starts before its slot
+    assert len(reading_rows(runtime)) == 4 * len(ALL_TYPES)
+    # Every endpoint lock is released.
+    assert list(runtime.redis.scan_iter(match=runtime.keys.locks_pattern)) == []
+
+
+def test_a_duplicated_batch_polls_each_slot_once(runtime, simulate, free_ports):
+    document = fleet(free_ports(3), [1.0, 1.0, 1.0])
+    simulator = simulate(document)
+    gateways = setup_fleet(runtime, document)
+    steps = started(runtime)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: batch.poll_batch(runtime, steps), range(4)))
+    assert sum(r.verdicts.get("polled", 0) for r in results) == 3
+    assert sum(len(r.next_steps) for r in results) == 3
+    assert len(poll_rows(runtime)) == 3
+    assert len(reading_rows(runtime)) == 3 * len(ALL_TYPES)
+    # At the device too: one exchange per request of each gateway, not four.
+    served = Counter(port for _, port, _, _ in simulator.traffic.reads)
+    assert served == {
+        g.config.port: len(requests_for(runtime, g.config)) for g in gateways.values()
+    }
+    # Redelivered later, the batch finds every chain moved on.
+    assert batch.poll_batch(runtime, steps).verdicts == {"moved": 3}
+
+
+def test_stop_retires_every_step_of_a_queued_batch(runtime, simulate, free_ports):
+    document = fleet(free_ports(2), [1.0, 1.0])
+    simulate(document)
+    setup_fleet(runtime, document)
+    steps = started(runtime)
+    service.stop(runtime)
+    assert batch.poll_batch(runtime, steps).verdicts == {"retired": 2}
+    started(runtime)
+    assert batch.poll_batch(runtime, steps).verdicts == {"stale": 2}
+    assert poll_rows(runtime) == []
+
+
+def test_a_late_batch_records_missed_slots_and_moves_on(runtime, simulate, free_ports):
+    document = fleet(free_ports(2), [1.0, 1.0])
+    simulate(document)
+    setup_fleet(runtime, document)
+    steps = started(runtime)
+    latest = max(s for _, _, s in steps)
+    runtime.clock = lambda: latest + 3500
+    result = batch.poll_batch(runtime, steps)
+    assert result.verdicts == {"polled": 2}
+    for gateway_id, _, slot in steps:
+        rows = [r for r in poll_rows(runtime) if r.gateway_id == gateway_id]
+        assert {r.outcome for r in rows} == {"missed"}
+        [next_slot] = [s for g, _, s in result.next_steps if g == gateway_id]
+        assert [r.slot_at for r in rows] == [ms_to_dt(s) for s in range(slot, next_slot, 1000)]
+
+
+def test_failed_polls_are_counted_and_disable_the_gateway(runtime, free_ports):
+    [port] = free_ports(1)  # nothing listens there
+    gateway = setup_fleet(runtime, fleet([port], [1.0]))["gw0"]
+    steps = started(runtime)
+    for _ in range(3):
+        [(_, _, slot)] = steps
+        runtime.clock = lambda s=slot: s + 10
+        result = batch.poll_batch(runtime, steps)
+        steps = result.next_steps
+    rows = poll_rows(runtime)
+    assert [r.outcome for r in rows] == ["failed"] * 3
+    assert f"cannot connect to 127.0.0.1:{port}" in rows[0].error
+    assert result.verdicts == {"retired": 1} and steps == []
+    with runtime.sessions() as session:
+        [stored] = load_gateways(session, ["gw0"])
+    assert stored.disabled_reason.startswith("auto-disabled after 3 consecutive failed polls")
+    assert runtime.chains.get(gateway.id) is None
+
+
+def test_a_busy_endpoint_is_waited_for_then_skipped(runtime, simulate, free_ports):
+    document = fleet(free_ports(1), [1.0])
+    document["gateways"][0]["timeout"] = 0.2
+    simulate(document)
+    gateway = setup_fleet(runtime, document)["gw0"]
+    steps = started(runtime)
+    key = runtime.keys.endpoint_lock("127.0.0.1", gateway.config.port)
+    holder = runtime.redis.lock(key, timeout=5)
+    assert holder.acquire()
+    try:
+        result = batch.poll_batch(runtime, steps)
+    finally:
+        holder.release()
+    assert result.verdicts == {"polled": 1}
+    [row] = poll_rows(runtime)
+    assert row.outcome == "skipped" and "busy: another poll held its lock" in row.error
+    # Once free, the next step polls as usual.
+    assert batch.poll_batch(runtime, result.next_steps).verdicts == {"polled": 1}
+    assert [r.outcome for r in poll_rows(runtime)] == ["skipped", "ok"]
