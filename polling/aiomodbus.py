@@ -29,6 +29,8 @@ class AsyncModbusPool:
         self._started = threading.Lock()
         self._clients: dict[Endpoint, AsyncModbusTcpClient] = {}
         self._busy: dict[Endpoint, asyncio.Lock] = {}
+        #: Set when the device closes the connection (pymodbus would only time out).
+        self._lost: dict[Endpoint, asyncio.Event] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on the pool's loop and wait for its result (from any other thread)."""
@@ -58,8 +60,9 @@ class AsyncModbusPool:
         busy = self._busy.setdefault(endpoint, asyncio.Lock())
         async with busy:
             client = await self._connected(endpoint, timeout)
+            lost = self._lost[endpoint]
             try:
-                return [await _read_one(client, request, host, port) for request in requests]
+                return [await _read_one(client, lost, request, host, port) for request in requests]
             except ModbusError as exc:
                 if not isinstance(exc, DeviceExceptionResponse):
                     self._discard(endpoint)  # out of step after a timeout or a reset
@@ -76,9 +79,15 @@ class AsyncModbusPool:
         if client is not None:
             self._discard(endpoint)
         host, port = endpoint
+        lost = asyncio.Event()
+
+        def on_connect(up: bool) -> None:
+            if not up:
+                lost.set()
+
         # reconnect_delay=0: no reconnecting behind our back; the next poll reconnects.
         client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout, retries=0, reconnect_delay=0
+            host, port=port, timeout=timeout, retries=0, reconnect_delay=0, trace_connect=on_connect
         )
         try:
             connected = await asyncio.wait_for(client.connect(), timeout)
@@ -88,7 +97,7 @@ class AsyncModbusPool:
         if not connected:
             client.close()
             raise GatewayUnreachable(f"cannot connect to {host}:{port}")
-        self._clients[endpoint] = client
+        self._clients[endpoint], self._lost[endpoint] = client, lost
         return client
 
     def _discard(self, endpoint: Endpoint) -> None:
@@ -113,12 +122,25 @@ class AsyncModbusPool:
 
 
 async def _read_one(
-    client: AsyncModbusTcpClient, request: Request, host: str, port: int
+    client: AsyncModbusTcpClient, lost: asyncio.Event, request: Request, host: str, port: int
 ) -> list[int] | list[bool]:
     where = where_of(request, host, port)
+    if lost.is_set():
+        raise GatewayUnreachable(f"connection lost reading {where}: closed by the device")
     reader = getattr(client, READERS[request.register])
+    read = asyncio.ensure_future(
+        reader(request.address, count=request.count, device_id=request.device_id)
+    )
+    closed = asyncio.ensure_future(lost.wait())
     try:
-        response = await reader(request.address, count=request.count, device_id=request.device_id)
+        await asyncio.wait((read, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if not read.done():
+        read.cancel()
+        raise GatewayUnreachable(f"connection lost reading {where}: closed by the device")
+    try:
+        response = read.result()
     except Exception as exc:
         raise as_modbus_error(exc, where) from None
     return payload_of(response, request, where)
