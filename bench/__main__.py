@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+import resource
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .analyze import Figures
 from .run import Bench, Plan
 
 SETUPS = ("pollctl", "naive", "floor")
+
+
+def raise_file_limit() -> None:
+    """Every simulated device and every poller connection is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for wanted in (262_144, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), max(hard, wanted)))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def table(rows: list[Figures]) -> str:
@@ -49,6 +61,22 @@ def run(plan: Plan, setups: list[str]) -> list[Figures]:
     return out
 
 
+def run_scale_out(plan: Plan) -> list[Figures]:
+    """pollctl with one polling worker, then two, on one fleet."""
+    out = []
+    for workers in (1, 2):
+        step = replace(plan, workers=workers)
+        bench = Bench(step)
+        with bench.fleet():
+            print(
+                f"-- pollctl with {workers} polling workers: {plan.gateways} gateways", flush=True
+            )
+            figures = bench.run_pollctl()
+            figures.device_latency_ms = plan.latency_ms
+            out.append(figures)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--gateways", type=int, default=1000)
@@ -57,6 +85,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=16, help="worker threads")
+    parser.add_argument("--workers", type=int, default=1, help="pollctl polling workers")
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="pollctl alone with 1, then 2 polling workers on the same fleet",
+    )
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument(
         "--scale",
@@ -70,6 +104,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown setups: {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
+    raise_file_limit()
     sizes = (
         [(n, lat) for lat in (0.0, 20.0) for n in (100, 1000, 5000, 10000)]
         if args.scale
@@ -85,8 +120,12 @@ def main() -> None:
             latency,
             args.concurrency,
             args.out / f"work-{n}-{latency:g}",
+            args.workers,
         )
-        results += run(plan, setups)
+        if args.scale_out:
+            results += run_scale_out(plan)
+        else:
+            results += run(plan, setups)
         print(table(results), flush=True)
     (args.out / "results.json").write_text(
         json.dumps(

@@ -40,6 +40,13 @@ class Plan:
     latency_ms: float
     concurrency: int
     workdir: Path
+    #: Polling worker processes for pollctl (the scale-out runs use 2).
+    workers: int = 1
+
+
+#: Simulated devices per simulator process: each device holds a listening socket and the
+#: poller's connection, so a process stays well inside its file limit.
+DEVICES_PER_SIMULATOR = 2500
 
 
 class Bench:
@@ -102,15 +109,19 @@ class Bench:
         with psycopg.connect(PG_SERVER, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         cli = [sys.executable, "-c", "from cli import main; main()"]
-        sim = self.spawn(
-            "simulator",
-            [*cli, "simulate", "--config", str(self.fleet_file), "--latency-ms", str(p.latency_ms)],
-        )
+        self.simulators = []
+        gateways = doc["gateways"]
+        for n, first in enumerate(range(0, len(gateways), DEVICES_PER_SIMULATOR)):
+            part = self.workdir / f"simulated-{n}.yaml"
+            chunk = gateways[first : first + DEVICES_PER_SIMULATOR]
+            part.write_text(yaml.safe_dump({"gateways": chunk}, sort_keys=False))
+            args = [*cli, "simulate", "--config", str(part), "--latency-ms", str(p.latency_ms)]
+            self.simulators.append((self.spawn(f"simulator-{n}", args), chunk[-1]["port"]))
         try:
-            self._wait_for_port(doc["gateways"][-1]["port"], sim)
+            for sim, port in self.simulators:
+                self._wait_for_port(port, sim)
             self.pollctl("db", "upgrade")
             self.pollctl("gateway", "import", str(self.fleet_file))
-            self.simulator = sim
             yield
         finally:
             for proc in self.procs:
@@ -144,7 +155,8 @@ class Bench:
         procs = start()
         time.sleep(self.plan.warmup)
         pids = {name: proc.pid for name, proc in procs.items()}
-        pids["simulator"] = self.simulator.pid
+        for n, (sim, _) in enumerate(self.simulators):
+            pids[f"simulator-{n}" if n else "simulator"] = sim.pid
         before = procstats.sample(pids, self.redis)
         window_start = datetime.now(UTC)
         time.sleep(self.plan.seconds)  # the measured window
@@ -170,14 +182,16 @@ class Bench:
 
     # -- the three setups --------------------------------------------------------------------
 
-    def celery(self, app: str, role: str, name: str) -> subprocess.Popen:
+    def celery(
+        self, app: str, role: str, name: str, queues: str = "polling,scheduling,default"
+    ) -> subprocess.Popen:
         base = [sys.executable, "-m", "celery", "-A", app]
         if role == "worker":
             args = [
                 *base,
                 "worker",
                 "-Q",
-                "polling,scheduling,default",
+                queues,
                 "--pool",
                 "threads",
                 "--concurrency",
@@ -204,17 +218,25 @@ class Bench:
 
     def run_pollctl(self) -> analyze.Figures:
         def start() -> dict[str, subprocess.Popen]:
+            # As deployed: polling workers on `polling` only, one worker for the rest.
             procs = {
-                "worker": self.celery("workers.app", "worker", "pollctl-worker"),
-                "beat": self.celery("workers.app", "beat", "pollctl-beat"),
+                f"worker{n}" if n else "worker": self.celery(
+                    "workers.app", "worker", f"pollctl-worker{n}", "polling"
+                )
+                for n in range(self.plan.workers)
             }
+            procs["scheduler"] = self.celery(
+                "workers.app", "worker", "pollctl-scheduler", "scheduling,default"
+            )
+            procs["beat"] = self.celery("workers.app", "beat", "pollctl-beat")
             time.sleep(3)  # the worker connects; chains wait in Redis meanwhile
             self.pollctl("start")
             return procs
 
         cpu, rss, a, b = self.measure("pollctl", start, lambda: self.pollctl("stop"))
+        name = "pollctl" if self.plan.workers == 1 else f"pollctl x{self.plan.workers}"
         with self.sessions()() as session:
-            figures = analyze.slotted("pollctl", "scheduled", session, self.gateways_by_id(), a, b)
+            figures = analyze.slotted(name, "scheduled", session, self.gateways_by_id(), a, b)
         return _finish(figures, cpu, rss)
 
     def run_naive(self) -> analyze.Figures:
@@ -263,7 +285,7 @@ def _finish(figures: analyze.Figures, cpu: dict[str, float], rss: dict[str, floa
     polls = max(1.0, figures.achieved * figures.seconds)
     figures.cpu_per_1000 = {k: round(v * 1000 / polls, 3) for k, v in cpu.items()}
     figures.cpu_total_per_1000 = round(
-        sum(v for k, v in figures.cpu_per_1000.items() if k != "simulator"), 3
+        sum(v for k, v in figures.cpu_per_1000.items() if not k.startswith("simulator")), 3
     )
     figures.peak_rss_mb = {k: round(v, 1) for k, v in rss.items()}
     return figures

@@ -82,6 +82,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
         item.verdict = verdict
         if verdict in ("stale", "moved", "claimed"):
             verdicts[verdict] += 1
+            log.info("poll of gateway %s slot %s dropped: %s", item.gateway.id, item.slot, verdict)
     held = [lock for lock, state in zip(locks, states, strict=True) if state == "locked"]
     waiting = {
         lock: locks[lock] for lock, state in zip(locks, states, strict=True) if state == "busy"
