@@ -7,6 +7,7 @@ changes only how steps travel; every step keeps its own token, claim and record.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -31,16 +32,32 @@ def group_steps(steps: Iterable[Step], window_ms: int, size: int) -> list[list[S
 
 class StepBatcher:
     """Collects the steps an operation starts (`add` is an `Enqueue`) and sends them in
-    batches on `flush`."""
+    batches on `flush`, and along the way whenever the oldest unsent step has waited
+    `hold_s`: starting ten thousand chains takes seconds, and the first slots must not
+    pass while they wait."""
 
-    def __init__(self, send: SendBatch, window_ms: int, size: int) -> None:
+    def __init__(
+        self,
+        send: SendBatch,
+        window_ms: int,
+        size: int,
+        hold_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._send = send
         self.window_ms = window_ms
         self.size = size
+        self.hold_s = hold_s
+        self._clock = clock
         self._steps: list[Step] = []
+        self._since = 0.0
 
     def add(self, gateway_id: int, token: str, slot_ms: int) -> None:
+        if not self._steps:
+            self._since = self._clock()
         self._steps.append((gateway_id, token, slot_ms))
+        if self._clock() - self._since >= self.hold_s:
+            self.flush()
 
     def flush(self) -> int:
         """Send what was added; returns the number of batches sent."""

@@ -10,6 +10,7 @@ an old value back.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ServiceUnavailable
 from .recording import is_unreachable
 from .runtime import Runtime
-from .store import StoredGateway, load_gateways_by_id
+from .store import StoredGateway, load_gateways, load_gateways_by_id
 
 
 def gateway_for_poll(rt: Runtime, gateway_id: int) -> StoredGateway | None:
@@ -63,13 +64,25 @@ def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, StoredGatewa
     return out
 
 
+def fleet(rt: Runtime) -> list[StoredGateway]:
+    """Every gateway, as `load_gateways` gives them, read again only after a change of the
+    stamp: reconcile and the diagnostics look at the whole fleet every few seconds."""
+    # A stamp lost with Redis is replaced, so the cache works again after a restart.
+    rt.redis.set(rt.keys.config_stamp, uuid.uuid4().hex, nx=True)
+    raw = rt.redis.get(rt.keys.config_stamp)
+    stamp = raw.decode() if isinstance(raw, bytes) else raw
+    if rt.fleet is not None and rt.fleet[0] == stamp:
+        return rt.fleet[1]
+    with rt.sessions() as session:
+        gateways = load_gateways(session)
+    rt.fleet = (stamp, gateways)
+    return gateways
+
+
 def note_fleet(rt: Runtime, count: int, newest: datetime | None) -> None:
     """Called by reconcile with the gateway count and newest change in the database: a new
     stamp if either moved since it last looked."""
     seen = f"{count}:{newest.isoformat() if newest else ''}"
     previous = rt.redis.getset(rt.keys.config_seen, seen)
-    if (
-        previous is not None
-        and (previous.decode() if isinstance(previous, bytes) else previous) != seen
-    ):
+    if previous is None or (previous.decode() if isinstance(previous, bytes) else previous) != seen:
         rt.bump_config()

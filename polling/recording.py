@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from .runtime import Runtime
-from .store import PollRecord, record_missed, record_polls
+from .store import PollRecord, record_missed_runs, record_polls
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,8 @@ def write_entries(
     every gateway a poll pushed over the failure threshold."""
     polls = [_poll_of(e) for e in entries if e["type"] == "poll"]
     reasons = record_polls(session, polls, failure_threshold=failure_threshold)
-    for entry in entries:
-        if entry["type"] == "missed":
-            record_missed(session, entry["gateway_id"], entry["slots"], entry["why"])
+    missed = [e for e in entries if e["type"] == "missed"]
+    record_missed_runs(session, [(e["gateway_id"], e["slots"], e["why"]) for e in missed])
     return reasons
 
 

@@ -48,6 +48,8 @@ class Runtime:
     known: dict[int, StoredGateway] = field(default_factory=dict)
     #: The configuration stamp each entry of `known` was read under.
     known_stamp: dict[int, str | None] = field(default_factory=dict)
+    #: The whole fleet and the stamp it was read under (see configcache.fleet).
+    fleet: tuple[str | None, list[StoredGateway]] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

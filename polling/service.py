@@ -22,9 +22,9 @@ from .runtime import Runtime
 from .schedule import Grid
 from .store import (
     StoredGateway,
+    fleet_summary,
     last_recorded_slot,
     load_gateways,
-    newest_change,
     record_missed,
     reenable,
     set_chain_token,
@@ -276,9 +276,9 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         return report  # another reconcile is running; it does the same work
     try:
         report.flushed = flush(rt)  # before gaps are computed from the database
-        gateways = {g.id: g for g in select_gateways(rt, None)}
         with rt.sessions() as session:
-            configcache.note_fleet(rt, len(gateways), newest_change(session))
+            configcache.note_fleet(rt, *fleet_summary(session))
+        gateways = {g.id: g for g in configcache.fleet(rt)}
         chains = rt.chains.all()
         now = rt.clock()
         for gateway in gateways.values():

@@ -141,9 +141,12 @@ def delete_gateway(session: Session, name: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def newest_change(session: Session) -> datetime | None:
-    """When any gateway row last changed."""
-    return session.scalar(select(func.max(GatewayRow.updated_at)))
+def fleet_summary(session: Session) -> tuple[int, datetime | None]:
+    """How many gateways there are, and when any gateway row last changed."""
+    count, newest = session.execute(
+        select(func.count(GatewayRow.id), func.max(GatewayRow.updated_at))
+    ).one()
+    return int(count), newest
 
 
 def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | None) -> None:
@@ -284,6 +287,11 @@ def _count_failure(session: Session, record: PollRecord, failure_threshold: int)
 
 def record_missed(session: Session, gateway_id: int, slots_ms: Sequence[int], why: str) -> int:
     """Account for slots that passed without a poll. Slots already recorded are kept."""
+    return record_missed_runs(session, [(gateway_id, slots_ms, why)])
+
+
+def record_missed_runs(session: Session, runs: Sequence[tuple[int, Sequence[int], str]]) -> int:
+    """`record_missed` for several gateways' runs of slots, in one statement."""
     rows = [
         {
             "gateway_id": gateway_id,
@@ -292,6 +300,7 @@ def record_missed(session: Session, gateway_id: int, slots_ms: Sequence[int], wh
             "outcome": "missed",
             "error": why,
         }
+        for gateway_id, slots_ms, why in runs
         for slot in slots_ms
     ]
     return insert_ignoring_conflicts(session, PollLog.__table__, rows)

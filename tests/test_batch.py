@@ -46,6 +46,19 @@ def test_batcher_sends_on_flush():
     assert batcher.flush() == 0
 
 
+def test_batcher_sends_what_waited_too_long_without_a_flush():
+    sent: list[list] = []
+    now = [0.0]
+    batcher = StepBatcher(sent.append, 100, 10, hold_s=0.2, clock=lambda: now[0])
+    batcher.add(1, "t", 2_000)
+    now[0] = 0.1
+    batcher.add(2, "t", 2_010)
+    assert sent == []
+    now[0] = 0.25
+    batcher.add(3, "t", 2_020)
+    assert sent == [[(1, "t", 2_000), (2, "t", 2_010), (3, "t", 2_020)]]
+
+
 def test_a_batch_polls_each_step_once_records_and_advances(runtime, simulate, free_ports):
     ports = free_ports(3)
     document = fleet([ports[0], ports[1], ports[2], ports[2]], [1.0, 1.0, 2.0, 1.0])

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .. import service
+from .. import configcache, service
 from ..chains import as_text
 from ..queries import window_stats
 from ..recording import flush
-from ..store import StoredGateway, load_gateways, ms_to_dt
+from ..runtime import Runtime
+from ..store import StoredGateway, ms_to_dt
 from .base import CheckResult, Context, Status, graded, healthy
 
 START_WORKERS = (
@@ -19,8 +20,7 @@ START_WORKERS = (
 
 
 def _gateways(ctx: Context) -> dict[int, StoredGateway]:
-    with ctx.rt.sessions() as session:
-        return {g.id: g for g in load_gateways(session)}
+    return {g.id: g for g in configcache.fleet(ctx.rt)}
 
 
 def check_schedules(ctx: Context) -> CheckResult:
@@ -82,18 +82,31 @@ def _orphans(ctx: Context) -> tuple[list[str], list[str]]:
     endpoints = {f"{g.config.host}:{g.config.port}" for g in gateways.values()}
     lock_prefix = rt.keys.endpoint_lock("", 0).rsplit(":", 2)[0] + ":"
     claim_prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
-    locks, claims = [], []
-    for raw in rt.redis.scan_iter(match=rt.keys.locks_pattern, count=1000):
-        key = as_text(raw)
-        endpoint = key.removeprefix(lock_prefix)
-        if endpoint not in endpoints or rt.redis.pttl(key) == -1:
-            locks.append(key)
-    for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
-        key = as_text(raw)
-        gateway_id = int(key.removeprefix(claim_prefix).split(":", 1)[0])
-        if gateway_id not in gateways or rt.redis.pttl(key) == -1:
-            claims.append(key)
+    locks = [
+        key
+        for key, ttl in _ttls(rt, rt.keys.locks_pattern)
+        if key.removeprefix(lock_prefix) not in endpoints or ttl == -1
+    ]
+    claims = [
+        key
+        for key, ttl in _ttls(rt, rt.keys.claims_pattern)
+        if int(key.removeprefix(claim_prefix).split(":", 1)[0]) not in gateways or ttl == -1
+    ]
     return locks, claims
+
+
+def _ttls(rt: Runtime, pattern: str, chunk: int = 1000) -> list[tuple[str, int]]:
+    """Keys matching `pattern` with their PTTL, a pipelined round trip per thousand (a busy
+    fleet holds a claim per gateway per slot for a minute: tens of thousands of keys)."""
+    keys = [as_text(raw) for raw in rt.redis.scan_iter(match=pattern, count=chunk)]
+    out: list[tuple[str, int]] = []
+    for first in range(0, len(keys), chunk):
+        part = keys[first : first + chunk]
+        pipe = rt.redis.pipeline(transaction=False)
+        for key in part:
+            pipe.pttl(key)
+        out += zip(part, pipe.execute(), strict=True)
+    return out
 
 
 def check_locks(ctx: Context) -> CheckResult:
