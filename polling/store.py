@@ -166,7 +166,11 @@ def reenable(session: Session, gateway_id: int) -> None:
 
 def set_chain_token(session: Session, gateway_id: int, token: str | None) -> None:
     """Mirror the live token (an UPDATE, so a deleted gateway is no error)."""
-    session.execute(update(GatewayRow).where(GatewayRow.id == gateway_id).values(chain_token=token))
+    session.execute(
+        update(GatewayRow)
+        .where(GatewayRow.id == gateway_id)
+        .values(chain_token=token, updated_at=GatewayRow.updated_at)
+    )
 
 
 # -- the record ------------------------------------------------------------------------------
@@ -258,7 +262,7 @@ def record_polls(
         session.execute(
             update(GatewayRow)
             .where(GatewayRow.id.in_(healthy), GatewayRow.consecutive_failures != 0)
-            .values(consecutive_failures=0)
+            .values(consecutive_failures=0, updated_at=GatewayRow.updated_at)
         )
     reasons = {}
     for record in sorted((r for r in counted if r.outcome == "failed"), key=_by_gateway):
@@ -273,15 +277,28 @@ def _by_gateway(record: PollRecord) -> tuple[int, int]:
 
 
 def _count_failure(session: Session, record: PollRecord, failure_threshold: int) -> str | None:
-    gateway = session.get_one(GatewayRow, record.gateway_id, with_for_update=True)
-    gateway.consecutive_failures += 1
-    if gateway.consecutive_failures < failure_threshold or not gateway.enabled:
+    # Counters are state, not configuration: `updated_at` (which tells every process to
+    # reload its gateways) is kept as it was.
+    row = session.execute(
+        update(GatewayRow)
+        .where(GatewayRow.id == record.gateway_id)
+        .values(
+            consecutive_failures=GatewayRow.consecutive_failures + 1,
+            updated_at=GatewayRow.updated_at,
+        )
+        .returning(GatewayRow.consecutive_failures, GatewayRow.enabled)
+    ).first()
+    if row is None:
+        return None  # deleted meanwhile
+    failures, enabled = row
+    if failures < failure_threshold or not enabled:
         return None
-    reason = (
-        f"auto-disabled after {gateway.consecutive_failures} consecutive failed polls; "
-        f"last error: {record.error}"
+    reason = f"auto-disabled after {failures} consecutive failed polls; last error: {record.error}"
+    session.execute(
+        update(GatewayRow)
+        .where(GatewayRow.id == record.gateway_id)
+        .values(enabled=False, disabled_reason=reason)
     )
-    gateway.enabled, gateway.disabled_reason = False, reason
     return reason
 
 
