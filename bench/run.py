@@ -201,7 +201,7 @@ class Bench:
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",
-                "WARNING",
+                os.environ.get("BENCH_LOGLEVEL", "WARNING"),
             ]
             if app != "workers.app":
                 args[args.index("-Q") + 1] = "celery"
@@ -212,7 +212,7 @@ class Bench:
                 "-s",
                 str(self.workdir / f"{name}.schedule"),
                 "--loglevel",
-                "WARNING",
+                os.environ.get("BENCH_LOGLEVEL", "WARNING"),
             ]
         return self.spawn(name, args, self.env())
 

@@ -12,17 +12,25 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 Step = tuple[int, str, int]
+#: Steps whose slots start within this are due: they are sent at once, all together.
+DUE_LEAD_S = 0.25
 #: Sends one batch of steps (all in one window, earliest slot first).
 SendBatch = Callable[[list[Step]], None]
 
 
-def group_steps(steps: Iterable[Step], window_ms: int, size: int) -> list[list[Step]]:
+def group_steps(
+    steps: Iterable[Step], window_ms: int, size: int, due_ms: int | None = None
+) -> list[list[Step]]:
     """Steps by window of slot start, at most `size` per batch, earliest batch first; each
     batch is ordered by slot and gateway, so a window's batches are the same from one
-    interval to the next."""
+    interval to the next. Steps whose slots start by `due_ms` travel together whatever
+    their window: they are due, and splitting them would only add tasks to a backlog."""
     windows: dict[int, list[Step]] = defaultdict(list)
     for step in steps:
-        windows[step[2] // window_ms if window_ms else step[2]].append(step)
+        if due_ms is not None and step[2] <= due_ms:
+            windows[-1].append(step)
+        else:
+            windows[step[2] // window_ms if window_ms else step[2]].append(step)
     batches = []
     for key in sorted(windows):
         ordered = sorted(windows[key], key=lambda s: (s[2], s[0]))
@@ -42,7 +50,7 @@ class StepBatcher:
         window_ms: int,
         size: int,
         hold_s: float = 0.2,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._send = send
         self.window_ms = window_ms
@@ -62,7 +70,8 @@ class StepBatcher:
     def flush(self) -> int:
         """Send what was added; returns the number of batches sent."""
         steps, self._steps = self._steps, []
-        batches = group_steps(steps, self.window_ms, self.size)
+        due_ms = round(1000 * (self._clock() + DUE_LEAD_S))
+        batches = group_steps(steps, self.window_ms, self.size, due_ms)
         for batch in batches:
             self._send(batch)
         return len(batches)

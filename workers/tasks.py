@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+
+from celery.signals import worker_shutting_down
 
 from polling import batch, diagnostics, service
-from polling.batching import Step, StepBatcher, group_steps
+from polling.batching import Step, StepBatcher
 from polling.store import ms_to_dt
 
 from . import heartbeat  # noqa: F401  (its signal handlers: heartbeats, sent-at header)
 from .app import app, settings
+from .outbox import Outbox
 from .queues import POLLING
 from .runtime import get_runtime
 
@@ -21,7 +26,7 @@ def poll_batch(steps: list[list]) -> dict[str, int]:
     """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
     window); sends the successors of the chains it advanced, batched again."""
     result = batch.poll_batch(get_runtime(), [(int(g), str(t), int(s)) for g, t, s in steps])
-    send_steps(result.next_steps)
+    outbox().put(result.next_steps)
     return result.verdicts
 
 
@@ -31,7 +36,7 @@ def poll(gateway_id: int, token: str, slot_ms: int) -> str:
     its successor travels in a batch."""
     result = service.poll_step(get_runtime(), gateway_id, token, slot_ms)
     if result.next_ms is not None:
-        send_steps([(gateway_id, token, result.next_ms)])
+        outbox().put([(gateway_id, token, result.next_ms)])
     return result.verdict
 
 
@@ -89,10 +94,26 @@ def send_batch(steps: list[Step]) -> None:
     poll_batch.apply_async(([list(s) for s in steps],), eta=ms_to_dt(first), queue=POLLING)
 
 
-def send_steps(steps: list[Step]) -> None:
-    s = settings
-    for group in group_steps(steps, round(1000 * s.batch_window), s.batch_size):
-        send_batch(group)
+def outbox() -> Outbox:
+    """This process's outbox (one per process: a forked child builds its own)."""
+    global _outbox, _outbox_pid
+    with _outbox_guard:
+        if _outbox is None or _outbox_pid != os.getpid():
+            window_ms = round(1000 * settings.batch_window)
+            _outbox, _outbox_pid = Outbox(send_batch, window_ms, settings.batch_size), os.getpid()
+        return _outbox
+
+
+_outbox: Outbox | None = None
+_outbox_pid: int | None = None
+_outbox_guard = threading.Lock()
+
+
+@worker_shutting_down.connect
+def _send_held_steps(**_kwargs: object) -> None:
+    # A warm shutdown hands every held successor to the broker for the other workers.
+    if _outbox is not None:
+        _outbox.send_all()
 
 
 def step_batcher() -> StepBatcher:
