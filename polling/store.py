@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from . import pgwrite
 from .db import insert_ignoring_conflicts, inserted
 from .gateways import Gateway, Point
 from .models import GatewayRow, PointRow, PollLog, Reading, utcnow
@@ -247,14 +248,19 @@ def record_polls(
     if not polls:
         return {}
     rows = [poll_row(record) for record, _ in polls]
-    new = {
-        (gateway_id, kind, dt_to_ms(slot_at))
-        for gateway_id, kind, slot_at in inserted(
-            session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at")
-        )
-    }
+    fast = pgwrite.is_postgresql(session)
+    went_in = (
+        pgwrite.insert_polls(session, rows)
+        if fast
+        else inserted(session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at"))
+    )
+    new = {(gateway_id, kind, dt_to_ms(slot_at)) for gateway_id, kind, slot_at in went_in}
     fresh = [(r, readings) for r, readings in polls if (r.gateway_id, r.kind, r.slot_ms) in new]
-    insert_ignoring_conflicts(session, Reading.__table__, [x for _, rs in fresh for x in rs])
+    readings = [x for _, rs in fresh for x in rs]
+    if fast:
+        pgwrite.copy_readings(session, readings)
+    else:
+        insert_ignoring_conflicts(session, Reading.__table__, readings)
     counted = [r for r, _ in fresh if r.kind == "scheduled"]
     healthy = sorted({r.gateway_id for r in counted if r.outcome == "ok"})
     if healthy:
