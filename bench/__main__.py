@@ -80,9 +80,9 @@ def run_scale_out(plan: Plan) -> list[Figures]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--gateways", type=int, default=1000)
-    parser.add_argument("--interval", type=float, default=10.0)
-    parser.add_argument("--seconds", type=float, default=40.0, help="measured window")
-    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=16, help="worker threads")
     parser.add_argument("--workers", type=int, default=1, help="pollctl polling workers")

@@ -9,6 +9,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from polling import broker
 from polling.models import GatewayRow, PointRow
 from tests.faults.fleets import document
 from tests.faults.harness import wait_until
@@ -26,6 +27,9 @@ def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_p
     rig.pollctl("start")
     started = time.time()
     wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    # A worker holds a successor as an ETA message only from shortly before its window
+    # (see workers/outbox.py): kill it while it holds one.
+    wait_until(lambda: _held_polls(rig) > 0, 15, "a poll message held by the worker")
     first.kill()  # its ETA messages stay unacknowledged in Redis
     second = rig.worker("second")
     back = time.time()
@@ -40,6 +44,10 @@ def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_p
         fault_end=back,
         bound=6.0,
     )
+
+
+def _held_polls(rig) -> int:
+    return sum(1 for m in broker.poll_messages(rig.runtime.redis, "polling") if m.held)
 
 
 def test_stop_with_polls_queued_and_in_flight_then_start(rig_factory, free_ports):
