@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,6 @@ import psycopg
 import redis
 import yaml
 
-from polling.demo import free_port
 from polling.runtime import Runtime
 from polling.settings import Settings
 from polling.store import load_gateways as stored_gateways
@@ -29,6 +29,24 @@ from .fleet import fleet
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+
+
+def device_ports(count: int, first: int = 12_000) -> list[int]:
+    """`count` distinct free ports below Linux's ephemeral range (32768 up), so neither a
+    repeat nor a client connection's port can collide with a simulated device."""
+    ports: list[int] = []
+    port = first
+    while len(ports) < count:
+        if port >= 32_768:
+            raise RuntimeError(f"fewer than {count} free ports between {first} and 32767")
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                ports.append(port)
+            except OSError:
+                pass
+        port += 1
+    return ports
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,7 @@ class Bench:
     def fleet(self) -> Iterator[None]:
         p = self.plan
         timeout = min(1.0, p.interval / 2)
-        doc = fleet([free_port() for _ in range(p.gateways)], p.interval, timeout)
+        doc = fleet(device_ports(p.gateways), p.interval, timeout)
         self.fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.redis.flushdb()
         with psycopg.connect(PG_SERVER, autocommit=True) as conn:
@@ -130,8 +148,6 @@ class Bench:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def _wait_for_port(self, port: int, proc: subprocess.Popen) -> None:
-        import socket
-
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -181,6 +181,20 @@ class Chains:
         pipe.execute()
         return token
 
+    def issue_many(self, chains: list[tuple[int, int, int | None]]) -> list[str]:
+        """`issue` for many (gateway id, first slot, last slot), in one round trip."""
+        tokens = [uuid.uuid4().hex for _ in chains]
+        pipe = self.redis.pipeline(transaction=True)
+        for (gateway_id, first_ms, last_ms), token in zip(chains, tokens, strict=True):
+            key = self.keys.chain(gateway_id)
+            pipe.delete(key)
+            pipe.hset(key, "token", token)
+            pipe.hset(key, "due", first_ms)
+            if last_ms is not None:
+                pipe.hset(key, "last", last_ms)
+        pipe.execute()
+        return tokens
+
     def retire(self, gateway_id: int, token: str = "") -> bool:
         """End the chain (only if it still has `token`, when given)."""
         return bool(self._retire(keys=[self.keys.chain(gateway_id)], args=[token]))

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from . import pgwrite
@@ -163,6 +163,18 @@ def reenable(session: Session, gateway_id: int) -> None:
     row.enabled, row.disabled_reason, row.consecutive_failures = True, None, 0
     # The slots it spent disabled were not polled on purpose: a pause, not missed polls.
     row.polling_since = utcnow()
+
+
+def set_chain_tokens(session: Session, tokens: Sequence[tuple[int, str | None]]) -> None:
+    """`set_chain_token` for many gateways, in one executemany."""
+    if tokens:
+        table = GatewayRow.__table__
+        session.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id == bindparam("gid"))
+            .values(chain_token=bindparam("token"), updated_at=table.c.updated_at),
+            [{"gid": gid, "token": token} for gid, token in tokens],
+        )
 
 
 def set_chain_token(session: Session, gateway_id: int, token: str | None) -> None:
@@ -327,6 +339,22 @@ def record_missed_runs(session: Session, runs: Sequence[tuple[int, Sequence[int]
         for slot in slots_ms
     ]
     return insert_ignoring_conflicts(session, PollLog.__table__, rows)
+
+
+def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[int, int]:
+    """`last_recorded_slot` for many gateways, in one query (those with no record left out)."""
+    out: dict[int, int] = {}
+    for first in range(0, len(gateway_ids), 1000):
+        part = list(gateway_ids[first : first + 1000])
+        rows = session.execute(
+            select(PollLog.gateway_id, func.max(PollLog.slot_at))
+            .where(PollLog.gateway_id.in_(part), PollLog.kind == "scheduled")
+            .group_by(PollLog.gateway_id)
+        )
+        for gateway_id, newest in rows:
+            if newest is not None:
+                out[gateway_id] = dt_to_ms(newest if newest.tzinfo else newest.replace(tzinfo=UTC))
+    return out
 
 
 def last_recorded_slot(session: Session, gateway_id: int) -> int | None:
