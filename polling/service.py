@@ -29,7 +29,7 @@ from .store import (
     reenable,
     set_chain_token,
     set_chain_tokens,
-    set_polling,
+    set_polling_many,
 )
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
         for gateway in gateways:
             if explicit and not gateway.enabled:
                 reenable(session, gateway.id)
-            set_polling(session, gateway.id, on=True, token=None)
+        set_polling_many(session, [g.id for g in gateways], on=True)
     rt.bump_config()
     live = rt.chains.all()
     now = rt.clock()
@@ -259,8 +259,7 @@ def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
     report = FleetReport()
     gateways = select_gateways(rt, names)
     with rt.sessions() as session, session.begin():
-        for gateway in gateways:
-            set_polling(session, gateway.id, on=False, token=None)
+        set_polling_many(session, [g.id for g in gateways], on=False)
     rt.bump_config()
     for gateway in gateways:
         rt.chains.retire(gateway.id)

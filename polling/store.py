@@ -157,6 +157,24 @@ def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | Non
     row.polling, row.chain_token = on, token
 
 
+def set_polling_many(session: Session, gateway_ids: Sequence[int], *, on: bool) -> None:
+    """`set_polling` (token cleared) for many gateways, in a few statements."""
+    table = GatewayRow.__table__
+    for first in range(0, len(gateway_ids), 1000):
+        part = list(gateway_ids[first : first + 1000])
+        if on:
+            session.execute(
+                update(table)  # type: ignore[arg-type]
+                .where(table.c.id.in_(part), table.c.polling.is_(False))
+                .values(polling_since=utcnow())
+            )
+        session.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id.in_(part))
+            .values(polling=on, chain_token=None)
+        )
+
+
 def reenable(session: Session, gateway_id: int) -> None:
     """Clear an automatic (or configured) disable: the operator's explicit start."""
     row = session.get_one(GatewayRow, gateway_id)
