@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def poll_entry(record: PollRecord, readings: Sequence[dict]) -> dict:
+    """A poll as written now; `as_json` turns it into the buffer's plain form."""
+    return {"type": "poll", "record": record, "readings": readings}
+
+
+def as_json(entry: dict) -> dict:
+    """The entry in plain JSON types (datetimes as ISO text), for the buffer."""
+    record = entry.get("record")
+    if not isinstance(record, PollRecord):
+        return entry
     return {
         "type": "poll",
         "record": {
@@ -32,7 +41,8 @@ def poll_entry(record: PollRecord, readings: Sequence[dict]) -> dict:
             "error": record.error,
         },
         "readings": [
-            {**r, "slot_at": _iso(r["slot_at"]), "read_at": _iso(r["read_at"])} for r in readings
+            {**r, "slot_at": _iso(r["slot_at"]), "read_at": _iso(r["read_at"])}
+            for r in entry["readings"]
         ],
     }
 
@@ -63,6 +73,8 @@ def write_entries(
 
 def _poll_of(entry: dict) -> tuple[PollRecord, list[dict]]:
     r = entry["record"]
+    if isinstance(r, PollRecord):
+        return r, list(entry["readings"])
     record = PollRecord(
         r["gateway_id"],
         r["slot_ms"],
@@ -100,7 +112,7 @@ def save_many(rt: Runtime, entries: Sequence[dict]) -> dict[int, str]:
         if not is_unreachable(exc):
             raise
         reason = str(exc.orig or exc).strip().splitlines()[0] if exc.orig else str(exc)
-        kept = sum(rt.buffer.push(entry, rt.clock()) for entry in entries)
+        kept = sum(rt.buffer.push(as_json(entry), rt.clock()) for entry in entries)
         if kept:
             log.warning("database unreachable (%s): %s records buffered in Redis", reason, kept)
         if kept < len(entries):
