@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from polling.gateways import Gateway
+from polling.plan import Request, plan_requests
+from polling.settings import Settings
+
 POINTS: list[dict[str, Any]] = [
     {"name": "v_l1", "address": 0, "type": "float32"},
     {"name": "v_l2", "address": 2, "type": "float32"},
@@ -32,3 +36,15 @@ def fleet(ports: list[int], interval: float, timeout: float) -> dict[str, Any]:
             for i, port in enumerate(ports)
         ]
     }
+
+
+def requests_of(gateway: Gateway) -> list[Request]:
+    """The requests pollctl would send, with its default settings (for naive and floor)."""
+    s = Settings()
+    return plan_requests(
+        gateway.points,
+        default_device_id=gateway.device_id,
+        max_gap=s.max_gap,
+        max_registers=s.max_registers,
+        max_bits=s.max_bits,
+    )

@@ -14,21 +14,16 @@ from datetime import UTC, datetime
 from pymodbus.client import AsyncModbusTcpClient
 from sqlalchemy import select
 
+from bench.fleet import requests_of
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
 from polling.gateways import Gateway, load_gateways
+from polling.modbus import READERS
 from polling.models import GatewayRow, PollLog, Reading
-from polling.plan import plan_requests
 from polling.poller import decode_all
 from polling.schedule import Grid
 from polling.store import ms_to_dt, reading_row
 
 KIND = "floor"
-READERS = {
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
-}
 
 
 def now_ms() -> int:
@@ -36,13 +31,7 @@ def now_ms() -> int:
 
 
 async def poll_forever(gateway: Gateway, gateway_id: int, until_ms: int, polls: list, reads: list):
-    requests = plan_requests(
-        gateway.points,
-        default_device_id=gateway.device_id,
-        max_gap=8,
-        max_registers=125,
-        max_bits=2000,
-    )
+    requests = requests_of(gateway)
     grid = Grid.for_gateway(gateway.name, gateway.interval)
     client = AsyncModbusTcpClient(
         gateway.host, port=gateway.port, timeout=gateway.timeout, retries=0

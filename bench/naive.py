@@ -16,10 +16,10 @@ from celery import Celery
 from pymodbus.client import ModbusTcpClient
 from sqlalchemy import select
 
+from bench.fleet import requests_of
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
 from polling.gateways import Gateway, load_gateways
 from polling.models import GatewayRow, PollLog, Reading
-from polling.plan import plan_requests
 from polling.poller import decode_all
 from polling.store import dt_to_ms, reading_row
 
@@ -50,13 +50,7 @@ def _world() -> tuple:
 def poll(name: str) -> None:
     sessions, gateways, ids = _world()
     gateway: Gateway = gateways[name]
-    requests = plan_requests(
-        gateway.points,
-        default_device_id=gateway.device_id,
-        max_gap=8,
-        max_registers=125,
-        max_bits=2000,
-    )
+    requests = requests_of(gateway)
     started = datetime.now(UTC)
     client = ModbusTcpClient(gateway.host, port=gateway.port, timeout=gateway.timeout)
     client.connect()

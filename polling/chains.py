@@ -170,16 +170,7 @@ class Chains:
 
     def issue(self, gateway_id: int, first_ms: int, last_ms: int | None = None) -> str:
         """Start a new chain: a fresh token replaces any old one, whose tasks then die."""
-        token = uuid.uuid4().hex
-        key = self.keys.chain(gateway_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, "token", token)
-        pipe.hset(key, "due", first_ms)
-        if last_ms is not None:
-            pipe.hset(key, "last", last_ms)
-        pipe.execute()
-        return token
+        return self.issue_many([(gateway_id, first_ms, last_ms)])[0]
 
     def issue_many(self, chains: list[tuple[int, int, int | None]]) -> list[str]:
         """`issue` for many (gateway id, first slot, last slot), in one round trip."""

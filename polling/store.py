@@ -120,11 +120,6 @@ def _stored(row: GatewayRow) -> StoredGateway:
     )
 
 
-def load_gateway(session: Session, gateway_id: int) -> StoredGateway | None:
-    row = session.get(GatewayRow, gateway_id, options=[selectinload(GatewayRow.points)])
-    return _stored(row) if row else None
-
-
 def load_gateways_by_id(session: Session, ids: Sequence[int]) -> list[StoredGateway]:
     query = select(GatewayRow).options(selectinload(GatewayRow.points))
     return [_stored(row) for row in session.scalars(query.where(GatewayRow.id.in_(list(ids))))]
@@ -338,13 +333,9 @@ def _count_failure(session: Session, record: PollRecord, failure_threshold: int)
     return reason
 
 
-def record_missed(session: Session, gateway_id: int, slots_ms: Sequence[int], why: str) -> int:
-    """Account for slots that passed without a poll. Slots already recorded are kept."""
-    return record_missed_runs(session, [(gateway_id, slots_ms, why)])
-
-
 def record_missed_runs(session: Session, runs: Sequence[tuple[int, Sequence[int], str]]) -> int:
-    """`record_missed` for several gateways' runs of slots, in one statement."""
+    """Account for runs of slots that passed without a poll, for several gateways, in one
+    statement. Slots already recorded are kept."""
     rows = [
         {
             "gateway_id": gateway_id,
@@ -360,7 +351,8 @@ def record_missed_runs(session: Session, runs: Sequence[tuple[int, Sequence[int]
 
 
 def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[int, int]:
-    """`last_recorded_slot` for many gateways, in one query (those with no record left out)."""
+    """Newest scheduled slot with any record, per gateway (the fallback when Redis lost the
+    chain), in one query; gateways with no record are left out."""
     out: dict[int, int] = {}
     for first in range(0, len(gateway_ids), 1000):
         part = list(gateway_ids[first : first + 1000])
@@ -373,17 +365,3 @@ def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[in
             if newest is not None:
                 out[gateway_id] = dt_to_ms(newest if newest.tzinfo else newest.replace(tzinfo=UTC))
     return out
-
-
-def last_recorded_slot(session: Session, gateway_id: int) -> int | None:
-    """Newest scheduled slot with any record, the fallback when Redis lost the chain."""
-    newest = session.scalar(
-        select(func.max(PollLog.slot_at)).where(
-            PollLog.gateway_id == gateway_id, PollLog.kind == "scheduled"
-        )
-    )
-    if newest is None:
-        return None
-    if newest.tzinfo is None:
-        newest = newest.replace(tzinfo=UTC)
-    return dt_to_ms(newest)
