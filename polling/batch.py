@@ -24,7 +24,7 @@ from .batching import Step
 from .chains import BatchStep, LockRequest
 from .errors import GatewayTimeout, ModbusError
 from .plan import Request
-from .poller import decode_all, poll_budget, requests_for
+from .poller import claim_ttl_ms, decode_all, poll_budget, requests_for
 from .recording import missed_entry, poll_entry, save_many
 from .runtime import Runtime
 from .schedule import Grid
@@ -114,8 +114,7 @@ def _items(rt: Runtime, steps: Sequence[Step], verdicts: Counter[str]) -> list[_
             continue
         requests = requests_for(rt, gateway.config)
         budget = poll_budget(gateway.config, len(requests))
-        claim_ttl_ms = round(1000 * max(3 * gateway.config.interval, 2 * budget, 60))
-        step = BatchStep(gateway_id, token, slot_ms, claim_ttl_ms)
+        step = BatchStep(gateway_id, token, slot_ms, claim_ttl_ms(gateway.config, budget))
         items.append(_Item(step, gateway, grid_of(gateway), requests, budget))
     return items
 

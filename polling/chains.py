@@ -113,6 +113,17 @@ end
 return out
 """
 
+# KEYS: chains. Returns token, due and last of each (one reply for many chains, so reading
+# ten thousand costs one command to pack and parse instead of ten thousand).
+_STATES = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], 'token', 'due', 'last') end
+return out
+"""
+
+#: Chains read per call of _STATES.
+STATES_CHUNK = 1000
+
 
 @dataclass(frozen=True)
 class BatchStep:
@@ -151,21 +162,24 @@ class Chains:
         self._begin_batch = redis.register_script(_BEGIN_BATCH)
         self._lock_batch = redis.register_script(_LOCK_BATCH)
         self._finish_batch = redis.register_script(_FINISH_BATCH)
+        self._states = redis.register_script(_STATES)
 
     def get(self, gateway_id: int) -> ChainState | None:
         return _state(self.redis.hgetall(self.keys.chain(gateway_id)))
 
     def all(self) -> dict[int, ChainState]:
-        """Every live chain, by gateway id (one SCAN; no per-gateway round trips)."""
-        names = list(self.redis.scan_iter(match=self.keys.chains_pattern, count=1000))
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(name)
+        """Every live chain, by gateway id: a SCAN for the keys, then one call per
+        thousand chains (no per-gateway round trips or replies)."""
+        names = [
+            as_text(n) for n in self.redis.scan_iter(match=self.keys.chains_pattern, count=1000)
+        ]
         out = {}
-        for name, fields in zip(names, pipe.execute(), strict=True):
-            state = _state(fields)
-            if state is not None:
-                out[int(as_text(name).rsplit(":", 1)[1])] = state
+        for first in range(0, len(names), STATES_CHUNK):
+            part = names[first : first + STATES_CHUNK]
+            for name, (token, due, last) in zip(part, self._states(keys=part), strict=True):
+                if token is not None and due is not None:
+                    state = ChainState(as_text(token), int(due), int(last) if last else None)
+                    out[int(name.rsplit(":", 1)[1])] = state
         return out
 
     def issue(self, gateway_id: int, first_ms: int, last_ms: int | None = None) -> str:

@@ -11,7 +11,7 @@ from redis.exceptions import LockError
 
 from . import codec
 from .errors import ModbusError
-from .gateways import Gateway
+from .gateways import Gateway, Point
 from .plan import BIT_REGISTERS, Request, plan_requests
 from .recording import poll_entry, save
 from .runtime import Runtime
@@ -30,19 +30,41 @@ class PollOutcome:
 
 
 def requests_for(rt: Runtime, gateway: Gateway) -> list[Request]:
+    """The planned requests of a gateway's register map. Planning is pure, and every poll,
+    reconcile and check asks for it: each map is planned once per process, found again
+    by identity (hashing and comparing ten points would cost a third of planning them)."""
     s = rt.settings
-    return plan_requests(
+    key = (id(gateway.points), gateway.device_id, s.max_gap, s.max_registers, s.max_bits)
+    known = _PLANNED.get(key)
+    if known is not None and known[0] is gateway.points:
+        return list(known[1])
+    if len(_PLANNED) >= _PLANNED_MAX:
+        _PLANNED.clear()  # configurations were reloaded many times over: start afresh
+    planned = plan_requests(
         gateway.points,
         default_device_id=gateway.device_id,
         max_gap=s.max_gap,
         max_registers=s.max_registers,
         max_bits=s.max_bits,
     )
+    # The points are kept with their plan, so their id cannot be reused while cached.
+    _PLANNED[key] = (gateway.points, tuple(planned))
+    return planned
+
+
+_PLANNED: dict[tuple[int, ...], tuple[tuple[Point, ...], tuple[Request, ...]]] = {}
+_PLANNED_MAX = 1 << 17
 
 
 def poll_budget(gateway: Gateway, n_requests: int) -> float:
     """Longest one poll may take, in seconds: connect plus each request at its timeout."""
     return gateway.timeout * (n_requests + 1) + 0.5
+
+
+def claim_ttl_ms(gateway: Gateway, budget: float) -> int:
+    """How long a slot claim lives: past any copy of the step that could still arrive
+    (redelivery after a worker died), and at least a minute."""
+    return round(1000 * max(3 * gateway.interval, 2 * budget, 60))
 
 
 def decode_all(requests: Sequence[Request], answers: Sequence[list]) -> dict[str, object]:

@@ -16,7 +16,7 @@ from . import configcache
 from .chains import ChainState
 from .errors import GatewayNotFound
 from .plan import Request
-from .poller import PollOutcome, execute_poll, poll_budget, requests_for
+from .poller import PollOutcome, claim_ttl_ms, execute_poll, poll_budget, requests_for
 from .recording import flush, missed_entry, save
 from .runtime import Runtime
 from .schedule import Grid
@@ -67,8 +67,8 @@ def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepRes
     grid = grid_of(gateway)
     requests = requests_for(rt, gateway.config)
     budget = poll_budget(gateway.config, len(requests))
-    claim_ttl_ms = round(1000 * max(3 * gateway.config.interval, 2 * budget, 60))
-    verdict = rt.chains.begin(gateway_id, token, slot_ms, claim_ttl_ms)
+    ttl_ms = claim_ttl_ms(gateway.config, budget)
+    verdict = rt.chains.begin(gateway_id, token, slot_ms, ttl_ms)
     if verdict in ("stale", "moved", "claimed"):
         log.info("poll of gateway %s slot %s dropped: %s", gateway_id, slot_ms, verdict)
         return StepResult(verdict)

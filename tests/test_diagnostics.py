@@ -81,6 +81,18 @@ def test_orphaned_locks_and_claims_are_found_and_deleted(runtime):
     assert not runtime.redis.exists(lock, forever, claim)
 
 
+def test_a_claim_of_a_known_gateway_that_never_expires_is_found(runtime):
+    setup_fleet(runtime, 1)
+    [gid] = runtime.chains.all()
+    hour_ago = runtime.clock() - 3_600_000
+    immortal = runtime.keys.claim(gid, hour_ago)  # set without expiry an hour ago
+    expiring = runtime.keys.claim(gid, hour_ago + 1000)  # a redelivered step's, still timed
+    runtime.redis.set(immortal, "x")
+    runtime.redis.set(expiring, "x", px=60_000)
+    result = check_locks(Context(runtime))
+    assert result.status == "warning" and result.details["claims"] == [immortal]
+
+
 def _poll(runtime, gateway_id: int, slot_ms: int, outcome: str) -> None:
     now = datetime.now(UTC)
     record = PollRecord(gateway_id, slot_ms, "scheduled", outcome, now, now, None)

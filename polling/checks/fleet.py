@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from .. import configcache, service
 from ..chains import as_text
+from ..poller import claim_ttl_ms
 from ..queries import window_stats
 from ..recording import flush
 from ..runtime import Runtime
@@ -81,24 +82,47 @@ def _orphans(ctx: Context) -> tuple[list[str], list[str]]:
     gateways = _gateways(ctx)
     endpoints = {f"{g.config.host}:{g.config.port}" for g in gateways.values()}
     lock_prefix = rt.keys.endpoint_lock("", 0).rsplit(":", 2)[0] + ":"
-    claim_prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
     locks = [
         key
-        for key, ttl in _ttls(rt, rt.keys.locks_pattern)
+        for key, ttl in _ttls(rt, _scan(rt, rt.keys.locks_pattern))
         if key.removeprefix(lock_prefix) not in endpoints or ttl == -1
     ]
-    claims = [
-        key
-        for key, ttl in _ttls(rt, rt.keys.claims_pattern)
-        if int(key.removeprefix(claim_prefix).split(":", 1)[0]) not in gateways or ttl == -1
-    ]
-    return locks, claims
+    return locks, _orphaned_claims(rt, gateways)
 
 
-def _ttls(rt: Runtime, pattern: str, chunk: int = 1000) -> list[tuple[str, int]]:
-    """Keys matching `pattern` with their PTTL, a pipelined round trip per thousand (a busy
-    fleet holds a claim per gateway per slot for a minute: tens of thousands of keys)."""
-    keys = [as_text(raw) for raw in rt.redis.scan_iter(match=pattern, count=chunk)]
+def _orphaned_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+    """Claims of unknown gateways, and claims still there long after their own TTL would
+    have run out (only those are asked for their TTL: a busy fleet holds a claim per
+    gateway per slot for a minute, tens of thousands of keys)."""
+    prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
+    now = rt.clock()
+    unknown, overstaying = [], []
+    expired_before: dict[int, int] = {}  # per gateway: slots older than this have expired
+    for key in _scan(rt, rt.keys.claims_pattern):
+        gateway_id, slot_ms = (int(part) for part in key.removeprefix(prefix).split(":", 1))
+        gateway = gateways.get(gateway_id)
+        if gateway is None:
+            unknown.append(key)
+            continue
+        if gateway_id not in expired_before:
+            ttl = claim_ttl_ms(gateway.config, service.budget_of(rt, gateway))
+            expired_before[gateway_id] = now - CLAIM_SET_LATE_MS - ttl
+        if slot_ms < expired_before[gateway_id]:
+            overstaying.append(key)
+    return unknown + [key for key, ttl in _ttls(rt, overstaying) if ttl == -1]
+
+
+#: A claim is set when its step begins, normally at its slot; a redelivered step may
+#: begin later. Claims older than this plus their TTL are asked whether they expire.
+CLAIM_SET_LATE_MS = 60_000
+
+
+def _scan(rt: Runtime, pattern: str) -> list[str]:
+    return [as_text(raw) for raw in rt.redis.scan_iter(match=pattern, count=1000)]
+
+
+def _ttls(rt: Runtime, keys: list[str], chunk: int = 1000) -> list[tuple[str, int]]:
+    """`keys` with their PTTL, a pipelined round trip per thousand."""
     out: list[tuple[str, int]] = []
     for first in range(0, len(keys), chunk):
         part = keys[first : first + chunk]
