@@ -19,6 +19,10 @@ def anchor_for(name: str, interval_ms: int) -> int:
     return zlib.crc32(name.encode()) % interval_ms
 
 
+#: Shortest interval whose new chains poll the slot already in progress (see `starting`).
+PROMPT_START_MIN_MS = 60_000
+
+
 @dataclass(frozen=True)
 class Grid:
     anchor_ms: int
@@ -49,10 +53,15 @@ class Grid:
         return max(slot_ms + self.interval_ms, self.containing(now_ms))
 
     def starting(self, now_ms: int) -> int:
-        """First slot of a new chain: the one in progress while at most half of it has
-        passed (a prompt first poll), else the next (so the first task is not born late)."""
+        """First slot of a new chain: the next one. With a long interval (a minute or more)
+        the slot in progress is taken while at most half of it has passed, so the first poll
+        does not wait long. Short intervals never take it: starting a fleet would make half
+        of its first polls due at once, a burst that leaves every slot after it late."""
         current = self.containing(now_ms)
-        return current if now_ms - current <= self.interval_ms // 2 else current + self.interval_ms
+        prompt = (
+            self.interval_ms >= PROMPT_START_MIN_MS and now_ms - current <= self.interval_ms // 2
+        )
+        return current if prompt else current + self.interval_ms
 
     def between(self, after_ms: int, before_ms: int, limit: int | None = None) -> list[int]:
         """Slot starts strictly between two slot starts, oldest first, at most `limit`

@@ -70,6 +70,14 @@ def test_to_ms_rounds_fractions():
     assert to_ms(1.5) == 1500
 
 
-@pytest.mark.parametrize(("now", "first"), [(1000, 1000), (1500, 1000), (1501, 2000), (1999, 2000)])
-def test_a_new_chain_starts_in_the_current_slot_only_while_it_is_young(now, first):
-    assert Grid(0, 1000).starting(now) == first
+@pytest.mark.parametrize(
+    ("now", "first"), [(60_000, 60_000), (90_000, 60_000), (90_001, 120_000), (119_999, 120_000)]
+)
+def test_a_long_interval_chain_starts_in_the_current_slot_only_while_it_is_young(now, first):
+    assert Grid(0, 60_000).starting(now) == first
+
+
+@pytest.mark.parametrize("now", [1000, 1001, 1500, 1999])
+def test_a_short_interval_chain_starts_at_the_next_slot(now):
+    # Starting a fleet at 10 s must not make half its first polls due at once.
+    assert Grid(0, 1000).starting(now) == 2000

@@ -178,15 +178,17 @@ def test_reconcile_restarts_a_dead_chain_and_records_the_gap(runtime, one_gatewa
     gateway_id, token, slot = sent.calls[0]
     first = service.poll_step(runtime, gateway_id, token, slot)
     # The successor's message is lost (a killed worker held it): reconcile 10 s later.
+    # The new chain starts at the next slot: slots 1 to 10 s, the one in progress
+    # included, were not polled.
     runtime.clock = lambda: slot + 10_500
     report = service.reconcile(runtime, sent)
-    assert report.restarted == ["gw0"] and report.missed == 9
+    assert report.restarted == ["gw0"] and report.missed == 10
     _, new_token, new_slot = sent.calls[-1]
-    assert new_token != token and new_slot == slot + 10_000
+    assert new_token != token and new_slot == slot + 11_000
     # The old chain's message, delivered at last, dies.
     assert service.poll_step(runtime, gateway_id, token, first.next_ms).verdict == "stale"
     outcomes = [r.outcome for r in poll_rows(runtime)]
-    assert outcomes == ["ok"] + ["missed"] * 9
+    assert outcomes == ["ok"] + ["missed"] * 10
 
 
 def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, free_ports):
