@@ -1,5 +1,6 @@
 """The floor: one asyncio process polling the fleet with pymodbus directly, on the same slot
-grid, writing the same rows (kind 'floor') in batches; no queue, no locks, no tokens.
+grid, writing the same rows (kind 'floor') in batches the way pollctl writes them (one INSERT over
+arrays, COPY for readings); no queue, no locks, no tokens.
 
     python -m bench.floor GATEWAYS_FILE DATABASE_URL UNTIL_EPOCH_S
 """
@@ -15,6 +16,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from sqlalchemy import select
 
 from bench.fleet import requests_of
+from polling import pgwrite
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
 from polling.gateways import Gateway, load_gateways
 from polling.modbus import READERS
@@ -89,8 +91,12 @@ async def main(path: str, url: str, until_s: float) -> None:
         batch, polls[:] = list(polls), []
         rows, reads[:] = list(reads), []
         with sessions() as session, session.begin():
-            insert_ignoring_conflicts(session, PollLog.__table__, batch)
-            insert_ignoring_conflicts(session, Reading.__table__, rows)
+            if pgwrite.is_postgresql(session):  # the same write path as pollctl's
+                pgwrite.insert_polls(session, batch)
+                pgwrite.copy_readings(session, rows)
+            else:
+                insert_ignoring_conflicts(session, PollLog.__table__, batch)
+                insert_ignoring_conflicts(session, Reading.__table__, rows)
 
     until_ms = round(until_s * 1000)
     tasks = [
