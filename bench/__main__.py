@@ -1,5 +1,7 @@
-"""`python -m bench` (what `make bench` runs): pollctl, the naive setup and the asyncio floor
-on one simulated fleet; prints a table, writes JSON and a PNG to the output folder."""
+"""`python -m bench` (what `make bench` runs): first the microbenchmarks (raw pymodbus, a bare
+Celery task, bare self-rescheduling chains; about 100 s), then pollctl, the naive setup and the
+asyncio floor on one simulated fleet; prints tables, writes JSON and a PNG to the output
+folder."""
 
 from __future__ import annotations
 
@@ -9,7 +11,13 @@ import resource
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import redis
+
+from . import micro_celery, micro_modbus
 from .analyze import Figures
+from .micro import Micro, Processes
+from .micro import table as micro_table
+from .noop import BROKER as MICRO_BROKER
 from .run import Bench, Plan
 
 SETUPS = ("pollctl", "naive", "floor")
@@ -43,6 +51,29 @@ def table(rows: list[Figures]) -> str:
             f"{f.rows_per_s:>7.0f}  {per}"
         )
     return "\n".join(lines)
+
+
+def run_micro(out: Path) -> list[Micro]:
+    """The microbenchmarks in turn; their table printed, their figures in `out`/micro.json."""
+    results: list[Micro] = []
+    client = redis.Redis.from_url(MICRO_BROKER)
+    try:
+        with Processes(out / "micro") as processes:
+            results += micro_modbus.run(processes)
+            for pool, concurrency in (("prefork", 2), ("threads", 32)):
+                print(f"-- celery no-op tasks, {pool} pool x{concurrency}", flush=True)
+                results.append(
+                    micro_celery.run_noop(processes, client, pool=pool, concurrency=concurrency)
+                )
+            for same_phase in (False, True):
+                print(f"-- chains, {'one phase' if same_phase else 'phases spread'}", flush=True)
+                results.append(micro_celery.run_chains(processes, client, same_phase=same_phase))
+    finally:
+        client.close()
+    print(micro_table(results), flush=True)
+    (out / "micro.json").write_text(json.dumps([asdict(m) for m in results], indent=2))
+    print(f"microbenchmarks: {out / 'micro.json'}", flush=True)
+    return results
 
 
 def run(plan: Plan, setups: list[str]) -> list[Figures]:
@@ -98,6 +129,9 @@ def main() -> None:
         help="sweep 100, 1000, 5000, 10000 gateways at latencies 0 and 20 ms",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    micro = parser.add_mutually_exclusive_group()
+    micro.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    micro.add_argument("--micro-only", action="store_true", help="run only the microbenchmarks")
     args = parser.parse_args()
     setups = [s for s in args.setups.split(",") if s]
     unknown = set(setups) - set(SETUPS)
@@ -105,6 +139,10 @@ def main() -> None:
         parser.error(f"unknown setups: {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
+    if not args.no_micro:
+        run_micro(args.out)
+    if args.micro_only:
+        return
     sizes = (
         [(n, lat) for lat in (0.0, 20.0) for n in (100, 1000, 5000, 10000)]
         if args.scale
