@@ -90,8 +90,13 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     served = {lock: [i for i in group if i.verdict == "go"] for lock, group in locks.items()}
     served = {lock: group for lock, group in served.items() if group}
     if served:
-        budget = max(i.slot for i in items) - now + 1000 * sum(i.budget for i in items)
-        rt.aio.run(_serve_all(rt, served, waiting, held), timeout=budget / 1000 + 5)
+        # Until the last slot starts (never negative: a late batch still gets its budgets),
+        # then every poll at its full budget.
+        wait_s = max(0, max(i.slot for i in items) - now) / 1000
+        budget_s = wait_s + sum(i.budget for i in items)
+        # The deadline is kept inside the loop, so a late batch still records and advances
+        # its chains; the outer timeout is for a loop that no longer runs at all.
+        rt.aio.run(_serve_within(rt, served, waiting, held, budget_s), timeout=budget_s + 60)
     entries, owned = _entries(items, pollable)
     reasons = save_many(rt, entries)
     return _finish(rt, owned, held, reasons, verdicts)
@@ -138,15 +143,27 @@ def _lock_requests(
     return locks
 
 
-async def _serve_all(
+async def _serve_within(
     rt: Runtime,
     served: dict[LockRequest, list[_Item]],
     waiting: dict[LockRequest, list[_Item]],
     held: list[LockRequest],
+    budget_s: float,
 ) -> None:
-    await asyncio.gather(
+    """Serve every endpoint; a poll still unfinished when the batch's budget runs out (the
+    process's Modbus loop fell behind, as under a start of thousands of connections) is
+    recorded as missed, not as a device failure that would count towards auto-disable."""
+    serving = asyncio.gather(
         *(_serve_endpoint(rt, lock, group, lock in waiting, held) for lock, group in served.items())
     )
+    try:
+        await asyncio.wait_for(serving, budget_s)
+    except TimeoutError:
+        why = f"the worker's Modbus loop fell behind: not polled within {budget_s:.1f} s"
+        for group in served.values():
+            for item in group:
+                if item.outcome is None:
+                    item.outcome, item.error = "missed", why
 
 
 async def _serve_endpoint(

@@ -45,6 +45,9 @@ def insert_polls(session: Session, rows: Sequence[dict]) -> list[tuple]:
     of those that went in."""
     if not rows:
         return []
+    # One order for every writer (workers, reconcile): conflicting inserts then wait for
+    # each other instead of deadlocking.
+    rows = sorted(rows, key=lambda r: (r["gateway_id"], r["slot_at"], r["kind"]))
     columns = [[row[name] for row in rows] for name in _POLL_COLUMNS]
     cursor = _driver(session).cursor()
     try:

@@ -170,3 +170,17 @@ def test_a_busy_endpoint_is_waited_for_then_skipped(runtime, simulate, free_port
     # Once free, the next step polls as usual.
     assert batch.poll_batch(runtime, result.next_steps).verdicts == {"polled": 1}
     assert [r.outcome for r in poll_rows(runtime)] == ["skipped", "ok"]
+
+
+def test_a_late_batch_still_polls_records_and_advances(runtime, simulate, free_ports):
+    # A backlog delivers batches after their slots began; each still gets its budgets (a
+    # deadline counted from the slot made such a batch fail and its chains die).
+    document = fleet(free_ports(1), [60.0], [{"name": "a", "address": 0}])
+    simulate(document)
+    setup_fleet(runtime, document)
+    [(gateway_id, token, slot)] = started(runtime)
+    runtime.clock = lambda: slot + 30_000  # half of the 60 s slot has passed
+    result = batch.poll_batch(runtime, [(gateway_id, token, slot)])
+    assert result.verdicts == {"polled": 1}
+    assert result.next_steps == [(gateway_id, token, slot + 60_000)]
+    assert [(r.slot_at, r.outcome) for r in poll_rows(runtime)] == [(ms_to_dt(slot), "ok")]
