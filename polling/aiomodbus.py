@@ -29,8 +29,7 @@ class AsyncModbusPool:
         self._started = threading.Lock()
         self._clients: dict[Endpoint, AsyncModbusTcpClient] = {}
         self._busy: dict[Endpoint, asyncio.Lock] = {}
-        #: Set when the device closes the connection (pymodbus would only time out).
-        self._lost: dict[Endpoint, asyncio.Event] = {}
+        self._links: dict[Endpoint, _Link] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on the pool's loop and wait for its result (from any other thread)."""
@@ -57,12 +56,14 @@ class AsyncModbusPool:
     ) -> list[Any]:
         """Run `requests` in order on the endpoint's connection; errors as in ModbusPool."""
         endpoint = (host, port)
-        busy = self._busy.setdefault(endpoint, asyncio.Lock())
+        busy = self._busy.get(endpoint)
+        if busy is None:
+            busy = self._busy[endpoint] = asyncio.Lock()
         async with busy:
             client = await self._connected(endpoint, timeout)
-            lost = self._lost[endpoint]
+            link = self._links[endpoint]
             try:
-                return [await _read_one(client, lost, request, host, port) for request in requests]
+                return [await _read_one(client, link, request, host, port) for request in requests]
             except ModbusError as exc:
                 if not isinstance(exc, DeviceExceptionResponse):
                     self._discard(endpoint)  # out of step after a timeout or a reset
@@ -79,11 +80,11 @@ class AsyncModbusPool:
         if client is not None:
             self._discard(endpoint)
         host, port = endpoint
-        lost = asyncio.Event()
+        link = _Link()
 
         def on_connect(up: bool) -> None:
             if not up:
-                lost.set()
+                link.drop()
 
         # reconnect_delay=0: no reconnecting behind our back; the next poll reconnects.
         client = AsyncModbusTcpClient(
@@ -97,7 +98,7 @@ class AsyncModbusPool:
         if not connected:
             client.close()
             raise GatewayUnreachable(f"cannot connect to {host}:{port}")
-        self._clients[endpoint], self._lost[endpoint] = client, lost
+        self._clients[endpoint], self._links[endpoint] = client, link
         return client
 
     def _discard(self, endpoint: Endpoint) -> None:
@@ -121,26 +122,42 @@ class AsyncModbusPool:
         self._loop = self._thread = None
 
 
+class _Link:
+    """A connection's state seen from the reads: whether the device closed it, and the read
+    in flight, cancelled when it does (pymodbus itself would only time out)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.reading: asyncio.Future[Any] | None = None
+
+    def drop(self) -> None:
+        self.lost = True
+        if self.reading is not None:
+            self.reading.cancel()
+
+
 async def _read_one(
-    client: AsyncModbusTcpClient, lost: asyncio.Event, request: Request, host: str, port: int
+    client: AsyncModbusTcpClient, link: _Link, request: Request, host: str, port: int
 ) -> list[int] | list[bool]:
     where = where_of(request, host, port)
-    if lost.is_set():
+    if link.lost:
         raise GatewayUnreachable(f"connection lost reading {where}: closed by the device")
     reader = getattr(client, READERS[request.register])
     read = asyncio.ensure_future(
         reader(request.address, count=request.count, device_id=request.device_id)
     )
-    closed = asyncio.ensure_future(lost.wait())
+    link.reading = read
     try:
-        await asyncio.wait((read, closed), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        closed.cancel()
-    if not read.done():
-        read.cancel()
-        raise GatewayUnreachable(f"connection lost reading {where}: closed by the device")
-    try:
-        response = read.result()
+        response = await read
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if link.lost and (task is None or not task.cancelling()):
+            raise GatewayUnreachable(
+                f"connection lost reading {where}: closed by the device"
+            ) from None
+        raise  # the poll itself was cancelled (its deadline passed)
     except Exception as exc:
         raise as_modbus_error(exc, where) from None
+    finally:
+        link.reading = None
     return payload_of(response, request, where)
