@@ -228,9 +228,9 @@ def status(detailed: bool, as_json: bool) -> None:
     headers += ["consec_fail"]
     if detailed:
         headers += ["skipped", "missed", "note"]
-    rows = []
+    rows: list[list[object]] = []
     for s in statuses:
-        row = [s.name, "yes" if s.enabled else "NO", s.polling, _when(s.last_slot)]
+        row: list[object] = [s.name, "yes" if s.enabled else "NO", s.polling, _when(s.last_slot)]
         row += [s.last_outcome or "-", _when(s.next_due), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""

@@ -109,6 +109,8 @@ def unslotted(
     seen: dict[tuple[int, int], int] = defaultdict(int)
     late: list[float] = []
     for row in rows:
+        if row.started_at is None:  # a row without a start is no poll
+            continue
         interval_ms = round(gateways[row.gateway_id].interval * 1000)
         offset = dt_to_ms(row.started_at) - dt_to_ms(anchors[row.gateway_id])
         k = round(offset / interval_ms)

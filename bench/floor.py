@@ -83,7 +83,9 @@ async def main(path: str, url: str, until_s: float) -> None:
     sessions = session_factory(engine)
     gateways = load_gateways(path, max_interval=None)
     with sessions() as session:
-        ids = dict(session.execute(select(GatewayRow.name, GatewayRow.id)).all())
+        ids: dict[str, int] = {
+            n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
+        }
     polls: list[dict] = []
     reads: list[dict] = []
 

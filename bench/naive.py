@@ -42,7 +42,9 @@ def _world() -> tuple:
     sessions = session_factory(engine)
     gateways = {g.name: g for g in load_gateways(GATEWAYS, max_interval=None)}
     with sessions() as session:
-        ids = dict(session.execute(select(GatewayRow.name, GatewayRow.id)).all())
+        ids: dict[str, int] = {
+            n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
+        }
     return sessions, gateways, ids
 
 

@@ -9,6 +9,7 @@ for byte swapping, to strings.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from .errors import DecodeError
@@ -49,7 +50,7 @@ def width(type_: str, count: int | None = None) -> int:
     return WIDTHS[type_]
 
 
-def _to_bytes(words: list[int], order: str) -> bytes:
+def _to_bytes(words: Sequence[int], order: str) -> bytes:
     if order in ("CDAB", "DCBA"):
         words = words[::-1]
     data = b"".join(w.to_bytes(2, "big") for w in words)
@@ -65,7 +66,7 @@ def _to_words(data: bytes, order: str) -> list[int]:
     return words[::-1] if order in ("CDAB", "DCBA") else words
 
 
-def decode(words: list[int], type_: str, order: str = "ABCD") -> Value:
+def decode(words: Sequence[int], type_: str, order: str = "ABCD") -> Value:
     """The raw value held in `words` (exactly the point's width of registers)."""
     if type_ == "bool":
         return bool(words[0])

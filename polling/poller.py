@@ -67,7 +67,7 @@ def claim_ttl_ms(gateway: Gateway, budget: float) -> int:
     return round(1000 * max(3 * gateway.interval, 2 * budget, 60))
 
 
-def decode_all(requests: Sequence[Request], answers: Sequence[list]) -> dict[str, object]:
+def decode_all(requests: Sequence[Request], answers: Sequence[Sequence[int]]) -> dict[str, object]:
     values: dict[str, object] = {}
     for request, words in zip(requests, answers, strict=True):
         for point in request.points:

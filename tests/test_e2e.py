@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 from sqlalchemy import select
@@ -107,7 +108,7 @@ def lateness(runtime) -> str:
     """Start of each poll minus the start of its slot, for the report; each chain's first
     poll is left out (a new chain may start up to half an interval into its first slot)."""
     _, polls, _ = load_record(runtime)
-    first = {}
+    first: dict[int, datetime] = {}
     for p in polls:
         first[p.gateway_id] = min(first.get(p.gateway_id, p.slot_at), p.slot_at)
     late = sorted(

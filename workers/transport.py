@@ -18,7 +18,7 @@ their chains long before. On a healthy connection (a warm shutdown) nothing chan
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from kombu.transport import redis
 
@@ -30,13 +30,15 @@ class QoS(redis.QoS):
         try:
             super().restore_unacked(client)
         except (AttributeError, *self.channel.connection_errors) as exc:
+            # kombu declares _delivered None on the class and fills it in __init__
+            delivered = cast("dict[Any, Any]", self._delivered)
             log.warning(
                 "%d unacknowledged messages left for the visibility-timeout sweep: the "
                 "broker connection is gone (%s)",
-                len(self._delivered),
+                len(delivered),
                 exc,
             )
-            self._delivered.clear()
+            delivered.clear()
 
     def ack(self, delivery_tag: Any) -> None:
         try:

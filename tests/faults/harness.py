@@ -246,7 +246,9 @@ class Rig:
 
     def record(self) -> Record:
         with self.runtime.sessions() as session:
-            names = dict(session.execute(select(GatewayRow.id, GatewayRow.name)).all())
+            names: dict[int, str] = {
+                i: n for i, n in session.execute(select(GatewayRow.id, GatewayRow.name))
+            }
             rows = session.scalars(
                 select(PollLog).where(PollLog.kind == "scheduled").order_by(PollLog.slot_at)
             )
