@@ -65,6 +65,9 @@ class Settings:
     batch_window: float = 0.1
     #: Most chain steps in one poll-batch task, so several workers share a busy window.
     batch_size: int = 100
+    #: A worker freezes its long-lived objects out of Python's full collections shortly
+    #: after start and again this often (see workers/gcfreeze.py); 0 leaves the GC alone.
+    gc_refreeze_seconds: float = 600.0
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
 
@@ -114,13 +117,15 @@ class Settings:
             raise ConfigError("POLLING_BUFFER_LIMIT must be >= 0")
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
-        self._check_batching()
+        self._check_worker_tuning()
 
-    def _check_batching(self) -> None:
+    def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
             raise ConfigError("POLLING_BATCH_WINDOW must be between 0 and 1 second")
         if self.batch_size < 1:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
+        if self.gc_refreeze_seconds < 0:
+            raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""

@@ -17,6 +17,8 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"POLLING_RECONCILE_SECONDS": "soon"}, env_file="/nonexistent")
     with pytest.raises(ConfigError, match="POLLING_MAX_REGISTERS must be between 1 and 125"):
         Settings.from_env({"POLLING_MAX_REGISTERS": "200"}, env_file="/nonexistent")
+    with pytest.raises(ConfigError, match="POLLING_GC_REFREEZE_SECONDS must be >= 0"):
+        Settings.from_env({"POLLING_GC_REFREEZE_SECONDS": "-1"}, env_file="/nonexistent")
 
 
 def test_secrets_are_masked():

@@ -12,7 +12,7 @@ from polling import batch, diagnostics, service
 from polling.batching import Step, StepBatcher
 from polling.store import ms_to_dt
 
-from . import heartbeat  # noqa: F401  (its signal handlers: heartbeats, sent-at header)
+from . import gcfreeze, heartbeat  # noqa: F401  (signal handlers: GC freeze, heartbeats, sent-at)
 from .app import app, settings
 from .outbox import Outbox
 from .queues import POLLING
