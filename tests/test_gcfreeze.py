@@ -1,7 +1,7 @@
 import gc
 import weakref
 
-from workers.gcfreeze import refreeze
+from workers.gcfreeze import _grown, freeze_new, refreeze
 
 
 class Node:
@@ -21,3 +21,19 @@ def test_frozen_objects_are_skipped_until_the_next_refreeze():
         assert ref() is None, "the refresh collects what died while frozen"
     finally:
         gc.unfreeze()
+
+
+def test_freeze_new_keeps_what_was_frozen_before():
+    try:
+        refreeze()
+        before = gc.get_freeze_count()
+        kept = [Node() for _ in range(100)]
+        assert freeze_new() >= before + len(kept)
+    finally:
+        gc.unfreeze()
+
+
+def test_growth_is_measured_against_what_is_frozen():
+    assert _grown(60_000, 0)
+    assert not _grown(45_000, 750_000), "steady state at 10,000 gateways"
+    assert _grown(200_000, 750_000)
