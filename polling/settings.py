@@ -65,8 +65,8 @@ class Settings:
     batch_window: float = 0.1
     #: Most chain steps in one poll-batch task, so several workers share a busy window.
     batch_size: int = 100
-    #: A worker freezes its long-lived objects out of Python's full collections shortly
-    #: after start and again this often (see workers/gcfreeze.py); 0 leaves the GC alone.
+    #: A worker freezes its long-lived objects out of Python's full collections as they
+    #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)

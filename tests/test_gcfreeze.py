@@ -1,7 +1,7 @@
 import gc
 import weakref
 
-from workers.gcfreeze import _grown, freeze_new, refreeze
+from workers.gcfreeze import freeze_new, has_grown, refreeze
 
 
 class Node:
@@ -34,6 +34,6 @@ def test_freeze_new_keeps_what_was_frozen_before():
 
 
 def test_growth_is_measured_against_what_is_frozen():
-    assert _grown(60_000, 0)
-    assert not _grown(45_000, 750_000), "steady state at 10,000 gateways"
-    assert _grown(200_000, 750_000)
+    assert has_grown(60_000, 0)
+    assert not has_grown(45_000, 750_000), "steady state at 10,000 gateways"
+    assert has_grown(200_000, 750_000)

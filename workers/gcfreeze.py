@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +37,6 @@ GROWTH_MIN = 50_000
 GROWTH_SHARE = 0.25
 
 _stop = threading.Event()
-_started_in: set[int] = set()
 
 
 def freeze_new() -> int:
@@ -60,11 +58,12 @@ def _run(period: float) -> None:
         if time.monotonic() - refreshed >= period:
             _timed(refreeze, "refreshed")
             refreshed = time.monotonic()
-        elif _grown(len(gc.get_objects(generation=2)), gc.get_freeze_count()):
+        elif has_grown(len(gc.get_objects(generation=2)), gc.get_freeze_count()):
             _timed(freeze_new, "grown")
 
 
-def _grown(unfrozen: int, frozen: int) -> bool:
+def has_grown(unfrozen: int, frozen: int) -> bool:
+    """Whether the oldest generation holds enough unfrozen objects to freeze them too."""
     return unfrozen > max(GROWTH_MIN, GROWTH_SHARE * frozen)
 
 
@@ -79,11 +78,9 @@ def _timed(freeze: Callable[[], int], why: str) -> None:
 @worker_process_init.connect
 def _start(**_: Any) -> None:
     # worker_ready runs in the main process (the threads pool's only one),
-    # worker_process_init in each prefork child; one thread per process.
-    pid = os.getpid()
-    if settings.gc_refreeze_seconds <= 0 or pid in _started_in:
+    # worker_process_init in each prefork child: one thread per process either way.
+    if settings.gc_refreeze_seconds <= 0:
         return
-    _started_in.add(pid)
     threading.Thread(
         target=_run, args=(settings.gc_refreeze_seconds,), name="pollctl-gc", daemon=True
     ).start()
