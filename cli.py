@@ -20,11 +20,11 @@ from polling.audit import audit as audit_fleet
 from polling.checks.base import CheckResult
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gateways import load_gateways
+from polling.repository import delete_gateway, import_gateways
+from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
 from polling.settings import Settings
 from polling.status import collect_status, table
-from polling.store import delete_gateway, import_gateways
-from polling.store import load_gateways as stored_gateways
 
 
 class PollctlGroup(click.Group):
@@ -57,11 +57,11 @@ def _runtime(*, migrated: bool = True) -> Runtime:
 @contextmanager
 def _enqueue() -> Iterator[Callable[[int, str, int], None]]:
     """Collects the chain steps a command starts and sends them, batched, at the end."""
-    from workers.tasks import step_batcher  # Celery only where a task is sent
+    from workers.tasks import step_sender  # Celery only where a task is sent
 
-    batcher = step_batcher()
-    yield batcher.add
-    batcher.flush()
+    sender = step_sender()
+    yield sender.add
+    sender.send_all()
 
 
 def _when(dt: datetime | None) -> str:
@@ -206,8 +206,8 @@ def poll_now(name: str) -> None:
     """Poll one gateway at once, outside its schedule (recorded as a manual poll)."""
     outcome = service.poll_now(_runtime(), name)
     click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
-    for point, value in outcome.values.items():
-        click.echo(f"  {point} = {value}")
+    for point, value in outcome.values:
+        click.echo(f"  {point.name} = {value}")
     if outcome.outcome != "ok":
         sys.exit(1)
 

@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session
 
 from polling.gateways import Gateway
 from polling.models import PollLog, Reading
-from polling.schedule import Grid
-from polling.store import dt_to_ms
+from polling.schedule import Grid, dt_to_ms
 
 
 @dataclass

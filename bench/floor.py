@@ -17,13 +17,13 @@ from sqlalchemy import select
 
 from bench.fleet import requests_of
 from polling import pgwrite
+from polling.codec import decode_answers
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
 from polling.gateways import Gateway, load_gateways
 from polling.modbus import READERS
 from polling.models import GatewayRow, PollLog, Reading
-from polling.poller import decode_all
-from polling.schedule import Grid
-from polling.store import ms_to_dt, reading_row
+from polling.records import reading_row
+from polling.schedule import Grid, ms_to_dt
 
 KIND = "floor"
 
@@ -42,7 +42,7 @@ async def poll_forever(gateway: Gateway, gateway_id: int, until_ms: int, polls: 
     while slot < until_ms:
         await asyncio.sleep(max(0.0, (slot - now_ms()) / 1000))
         started = datetime.now(UTC)
-        outcome, values = "ok", {}
+        outcome, values = "ok", []
         try:
             if not client.connected:
                 await client.connect()
@@ -54,7 +54,7 @@ async def poll_forever(gateway: Gateway, gateway_id: int, until_ms: int, polls: 
                 answers.append(
                     reply.bits[: r.count] if r.register in ("coil", "discrete") else reply.registers
                 )
-            values = decode_all(requests, answers)
+            values = decode_answers(requests, answers)
         except Exception:
             outcome = "failed"
         finished = datetime.now(UTC)
@@ -70,10 +70,7 @@ async def poll_forever(gateway: Gateway, gateway_id: int, until_ms: int, polls: 
                 "error": None,
             }
         )
-        points = {p.name: p for p in gateway.points}
-        reads.extend(
-            reading_row(gateway_id, points[n], v, slot, KIND, finished) for n, v in values.items()
-        )
+        reads.extend(reading_row(gateway_id, p, v, slot, KIND, finished) for p, v in values)
         slot = grid.following(slot, now_ms())
     client.close()
 

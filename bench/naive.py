@@ -17,11 +17,12 @@ from pymodbus.client import ModbusTcpClient
 from sqlalchemy import select
 
 from bench.fleet import requests_of
+from polling.codec import decode_answers
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
 from polling.gateways import Gateway, load_gateways
 from polling.models import GatewayRow, PollLog, Reading
-from polling.poller import decode_all
-from polling.store import dt_to_ms, reading_row
+from polling.records import reading_row
+from polling.schedule import dt_to_ms
 
 KIND = "naive"
 GATEWAYS = os.environ.get("BENCH_GATEWAYS", "")
@@ -67,10 +68,9 @@ def poll(name: str) -> None:
         ]
     finally:
         client.close()
-    values = decode_all(requests, answers)
+    values = decode_answers(requests, answers)
     finished = datetime.now(UTC)
     slot = dt_to_ms(started)
-    points = {p.name: p for p in gateway.points}
     with sessions() as session, session.begin():
         insert_ignoring_conflicts(
             session,
@@ -91,5 +91,5 @@ def poll(name: str) -> None:
         insert_ignoring_conflicts(
             session,
             Reading.__table__,
-            [reading_row(ids[name], points[n], v, slot, KIND, finished) for n, v in values.items()],
+            [reading_row(ids[name], p, v, slot, KIND, finished) for p, v in values],
         )

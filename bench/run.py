@@ -19,9 +19,9 @@ import psycopg
 import redis
 import yaml
 
+from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
 from polling.settings import Settings
-from polling.store import load_gateways as stored_gateways
 
 from . import analyze, procstats
 from .fleet import fleet

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import broker, heartbeat
-from .chains import as_text
 from .checks.base import CheckResult
+from .redisio import as_text
+from .repository import StoredGateway, load_gateways
 from .runtime import Runtime
-from .store import StoredGateway, load_gateways
 
 #: Hostname -> queues of every worker that answers over the broker (from the Celery side).
 ListConsumers = Callable[[], dict[str, list[str]]]
@@ -160,10 +160,9 @@ def _stale_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> Iterator[t
     be polling them, so removing them cannot let a slot be polled twice."""
     live = rt.chains.all()
     now = rt.clock()
-    prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
     for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
         key = as_text(raw)
-        gateway_id, slot = (int(x) for x in key.removeprefix(prefix).split(":", 1))
+        gateway_id, slot = rt.keys.claim_slot(key)
         gateway = gateways.get(gateway_id)
         interval_ms = round(1000 * gateway.config.interval) if gateway else 0
         if gateway_id not in live and slot + interval_ms < now:

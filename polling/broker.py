@@ -22,7 +22,6 @@ PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
-POLL_TASK = "pollctl.poll"
 BATCH_TASK = "pollctl.poll_batch"
 
 
@@ -52,8 +51,7 @@ class UnackedState:
 
 @dataclass(frozen=True)
 class PollMessage:
-    """One chain step found in the broker, in a `pollctl.poll_batch` (or `pollctl.poll`)
-    message."""
+    """One chain step found in the broker, in a `pollctl.poll_batch` message."""
 
     raw: bytes
     #: The list it waits in, or `unacked` when a worker holds it.
@@ -109,15 +107,14 @@ def _due_ms(raw: bytes | str) -> int | None:
 def _poll_steps(payload: dict) -> list[tuple[int, str, int]]:
     headers = payload.get("headers") or {}
     task = headers.get("task")
-    if task not in (POLL_TASK, BATCH_TASK):
+    if task != BATCH_TASK:
         return []
     body = payload.get("body", "")
     if (payload.get("properties") or {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     try:
         args = json.loads(body)[0]
-        steps = [args] if task == POLL_TASK else args[0]
-        return [(int(g), str(t), int(s)) for g, t, s in steps]
+        return [(int(g), str(t), int(s)) for g, t, s in args[0]]
     except (ValueError, IndexError, TypeError):
         return []
 

@@ -11,20 +11,8 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import LockError
 
-from .chains import as_text
 from .keys import Keys
-
-# KEYS: buffer, lost. ARGV: entry, limit, now (ms).
-_PUSH = """
-if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-  return 1
-end
-redis.call('HINCRBY', KEYS[2], 'count', 1)
-redis.call('HSETNX', KEYS[2], 'first_ms', ARGV[3])
-redis.call('HSET', KEYS[2], 'last_ms', ARGV[3])
-return 0
-"""
+from .redisio import as_text, script
 
 
 @dataclass(frozen=True)
@@ -41,7 +29,7 @@ class RecordBuffer:
         self.redis = redis
         self.keys = keys
         self.limit = limit
-        self._push = redis.register_script(_PUSH)
+        self._push = script(redis, __package__, "buffer_push.lua")
 
     def push(self, entry: dict, now_ms: int) -> bool:
         """Keep `entry` for later; False (and counted as lost) when the buffer is full."""

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .errors import DecodeError
+
+if TYPE_CHECKING:  # plan imports gateways, which imports this module
+    from .gateways import Point
+    from .plan import Request
 
 WIDTHS: Final = {
     "int16": 1,
@@ -100,3 +104,20 @@ def scaled(raw: Value, scale: float, offset: float) -> Value:
         return raw
     # 15 significant digits drop binary noise (0.1 * 3 -> 0.3, not 0.30000000000000004).
     return float(f"{raw * scale + offset:.15g}")
+
+
+def decode_answers(
+    requests: Sequence[Request], answers: Sequence[Sequence[int]]
+) -> list[tuple[Point, object]]:
+    """Each point of `requests` with its value, from each request's registers (or bits)."""
+    values: list[tuple[Point, object]] = []
+    for request, words in zip(requests, answers, strict=True):
+        bits = request.register in ("coil", "discrete")
+        for point in request.points:
+            start = point.address - request.address
+            if bits:
+                values.append((point, bool(words[start])))
+                continue
+            raw = decode(words[start : start + point.width], point.type, point.order)
+            values.append((point, scaled(raw, point.scale, point.offset)))
+    return values

@@ -1,5 +1,6 @@
-"""Each process keeps the gateways it polls in memory, tagged with a configuration stamp
-kept in Redis; a poll reloads its gateway from the database only when the stamp changed.
+"""Each process keeps the gateways it polls in memory, planned (`PollTarget`) and tagged
+with a configuration stamp kept in Redis; a poll reloads its gateway from the database only
+when the stamp changed.
 
 Every change pollctl makes (import, delete, start, stop, an automatic disable) sets a new
 random stamp (`Runtime.bump_config`); so does reconcile when the newest `updated_at` in the
@@ -16,28 +17,20 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
-from .errors import ServiceUnavailable
-from .recording import is_unreachable
+from .db import is_unreachable
+from .plan import PollTarget
+from .repository import load_gateways, load_gateways_by_id
 from .runtime import Runtime
-from .store import StoredGateway, load_gateways, load_gateways_by_id
 
 
-def gateway_for_poll(rt: Runtime, gateway_id: int) -> StoredGateway | None:
-    """The gateway as configured now: from memory while the stamp holds, else from the
-    database; while the database is unreachable, the last one read (the chain goes on
-    polling and its records go to the buffer)."""
-    found = gateways_for_poll(rt, [gateway_id])
-    if gateway_id not in found:
-        raise ServiceUnavailable(f"gateway #{gateway_id} unknown here and the database is down")
-    return found[gateway_id]
-
-
-def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, StoredGateway | None]:
-    """`gateway_for_poll` for many: one stamp read, one query for those not in memory.
-    While the database is unreachable, ids this process never read are left out."""
+def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, PollTarget | None]:
+    """The gateways as configured now (None for a deleted one): from memory while the stamp
+    holds, else from the database in one query. While the database is unreachable, the
+    last ones read (chains go on polling and their records go to the buffer); ids this
+    process never read are left out."""
     raw = rt.redis.get(rt.keys.config_stamp)
     stamp = raw.decode() if isinstance(raw, bytes) else raw
-    out: dict[int, StoredGateway | None] = {}
+    out: dict[int, PollTarget | None] = {}
     stale = []
     for gateway_id in ids:
         cached = rt.known.get(gateway_id)
@@ -49,7 +42,9 @@ def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, StoredGatewa
         return out
     try:
         with rt.sessions() as session:
-            loaded = {g.id: g for g in load_gateways_by_id(session, stale)}
+            loaded = {
+                g.id: PollTarget.of(g, rt.settings) for g in load_gateways_by_id(session, stale)
+            }
     except DBAPIError as exc:
         if not is_unreachable(exc):
             raise
@@ -64,7 +59,7 @@ def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, StoredGatewa
     return out
 
 
-def fleet(rt: Runtime) -> list[StoredGateway]:
+def fleet(rt: Runtime) -> list[PollTarget]:
     """Every gateway, as `load_gateways` gives them, read again only after a change of the
     stamp: reconcile and the diagnostics look at the whole fleet every few seconds."""
     # A stamp lost with Redis is replaced, so the cache works again after a restart.
@@ -74,7 +69,7 @@ def fleet(rt: Runtime) -> list[StoredGateway]:
     if rt.fleet is not None and rt.fleet[0] == stamp:
         return rt.fleet[1]
     with rt.sessions() as session:
-        gateways = load_gateways(session)
+        gateways = [PollTarget.of(g, rt.settings) for g in load_gateways(session)]
     rt.fleet = (stamp, gateways)
     return gateways
 

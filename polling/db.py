@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ServiceUnavailable
@@ -58,6 +58,12 @@ def check_database(engine: Engine) -> None:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         url = mask_url(engine.url.render_as_string(hide_password=False))
         raise ServiceUnavailable(f"database {url} is unreachable: {reason}") from None
+
+
+def is_unreachable(exc: DBAPIError) -> bool:
+    """Whether a database error means the database is down (as opposed to a bad statement
+    or a constraint): the caller buffers or retries instead of failing."""
+    return isinstance(exc, OperationalError) or exc.connection_invalidated
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

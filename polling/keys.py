@@ -17,13 +17,26 @@ class Keys:
     def chains_pattern(self) -> str:
         return f"{self.prefix}:chain:*"
 
+    def chain_gateway(self, key: str) -> int:
+        """The gateway id of a chain key."""
+        return int(key.rsplit(":", 1)[1])
+
     def claim(self, gateway_id: int, slot_ms: int) -> str:
         """Set-if-absent marker: this slot's poll has been taken by one task."""
         return f"{self.prefix}:claim:{gateway_id}:{slot_ms}"
 
+    def claim_slot(self, key: str) -> tuple[int, int]:
+        """(gateway id, slot ms) of a claim key."""
+        gateway_id, slot_ms = key.removeprefix(f"{self.prefix}:claim:").split(":", 1)
+        return int(gateway_id), int(slot_ms)
+
     def endpoint_lock(self, host: str, port: int) -> str:
         """Held around every Modbus exchange with one TCP endpoint."""
         return f"{self.prefix}:lock:{host}:{port}"
+
+    def lock_endpoint(self, key: str) -> str:
+        """`host:port` of an endpoint lock key."""
+        return key.removeprefix(f"{self.prefix}:lock:")
 
     @property
     def locks_pattern(self) -> str:

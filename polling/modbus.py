@@ -1,28 +1,29 @@
-"""The Modbus TCP client side: reused connections, reconnect backoff, and the one place
-where pymodbus's two error channels become our errors."""
+"""The Modbus TCP client: one asyncio loop per process, in a thread of its own, keeping one
+connection per (host, port) open across polls; and the one place where pymodbus's two
+error channels (a raised exception for I/O, an answer with `isError()` when the device
+says no) become our errors.
+
+A batch hands its coroutines to the loop and waits; every device of the batch is then read
+concurrently, while each connection still carries one request at a time (pymodbus clients
+are not thread safe, and many gateways serve one request at a time).
+"""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from pymodbus.client import ModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from .errors import DeviceExceptionResponse, GatewayTimeout, GatewayUnreachable, ModbusError
 from .plan import Request
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -45,70 +46,6 @@ READERS = {
 Endpoint = tuple[str, int]
 
 
-class ModbusPool:
-    """One client per (host, port) in this process, reused across polls.
-
-    pymodbus clients are not thread safe: callers use a client only while holding the
-    endpoint's Redis lock, which also keeps other processes off the same connection.
-    """
-
-    def __init__(self, *, connect_attempts: int = 3) -> None:
-        self._clients: dict[Endpoint, ModbusTcpClient] = {}
-        self._guard = threading.Lock()
-        self.connect_attempts = connect_attempts
-
-    def read(self, host: str, port: int, timeout: float, requests: list[Request]) -> list[Any]:
-        """Run `requests` in order and return each one's registers (or bits)."""
-        client = self._connected(host, port, timeout)
-        try:
-            return [_read_one(client, request) for request in requests]
-        except ModbusError as exc:
-            if not isinstance(exc, DeviceExceptionResponse):
-                # A timed-out or broken exchange leaves the stream out of step: start afresh.
-                self.discard(host, port)
-            raise
-
-    def _connected(self, host: str, port: int, timeout: float) -> ModbusTcpClient:
-        with self._guard:
-            client = self._clients.get((host, port))
-            if client is None or client.comm_params.timeout_connect != timeout:
-                if client is not None:
-                    client.close()
-                client = ModbusTcpClient(host, port=port, timeout=timeout, retries=0)
-                self._clients[(host, port)] = client
-        if client.connected:
-            return client
-        retrying = Retrying(
-            stop=stop_after_attempt(self.connect_attempts) | stop_after_delay(timeout),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception_type(GatewayUnreachable),
-            reraise=True,
-        )
-        retrying(_connect, client, host, port)
-        return client
-
-    def discard(self, host: str, port: int) -> None:
-        with self._guard:
-            client = self._clients.pop((host, port), None)
-        if client is not None:
-            client.close()
-
-    def close(self) -> None:
-        with self._guard:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
-
-
-def _connect(client: ModbusTcpClient, host: str, port: int) -> None:
-    try:
-        connected = client.connect()
-    except OSError as exc:
-        raise GatewayUnreachable(f"cannot connect to {host}:{port}: {exc}") from None
-    if not connected:
-        raise GatewayUnreachable(f"cannot connect to {host}:{port}")
-
-
 def where_of(request: Request, host: str, port: int) -> str:
     return (
         f"{request.register} {request.address}..{request.end} "
@@ -116,21 +53,11 @@ def where_of(request: Request, host: str, port: int) -> str:
     )
 
 
-def _read_one(client: ModbusTcpClient, request: Request) -> list[int] | list[bool]:
-    reader: Callable[..., ModbusPDU] = getattr(client, READERS[request.register])
-    where = where_of(request, client.comm_params.host or "", client.comm_params.port)
-    try:
-        response = reader(request.address, count=request.count, device_id=request.device_id)
-    except Exception as exc:
-        raise as_modbus_error(exc, where) from None
-    return payload_of(response, request, where)
-
-
 def as_modbus_error(exc: Exception, where: str) -> Exception:
     """pymodbus's exceptions (and a reset socket's OSError) as ours; others unchanged."""
     if isinstance(exc, ConnectionException):
         return GatewayUnreachable(f"connection lost reading {where}: {_reason(exc)}")
-    if isinstance(exc, OSError):  # the sync client lets a reset socket's error through
+    if isinstance(exc, OSError):  # a reset socket's error may come through as is
         return GatewayUnreachable(f"connection lost reading {where}: {exc}")
     if isinstance(exc, ModbusIOException):
         return GatewayTimeout(f"no valid answer reading {where}: {_reason(exc)}")
@@ -160,3 +87,144 @@ def payload_of(response: ModbusPDU, request: Request, where: str) -> list[int] |
 def _reason(exc: Exception) -> str:
     text = str(exc).replace("Modbus Error: ", "").strip()
     return text or type(exc).__name__
+
+
+class ModbusPool:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Lock()
+        self._clients: dict[Endpoint, AsyncModbusTcpClient] = {}
+        self._busy: dict[Endpoint, asyncio.Lock] = {}
+        self._links: dict[Endpoint, _Link] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on the pool's loop and wait for its result (from any other thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._running_loop())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._started:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="pollctl-modbus", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    async def read(
+        self, host: str, port: int, timeout: float, requests: list[Request]
+    ) -> list[Any]:
+        """Run `requests` in order on the endpoint's connection; errors as our ModbusError."""
+        endpoint = (host, port)
+        busy = self._busy.get(endpoint)
+        if busy is None:
+            busy = self._busy[endpoint] = asyncio.Lock()
+        async with busy:
+            client = await self._connected(endpoint, timeout)
+            link = self._links[endpoint]
+            try:
+                return [await _read_one(client, link, request, host, port) for request in requests]
+            except ModbusError as exc:
+                if not isinstance(exc, DeviceExceptionResponse):
+                    self._discard(endpoint)  # out of step after a timeout or a reset
+                raise
+            except BaseException:  # a cancelled read too leaves the stream out of step
+                self._discard(endpoint)
+                raise
+
+    async def _connected(self, endpoint: Endpoint, timeout: float) -> AsyncModbusTcpClient:
+        client = self._clients.get(endpoint)
+        fresh = client is not None and client.comm_params.timeout_connect == timeout
+        if client is not None and fresh and client.connected:
+            return client
+        if client is not None:
+            self._discard(endpoint)
+        host, port = endpoint
+        link = _Link()
+
+        def on_connect(up: bool) -> None:
+            if not up:
+                link.drop()
+
+        # reconnect_delay=0: no reconnecting behind our back; the next poll reconnects.
+        client = AsyncModbusTcpClient(
+            host, port=port, timeout=timeout, retries=0, reconnect_delay=0, trace_connect=on_connect
+        )
+        try:
+            connected = await asyncio.wait_for(client.connect(), timeout)
+        except (OSError, TimeoutError) as exc:
+            client.close()
+            raise GatewayUnreachable(f"cannot connect to {host}:{port}: {exc}") from None
+        if not connected:
+            client.close()
+            raise GatewayUnreachable(f"cannot connect to {host}:{port}")
+        self._clients[endpoint], self._links[endpoint] = client, link
+        return client
+
+    def _discard(self, endpoint: Endpoint) -> None:
+        client = self._clients.pop(endpoint, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def close_all() -> None:
+            for endpoint in list(self._clients):
+                self._discard(endpoint)
+
+        asyncio.run_coroutine_threadsafe(close_all(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+        self._loop = self._thread = None
+
+
+class _Link:
+    """A connection's state seen from the reads: whether the device closed it, and the read
+    in flight, cancelled when it does (pymodbus itself would only time out)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.reading: asyncio.Future[Any] | None = None
+
+    def drop(self) -> None:
+        self.lost = True
+        if self.reading is not None:
+            self.reading.cancel()
+
+
+async def _read_one(
+    client: AsyncModbusTcpClient, link: _Link, request: Request, host: str, port: int
+) -> list[int] | list[bool]:
+    where = where_of(request, host, port)
+    if link.lost:
+        raise GatewayUnreachable(f"connection lost reading {where}: closed by the device")
+    reader = getattr(client, READERS[request.register])
+    read = asyncio.ensure_future(
+        reader(request.address, count=request.count, device_id=request.device_id)
+    )
+    link.reading = read
+    try:
+        response = await read
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if link.lost and (task is None or not task.cancelling()):
+            raise GatewayUnreachable(
+                f"connection lost reading {where}: closed by the device"
+            ) from None
+        raise  # the poll itself was cancelled (its deadline passed)
+    except Exception as exc:
+        raise as_modbus_error(exc, where) from None
+    finally:
+        link.reading = None
+    return payload_of(response, request, where)

@@ -1,11 +1,15 @@
-"""Which registers go into which request: merge a device's points into the fewest reads."""
+"""How a gateway is polled: its points merged into the fewest reads, and the time one poll
+may take. Pure: planned once when a process loads a gateway, never per poll."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .gateways import Point
+from .gateways import Gateway, Point
+from .repository import StoredGateway
+from .schedule import Grid
+from .settings import Settings
 
 BIT_REGISTERS = ("coil", "discrete")
 
@@ -66,3 +70,50 @@ def _merge(device: int, register: str, points: list[Point], limit: int, gap: int
     if batch:
         out.append(Request(device, register, start, end - start + 1, tuple(batch)))
     return out
+
+
+@dataclass(frozen=True)
+class PollTarget(StoredGateway):
+    """A stored gateway with what a poll of it needs: its slot grid, its requests, and its
+    budgets (seconds and milliseconds)."""
+
+    grid: Grid
+    requests: tuple[Request, ...]
+    #: Longest one poll may take: connect plus each request at its timeout.
+    budget: float
+    #: How long a slot claim lives (see `claim_ttl_ms`).
+    claim_ttl_ms: int
+
+    @classmethod
+    def of(cls, stored: StoredGateway, settings: Settings) -> PollTarget:
+        config = stored.config
+        requests = plan_requests(
+            config.points,
+            default_device_id=config.device_id,
+            max_gap=settings.max_gap,
+            max_registers=settings.max_registers,
+            max_bits=settings.max_bits,
+        )
+        budget = poll_budget(config, len(requests))
+        return cls(
+            **{name: getattr(stored, name) for name in StoredGateway.__dataclass_fields__},
+            grid=Grid.for_gateway(config.name, config.interval),
+            requests=tuple(requests),
+            budget=budget,
+            claim_ttl_ms=claim_ttl_ms(config, budget),
+        )
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return self.config.host, self.config.port
+
+
+def poll_budget(gateway: Gateway, n_requests: int) -> float:
+    """Longest one poll may take, in seconds: connect plus each request at its timeout."""
+    return gateway.timeout * (n_requests + 1) + 0.5
+
+
+def claim_ttl_ms(gateway: Gateway, budget: float) -> int:
+    """How long a slot claim lives: past any copy of the step that could still arrive
+    (redelivery after a worker died), and at least a minute."""
+    return round(1000 * max(3 * gateway.interval, 2 * budget, 60))

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from .chains import ChainState
 from .models import GatewayRow, PollLog, Reading
-from .store import ms_to_dt
+from .schedule import ms_to_dt
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ from the settings and passed to the service functions."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,21 +12,17 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .aiomodbus import AsyncModbusPool
 from .buffer import RecordBuffer
 from .chains import Chains
 from .db import check_database, make_engine, session_factory
 from .errors import ServiceUnavailable
 from .keys import Keys
 from .modbus import ModbusPool
+from .schedule import now_ms
 from .settings import Settings, mask_url
 
 if TYPE_CHECKING:
-    from .store import StoredGateway
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    from .plan import PollTarget
 
 
 @dataclass
@@ -38,18 +33,17 @@ class Runtime:
     redis: redis.Redis
     keys: Keys
     chains: Chains
-    modbus: ModbusPool
     buffer: RecordBuffer
-    #: Modbus over asyncio for poll batches (its loop thread starts on first use).
-    aio: AsyncModbusPool = field(default_factory=AsyncModbusPool)
+    #: Modbus connections and their asyncio loop (its thread starts on first use).
+    modbus: ModbusPool = field(default_factory=ModbusPool)
     clock: Callable[[], int] = field(default=now_ms)
     #: Last configuration read for each gateway, so chains go on polling (into the buffer)
     #: while the database is unreachable.
-    known: dict[int, StoredGateway] = field(default_factory=dict)
+    known: dict[int, PollTarget] = field(default_factory=dict)
     #: The configuration stamp each entry of `known` was read under.
     known_stamp: dict[int, str | None] = field(default_factory=dict)
     #: The whole fleet and the stamp it was read under (see configcache.fleet).
-    fleet: tuple[str | None, list[StoredGateway]] | None = None
+    fleet: tuple[str | None, list[PollTarget]] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -68,7 +62,6 @@ class Runtime:
             redis=client,
             keys=keys,
             chains=Chains(client, keys),
-            modbus=ModbusPool(),
             buffer=RecordBuffer(client, keys, settings.buffer_limit),
         )
 
@@ -83,7 +76,6 @@ class Runtime:
 
     def close(self) -> None:
         self.modbus.close()
-        self.aio.close()
         self.redis.close()
         self.engine.dispose()
 

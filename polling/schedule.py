@@ -6,12 +6,28 @@ fractional intervals exact: 0.1 s is 100 ms, and slot starts never drift.
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    """This host's clock, in ms since the epoch."""
+    return time.time_ns() // 1_000_000
 
 
 def to_ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def ms_to_dt(ms: int) -> datetime:
+    """A slot start (ms since the epoch) as the database keeps it: an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def dt_to_ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
 
 
 def anchor_for(name: str, interval_ms: int) -> int:

@@ -1,135 +1,40 @@
-"""Chains of polls: one step of a chain, and start, stop and reconcile over the fleet.
+"""The fleet's chains: start, stop and reconcile them, and poll one gateway now.
 
-Sending a task is the caller's business (`enqueue`), so this module never imports Celery.
+Sending a step is the caller's business (`enqueue`), so this module never imports Celery.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
 
 from . import configcache
-from .chains import ChainState
+from .accounting import MISSED_LIMIT, Served
+from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
-from .plan import Request
-from .poller import PollOutcome, claim_ttl_ms, execute_poll, poll_budget, requests_for
-from .recording import flush, missed_entry, save
-from .runtime import Runtime
-from .schedule import Grid
-from .store import (
+from .pipeline import poll_once, retire_chains
+from .plan import PollTarget
+from .records import MissedRun, flush, last_recorded_slots, record_missed_runs
+from .repository import (
     StoredGateway,
     fleet_summary,
-    last_recorded_slots,
     load_gateways,
-    record_missed_runs,
     reenable,
-    set_chain_token,
     set_chain_tokens,
     set_polling_many,
 )
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-#: Sends the poll task of one chain step: (gateway id, token, slot start in ms).
+#: Sends the first step of a chain: (gateway id, token, slot start in ms).
 Enqueue = Callable[[int, str, int], None]
-#: Most missed slots recorded at once, so a gateway stopped for a month at 1 s
-#: does not write millions of rows in one go.
-MISSED_LIMIT = 10_000
-
-
-@dataclass(frozen=True)
-class StepResult:
-    #: polled | stale | moved | claimed | retired
-    verdict: str
-    outcome: str | None = None
-    next_ms: int | None = None
-
-
-def grid_of(gateway: StoredGateway) -> Grid:
-    return Grid.for_gateway(gateway.config.name, gateway.config.interval)
-
-
-def budget_of(rt: Runtime, gateway: StoredGateway) -> float:
-    return poll_budget(gateway.config, len(requests_for(rt, gateway.config)))
-
-
-def poll_step(rt: Runtime, gateway_id: int, token: str, slot_ms: int) -> StepResult:
-    """One link of a chain: poll `slot_ms` if this task still owns it, then advance the
-    chain to the next slot. Returns the slot to enqueue next, if this task advanced it."""
-    gateway = configcache.gateway_for_poll(rt, gateway_id)
-    if gateway is None or not gateway.active:
-        rt.chains.retire(gateway_id, token)
-        return StepResult("retired")
-    grid = grid_of(gateway)
-    requests = requests_for(rt, gateway.config)
-    budget = poll_budget(gateway.config, len(requests))
-    ttl_ms = claim_ttl_ms(gateway.config, budget)
-    verdict = rt.chains.begin(gateway_id, token, slot_ms, ttl_ms)
-    if verdict in ("stale", "moved", "claimed"):
-        log.info("poll of gateway %s slot %s dropped: %s", gateway_id, slot_ms, verdict)
-        return StepResult(verdict)
-    on_grid = grid.is_slot(slot_ms)
-    foreign = verdict == "foreign"
-    outcome = _poll_owned_slot(rt, gateway, grid, token, slot_ms, requests, foreign=foreign)
-    if outcome is not None and outcome.outcome == "stale":
-        return StepResult("stale")
-    if outcome is not None and outcome.disabled_reason:
-        retire_chain(rt, gateway_id, token)
-        return StepResult("retired", outcome.outcome)
-    now = rt.clock()
-    next_ms = grid.following(slot_ms, now) if on_grid else grid.containing(now)
-    if not rt.chains.advance(gateway_id, token, slot_ms, next_ms):
-        return StepResult("stale", outcome.outcome if outcome else None)
-    if on_grid:
-        skipped = grid.between(slot_ms, next_ms, limit=MISSED_LIMIT)
-        _missed(rt, gateway_id, skipped, "the previous poll ended after this slot had passed")
-    return StepResult("polled", outcome.outcome if outcome else None, next_ms)
-
-
-def _poll_owned_slot(
-    rt: Runtime,
-    gateway: StoredGateway,
-    grid: Grid,
-    token: str,
-    slot_ms: int,
-    requests: list[Request],
-    *,
-    foreign: bool,
-) -> PollOutcome | None:
-    if not grid.is_slot(slot_ms):
-        return None  # the interval changed since this task was sent: realign, record nothing
-    if foreign:
-        # A retired chain claimed this slot and may have died holding it.
-        _missed(rt, gateway.id, [slot_ms], "slot claimed by a chain that was replaced")
-        return None
-    now = rt.clock()
-    if grid.ended(slot_ms, now):
-        late = (now - slot_ms) / 1000
-        _missed(rt, gateway.id, [slot_ms], f"poll task started {late:.1f} s after the slot began")
-        return PollOutcome("missed")
-    remaining = (slot_ms + grid.interval_ms - now) / 1000
-    lock_wait = min(gateway.config.timeout, remaining)
-    return execute_poll(rt, gateway, slot_ms, token=token, lock_wait=lock_wait, requests=requests)
-
-
-def _missed(rt: Runtime, gateway_id: int, slots: list[int], why: str) -> None:
-    if slots:
-        save(rt, missed_entry(gateway_id, slots, why))
-
-
-def retire_chain(rt: Runtime, gateway_id: int, token: str = "") -> None:
-    """End the chain in Redis (only if it still has `token`, when given) and its mirror."""
-    rt.chains.retire(gateway_id, token)
-    with rt.sessions() as session, session.begin():
-        set_chain_token(session, gateway_id, None)
-    rt.bump_config()  # it may have been disabled: no process should poll it from memory
-
-
-# -- the fleet -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -158,8 +63,13 @@ class FleetReport:
         return actions
 
 
-def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
-    """The named gateways (all when `names` is None); unknown names are an error."""
+def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[PollTarget]:
+    """The named gateways (all when `names` is None), planned; unknown names are an error."""
+    return [PollTarget.of(g, rt.settings) for g in named_gateways(rt, names)]
+
+
+def named_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
+    """`select_gateways` without the plans."""
     wanted = None if names is None else list(dict.fromkeys(names))
     with rt.sessions() as session:
         gateways = load_gateways(session, wanted)
@@ -170,10 +80,10 @@ def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGate
     return gateways
 
 
-def is_overdue(rt: Runtime, gateway: StoredGateway, chain: ChainState, now_ms: int) -> bool:
+def is_overdue(rt: Runtime, gateway: PollTarget, chain: ChainState, now_ms: int) -> bool:
     """The due slot's poll should have started and finished by now: the chain is dead
     (its message lost with Redis, or held by a killed worker until the visibility timeout)."""
-    limit = budget_of(rt, gateway) + rt.settings.overdue_grace
+    limit = gateway.budget + rt.settings.overdue_grace
     return now_ms > chain.due_ms + round(1000 * limit)
 
 
@@ -183,7 +93,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     report = FleetReport()
     explicit = names is not None
     flush(rt)  # buffered records first, so no slot they hold is taken for a gap
-    gateways = select_gateways(rt, names)
+    gateways = named_gateways(rt, names)
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
             if explicit and not gateway.enabled:
@@ -194,7 +104,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     now = rt.clock()
     # Reloaded, not patched in memory: set_polling stamps polling_since, which tells
     # _start_chain a stop (no missed slots) from a dead chain.
-    starts: list[tuple[StoredGateway, ChainState | None]] = []
+    starts: list[tuple[PollTarget, ChainState | None]] = []
     for gateway in select_gateways(rt, [g.config.name for g in gateways]):
         name = gateway.config.name
         if not gateway.enabled:
@@ -213,7 +123,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
 def _start_chains(
     rt: Runtime,
     enqueue: Enqueue,
-    starts: list[tuple[StoredGateway, ChainState | None]],
+    starts: list[tuple[PollTarget, ChainState | None]],
     now: int,
 ) -> int:
     """Issue a new token for each gateway and send its chain's first step (see
@@ -223,12 +133,12 @@ def _start_chains(
     if not starts:
         return 0
     unseen = [g.id for g, old in starts if old is None and g.polling_since is not None]
-    firsts: list[tuple[StoredGateway, int, int | None]] = []
-    runs: list[tuple[int, list[int], str]] = []
+    firsts: list[tuple[PollTarget, int, int | None]] = []
+    runs: list[MissedRun] = []
     with rt.sessions() as session, session.begin():
         recorded = last_recorded_slots(session, unseen)
         for gateway, old in starts:
-            grid = grid_of(gateway)
+            grid = gateway.grid
             first = grid.starting(now)
             last = old.last_ms if old else None
             if old is not None and last is None and grid.is_slot(old.due_ms):
@@ -244,10 +154,10 @@ def _start_chains(
             if last is not None and grid.is_slot(last):
                 gap = grid.between(last, first, limit=MISSED_LIMIT)
                 if gap:
-                    runs.append((gateway.id, gap, "no poll ran: the chain had died"))
+                    runs.append(MissedRun(gateway.id, gap, "no poll ran: the chain had died"))
             firsts.append((gateway, first, last))
         missed = record_missed_runs(session, runs)
-        tokens = rt.chains.issue_many([(g.id, first, last) for g, first, last in firsts])
+        tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
         enqueue(gateway.id, token, first)
@@ -269,19 +179,15 @@ def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
     return report
 
 
-def _wait_for_endpoint(rt: Runtime, gateway: StoredGateway) -> None:
-    # A poll that passed its token check holds this lock until it has recorded.
-    config = gateway.config
-    lock = rt.redis.lock(
-        rt.keys.endpoint_lock(config.host, config.port),
-        timeout=5,
-        sleep=0.01,
-        blocking_timeout=budget_of(rt, gateway),
-        thread_local=False,
-    )
-    if lock.acquire():
-        with contextlib.suppress(LockError):
-            lock.release()
+def _wait_for_endpoint(rt: Runtime, gateway: PollTarget) -> None:
+    """Until no poll holds the endpoint's lock (a poll that passed its token check holds it
+    until it has recorded), at most one poll budget."""
+    host, port = gateway.endpoint
+    lock = EndpointLock(rt.keys.endpoint_lock(host, port), uuid.uuid4().hex, 5000)
+    deadline = time.monotonic() + gateway.budget
+    while rt.chains.take(lock) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rt.chains.release([lock])
 
 
 def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
@@ -298,7 +204,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         gateways = {g.id: g for g in configcache.fleet(rt)}
         chains = rt.chains.all()
         now = rt.clock()
-        starts: list[tuple[StoredGateway, ChainState | None]] = []
+        starts: list[tuple[PollTarget, ChainState | None]] = []
         for gateway in gateways.values():
             chain = chains.get(gateway.id)
             if not gateway.active:
@@ -310,11 +216,13 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
                 starts.append((gateway, chain))
                 report.restarted.append(gateway.config.name)
         report.missed += _start_chains(rt, enqueue, starts, now)
+        strays: list[tuple[int, str]] = []
         for gateway_id in chains:
             owner = gateways.get(gateway_id)
             if owner is None or not owner.active:
-                retire_chain(rt, gateway_id)
+                strays.append((gateway_id, ""))
                 report.retired.append(owner.config.name if owner else f"#{gateway_id}")
+        retire_chains(rt, strays)
     finally:
         with contextlib.suppress(LockError):
             lock.release()
@@ -323,8 +231,6 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     return report
 
 
-def poll_now(rt: Runtime, name: str) -> PollOutcome:
-    """One poll outside the schedule, recorded with kind 'manual'; it does not count
-    towards the failure threshold and waits its turn for the endpoint lock."""
-    gateway = select_gateways(rt, [name])[0]
-    return execute_poll(rt, gateway, rt.clock(), kind="manual")
+def poll_now(rt: Runtime, name: str) -> Served:
+    """One poll of the named gateway at once (see `pipeline.poll_once`)."""
+    return poll_once(rt, select_gateways(rt, [name])[0])

@@ -5,21 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import queries
+from . import configcache, queries
 from .runtime import Runtime
 from .service import is_overdue
-from .store import load_gateways
 
 
 def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
     chains = rt.chains.all()
     now = rt.clock()
+    overdue = {
+        g.id
+        for g in configcache.fleet(rt)
+        if g.id in chains and is_overdue(rt, g, chains[g.id], now)
+    }
     with rt.sessions() as session:
-        overdue = {
-            g.id
-            for g in load_gateways(session)
-            if g.id in chains and is_overdue(rt, g, chains[g.id], now)
-        }
         return queries.gateway_statuses(session, chains, overdue)
 
 

@@ -3,13 +3,16 @@ devices: each step of a batch keeps the guarantees of a single chain step."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from polling import batch, service
-from polling.batching import StepBatcher, group_steps
-from polling.poller import requests_for
-from polling.store import load_gateways, ms_to_dt
+from polling import pipeline, service
+from polling.outcome import Outcome
+from polling.plan import PollTarget
+from polling.repository import load_gateways
+from polling.schedule import ms_to_dt
+from polling.steps import StepSender, group_steps
 from tests.fleet import ALL_TYPES, fleet
 from tests.test_service import Sent, poll_rows, reading_rows, setup_fleet
 
@@ -35,28 +38,67 @@ def test_group_steps_by_window_and_size():
     ]
 
 
-def test_batcher_sends_on_flush():
+def test_sender_holds_steps_until_their_window_is_due_and_sends_each_window_once():
     sent: list[list] = []
-    batcher = StepBatcher(sent.append, 100, 10)
+    now = [10_000]
+    sender = StepSender(sent.append, 100, 10, clock=lambda: now[0])
+    sender.put([(1, "t", 10_100), (2, "t", 10_150), (3, "t", 10_400), (4, "t", 10_420)])
+    # Due within the lead (250 ms): the first window goes at once; the rest waits.
+    assert sent == [[(1, "t", 10_100), (2, "t", 10_150)]]
+    now[0] = 10_200
+    assert sender.send_due() == 2
+    assert sent[1:] == [[(3, "t", 10_400), (4, "t", 10_420)]]
+    assert sender.send_due() == 0 and sender.pending() == 0
+
+
+def test_sender_sends_everything_on_send_all():
+    sent: list[list] = []
+    sender = StepSender(sent.append, 100, 10, clock=lambda: 0)
     for gateway_id in range(3):
-        batcher.add(gateway_id, "t", 2_000 + gateway_id)
+        sender.add(gateway_id, "t", 2_000 + gateway_id)
     assert sent == []
-    assert batcher.flush() == 1
+    assert sender.send_all() == 3
     assert sent == [[(0, "t", 2_000), (1, "t", 2_001), (2, "t", 2_002)]]
-    assert batcher.flush() == 0
+    assert sender.send_all() == 0
 
 
-def test_batcher_sends_what_waited_too_long_without_a_flush():
+def test_sender_keeps_what_the_broker_refused_and_sends_it_later():
     sent: list[list] = []
-    now = [0.0]
-    batcher = StepBatcher(sent.append, 100, 10, hold_s=0.2, clock=lambda: now[0])
-    batcher.add(1, "t", 2_000)
-    now[0] = 0.1
-    batcher.add(2, "t", 2_010)
-    assert sent == []
-    now[0] = 0.25
-    batcher.add(3, "t", 2_020)
-    assert sent == [[(1, "t", 2_000), (2, "t", 2_010), (3, "t", 2_020)]]
+    broker_up = [False]
+
+    def send(batch: list) -> None:
+        if not broker_up[0]:
+            raise ConnectionError("broker down")
+        sent.append(batch)
+
+    now = [0]
+    sender = StepSender(send, 100, 10, clock=lambda: now[0])
+    sender.put([(1, "t", 100), (2, "t", 1_000)])
+    assert sender.send_due() == 0 and sender.pending() == 2  # nothing lost
+    now[0] = 900
+    assert sender.send_due() == 0 and sender.pending() == 2
+    broker_up[0] = True
+    assert sender.send_due() == 2
+    assert sent == [[(1, "t", 100), (2, "t", 1_000)]]  # both due by now: one batch
+
+
+def test_sender_thread_sends_due_windows_and_stop_sends_the_rest():
+    sent: list[list] = []
+    got = threading.Event()
+
+    def send(batch: list) -> None:
+        sent.append(batch)
+        got.set()
+
+    now = [0]
+    sender = StepSender(send, 100, 10, clock=lambda: now[0])
+    sender.put([(1, "t", 5_000), (2, "t", 60_000)])
+    sender.start()
+    now[0] = 4_800
+    assert got.wait(5)
+    assert sent == [[(1, "t", 5_000)]]
+    assert sender.stop() == 0
+    assert sent == [[(1, "t", 5_000)], [(2, "t", 60_000)]]
 
 
 def test_a_batch_polls_each_step_once_records_and_advances(runtime, simulate, free_ports):
@@ -65,9 +107,9 @@ def test_a_batch_polls_each_step_once_records_and_advances(runtime, simulate, fr
     simulate(document)
     setup_fleet(runtime, document)
     steps = started(runtime)
-    result = batch.poll_batch(runtime, steps)
-    assert result.verdicts == {"polled": 4}
-    nexts = {g: (t, s) for g, t, s in result.next_steps}
+    result = pipeline.poll_batch(runtime, steps)
+    assert result.outcomes == {Outcome.OK: 4}
+    nexts = {g: (t, s) for g, t, s in result.successors}
     with runtime.sessions() as session:
         intervals = {g.id: g.config.interval for g in load_gateways(session)}
     for gateway_id, token, slot in steps:
@@ -90,18 +132,18 @@ def test_a_duplicated_batch_polls_each_slot_once(runtime, simulate, free_ports):
     gateways = setup_fleet(runtime, document)
     steps = started(runtime)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: batch.poll_batch(runtime, steps), range(4)))
-    assert sum(r.verdicts.get("polled", 0) for r in results) == 3
-    assert sum(len(r.next_steps) for r in results) == 3
+        results = list(pool.map(lambda _: pipeline.poll_batch(runtime, steps), range(4)))
+    assert sum(r.outcomes[Outcome.OK] for r in results) == 3
+    assert sum(len(r.successors) for r in results) == 3
     assert len(poll_rows(runtime)) == 3
     assert len(reading_rows(runtime)) == 3 * len(ALL_TYPES)
     # At the device too: one exchange per request of each gateway, not four.
     served = Counter(port for _, port, _, _ in simulator.traffic.reads)
     assert served == {
-        g.config.port: len(requests_for(runtime, g.config)) for g in gateways.values()
+        g.config.port: len(PollTarget.of(g, runtime.settings).requests) for g in gateways.values()
     }
     # Redelivered later, the batch finds every chain moved on.
-    assert batch.poll_batch(runtime, steps).verdicts == {"moved": 3}
+    assert pipeline.poll_batch(runtime, steps).outcomes == {Outcome.MOVED: 3}
 
 
 def test_stop_retires_every_step_of_a_queued_batch(runtime, simulate, free_ports):
@@ -110,9 +152,9 @@ def test_stop_retires_every_step_of_a_queued_batch(runtime, simulate, free_ports
     setup_fleet(runtime, document)
     steps = started(runtime)
     service.stop(runtime)
-    assert batch.poll_batch(runtime, steps).verdicts == {"retired": 2}
+    assert pipeline.poll_batch(runtime, steps).outcomes == {Outcome.RETIRED: 2}
     started(runtime)
-    assert batch.poll_batch(runtime, steps).verdicts == {"stale": 2}
+    assert pipeline.poll_batch(runtime, steps).outcomes == {Outcome.STALE: 2}
     assert poll_rows(runtime) == []
 
 
@@ -123,12 +165,12 @@ def test_a_late_batch_records_missed_slots_and_moves_on(runtime, simulate, free_
     steps = started(runtime)
     latest = max(s for _, _, s in steps)
     runtime.clock = lambda: latest + 3500
-    result = batch.poll_batch(runtime, steps)
-    assert result.verdicts == {"polled": 2}
+    result = pipeline.poll_batch(runtime, steps)
+    assert result.outcomes == {Outcome.MISSED: 2}
     for gateway_id, _, slot in steps:
         rows = [r for r in poll_rows(runtime) if r.gateway_id == gateway_id]
         assert {r.outcome for r in rows} == {"missed"}
-        [next_slot] = [s for g, _, s in result.next_steps if g == gateway_id]
+        [next_slot] = [s for g, _, s in result.successors if g == gateway_id]
         assert [r.slot_at for r in rows] == [ms_to_dt(s) for s in range(slot, next_slot, 1000)]
 
 
@@ -139,12 +181,12 @@ def test_failed_polls_are_counted_and_disable_the_gateway(runtime, free_ports):
     for _ in range(3):
         [(_, _, slot)] = steps
         runtime.clock = lambda s=slot: s + 10
-        result = batch.poll_batch(runtime, steps)
-        steps = result.next_steps
+        result = pipeline.poll_batch(runtime, steps)
+        steps = result.successors
     rows = poll_rows(runtime)
     assert [r.outcome for r in rows] == ["failed"] * 3
     assert f"cannot connect to 127.0.0.1:{port}" in rows[0].error
-    assert result.verdicts == {"retired": 1} and steps == []
+    assert result.outcomes == {Outcome.RETIRED: 1} and steps == []
     with runtime.sessions() as session:
         [stored] = load_gateways(session, ["gw0"])
     assert stored.disabled_reason.startswith("auto-disabled after 3 consecutive failed polls")
@@ -161,14 +203,14 @@ def test_a_busy_endpoint_is_waited_for_then_skipped(runtime, simulate, free_port
     holder = runtime.redis.lock(key, timeout=5)
     assert holder.acquire()
     try:
-        result = batch.poll_batch(runtime, steps)
+        result = pipeline.poll_batch(runtime, steps)
     finally:
         holder.release()
-    assert result.verdicts == {"polled": 1}
+    assert result.outcomes == {Outcome.SKIPPED: 1}
     [row] = poll_rows(runtime)
     assert row.outcome == "skipped" and "busy: another poll held its lock" in row.error
     # Once free, the next step polls as usual.
-    assert batch.poll_batch(runtime, result.next_steps).verdicts == {"polled": 1}
+    assert pipeline.poll_batch(runtime, result.successors).outcomes == {Outcome.OK: 1}
     assert [r.outcome for r in poll_rows(runtime)] == ["skipped", "ok"]
 
 
@@ -180,7 +222,7 @@ def test_a_late_batch_still_polls_records_and_advances(runtime, simulate, free_p
     setup_fleet(runtime, document)
     [(gateway_id, token, slot)] = started(runtime)
     runtime.clock = lambda: slot + 30_000  # half of the 60 s slot has passed
-    result = batch.poll_batch(runtime, [(gateway_id, token, slot)])
-    assert result.verdicts == {"polled": 1}
-    assert result.next_steps == [(gateway_id, token, slot + 60_000)]
+    result = pipeline.poll_batch(runtime, [(gateway_id, token, slot)])
+    assert result.outcomes == {Outcome.OK: 1}
+    assert result.successors == [(gateway_id, token, slot + 60_000)]
     assert [(r.slot_at, r.outcome) for r in poll_rows(runtime)] == [(ms_to_dt(slot), "ok")]

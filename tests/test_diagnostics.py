@@ -9,16 +9,18 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from polling import diagnostics, heartbeat, recording
+from polling import diagnostics, heartbeat, records
 from polling.audit import audit
 from polling.checks.base import Context
 from polling.checks.fleet import check_failures, check_locks, check_schedules
 from polling.checks.services import check_beat, check_queues, check_workers
 from polling.gateways import parse_gateways
 from polling.models import PollLog, Reading
+from polling.outcome import Outcome, PollKind
+from polling.records import MissedRun, PollEntry, PollRecord, reading_row
+from polling.repository import import_gateways
 from polling.runtime import Runtime
 from polling.service import start
-from polling.store import PollRecord, import_gateways, reading_row, record_poll
 from tests.fleet import fleet
 
 POINTS = [{"name": "a", "address": 0}]
@@ -60,7 +62,7 @@ def test_an_overdue_share_below_the_critical_one_only_degrades(runtime):
     runtime.settings = dataclasses.replace(runtime.settings, overdue_critical=0.5)
     [gid, *_] = sorted(runtime.chains.all())
     chain = runtime.chains.get(gid)
-    runtime.chains.issue(gid, chain.due_ms - 3_600_000)  # due an hour ago: dead
+    runtime.chains.issue([(gid, chain.due_ms - 3_600_000, None)])  # due an hour ago: dead
     result = check_schedules(Context(runtime))
     assert result.status == "warning" and len(result.details["overdue"]) == 1
 
@@ -95,9 +97,9 @@ def test_a_claim_of_a_known_gateway_that_never_expires_is_found(runtime):
 
 def _poll(runtime, gateway_id: int, slot_ms: int, outcome: str) -> None:
     now = datetime.now(UTC)
-    record = PollRecord(gateway_id, slot_ms, "scheduled", outcome, now, now, None)
+    record = PollRecord(gateway_id, slot_ms, PollKind.SCHEDULED, Outcome(outcome), now, now)
     with runtime.sessions() as session, session.begin():
-        record_poll(session, record, [], failure_threshold=1000)
+        records.record_polls(session, [PollEntry(record, [])], failure_threshold=1000)
 
 
 def test_failure_rate_grades_health(runtime):
@@ -192,17 +194,17 @@ def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(
     point = parse_gateways(fleet([1], [1.0], POINTS))[0].points[0]
     now = datetime.now(UTC)
     for slot in slots:
-        record = PollRecord(gid, slot, "scheduled", "ok", now, now, None)
-        row = reading_row(gid, point, float(slot % 1000), slot, "scheduled", now)
-        assert recording.save(down, recording.poll_entry(record, [row])) is None
-    recording.save(down, recording.missed_entry(gid, [slots[-1] + 1000], "test"))
+        record = PollRecord(gid, slot, PollKind.SCHEDULED, Outcome.OK, now, now, None)
+        row = reading_row(gid, point, float(slot % 1000), slot, PollKind.SCHEDULED, now)
+        assert records.save(down, [PollEntry(record, [row])]) == {}
+    records.save(down, [MissedRun(gid, [slots[-1] + 1000], "test")])
     assert runtime.buffer.pending() == 6
     result = diagnostics.diagnose(runtime, fix=True)
     assert result.repairs["buffer"] == ["wrote 6 buffered records to the database"]
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(PollLog)) == 6
         assert session.scalar(select(func.count()).select_from(Reading)) == 5
-    assert recording.flush(runtime) == 0
+    assert records.flush(runtime) == 0
     down.close()
 
 
@@ -213,7 +215,7 @@ def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
         )
     )
     for slot in range(4):
-        recording.save(down, recording.missed_entry(1, [slot * 1000], "test"))
+        records.save(down, [MissedRun(1, [slot * 1000], "test")])
     assert down.buffer.pending() == 2 and down.buffer.lost().count == 2
     [buffer] = [r for r in diagnostics.diagnose(runtime).results if r.component == "buffer"]
     assert buffer.status == "error" and "2 poll records lost" in buffer.message

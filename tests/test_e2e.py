@@ -15,9 +15,9 @@ from sqlalchemy import select
 from polling import service
 from polling.gateways import parse_gateways
 from polling.models import GatewayRow, PollLog, Reading
-from polling.schedule import Grid
+from polling.repository import import_gateways
+from polling.schedule import Grid, dt_to_ms
 from polling.simulator import simulated_value
-from polling.store import dt_to_ms, import_gateways
 from tests.fleet import fleet
 from tests.processes import Beat, Worker
 

@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from polling import service
+from polling import pipeline, service
 from polling.gateways import parse_gateways
 from polling.models import PollLog, Reading
-from polling.schedule import Grid
+from polling.outcome import Outcome
+from polling.repository import import_gateways, load_gateways, set_polling
+from polling.schedule import Grid, ms_to_dt
 from polling.simulator import current_tick, simulated_value
-from polling.store import import_gateways, load_gateways, ms_to_dt
 from tests.fleet import ALL_TYPES, fleet
 
 
@@ -42,6 +43,11 @@ def poll_rows(runtime, kind="scheduled"):
         return list(
             session.scalars(select(PollLog).where(PollLog.kind == kind).order_by(PollLog.slot_at))
         )
+
+
+def poll_step(runtime, gateway_id: int, token: str, slot: int) -> pipeline.BatchResult:
+    """One chain step, as a batch of one."""
+    return pipeline.poll_batch(runtime, [(gateway_id, token, slot)])
 
 
 def reading_rows(runtime):
@@ -74,10 +80,10 @@ def test_a_chain_step_polls_decodes_records_and_advances(runtime, one_gateway):
     service.start(runtime, sent, ["gw0"])
     [(gateway_id, token, slot)] = sent.calls
     before = current_tick(1.0)
-    result = service.poll_step(runtime, gateway_id, token, slot)
+    result = poll_step(runtime, gateway_id, token, slot)
     after = current_tick(1.0)
-    assert (result.verdict, result.outcome) == ("polled", "ok")
-    assert result.next_ms == slot + 1000
+    assert result.outcomes == {Outcome.OK: 1}
+    assert result.successors == [(gateway_id, token, slot + 1000)]
     [row] = poll_rows(runtime)
     assert (row.outcome, row.slot_at, row.error) == ("ok", ms_to_dt(slot), None)
     values = {r.point: (r.text if r.text is not None else r.value) for r in reading_rows(runtime)}
@@ -96,16 +102,14 @@ def test_a_duplicated_message_polls_once(runtime, one_gateway):
     service.start(runtime, sent, ["gw0"])
     [(gateway_id, token, slot)] = sent.calls
     with ThreadPoolExecutor(4) as pool:
-        results = list(
-            pool.map(lambda _: service.poll_step(runtime, gateway_id, token, slot), range(4))
-        )
-    verdicts = sorted(r.verdict for r in results)
-    assert verdicts.count("polled") == 1
-    assert set(verdicts) <= {"polled", "claimed", "moved"}
+        results = list(pool.map(lambda _: poll_step(runtime, gateway_id, token, slot), range(4)))
+    outcomes = [o for r in results for o in r.outcomes.elements()]
+    assert outcomes.count(Outcome.OK) == 1
+    assert set(outcomes) <= {Outcome.OK, Outcome.DUPLICATE, Outcome.MOVED}
     assert len(poll_rows(runtime)) == 1
     assert len(reading_rows(runtime)) == len(ALL_TYPES)
     # The same message redelivered later finds the chain moved on.
-    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "moved"
+    assert poll_step(runtime, gateway_id, token, slot).outcomes == {Outcome.MOVED: 1}
 
 
 def test_stop_retires_the_token_so_queued_tasks_die(runtime, one_gateway):
@@ -113,9 +117,9 @@ def test_stop_retires_the_token_so_queued_tasks_die(runtime, one_gateway):
     service.start(runtime, sent, ["gw0"])
     [(gateway_id, token, slot)] = sent.calls
     service.stop(runtime, ["gw0"])
-    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "retired"
+    assert poll_step(runtime, gateway_id, token, slot).outcomes == {Outcome.RETIRED: 1}
     service.start(runtime, sent, ["gw0"])
-    assert service.poll_step(runtime, gateway_id, token, slot).verdict == "stale"
+    assert poll_step(runtime, gateway_id, token, slot).outcomes == {Outcome.STALE: 1}
     assert poll_rows(runtime) == []
 
 
@@ -124,8 +128,8 @@ def test_a_task_started_after_its_slot_records_missed_and_moves_on(runtime, one_
     service.start(runtime, sent, ["gw0"])
     [(gateway_id, token, slot)] = sent.calls
     runtime.clock = lambda: slot + 3500  # 3.5 intervals late
-    result = service.poll_step(runtime, gateway_id, token, slot)
-    assert result.next_ms == slot + 3000
+    result = poll_step(runtime, gateway_id, token, slot)
+    assert result.successors == [(gateway_id, token, slot + 3000)]
     rows = poll_rows(runtime)
     assert [(r.slot_at, r.outcome) for r in rows] == [
         (ms_to_dt(slot + k * 1000), "missed") for k in range(3)
@@ -141,13 +145,13 @@ def test_failures_are_counted_and_disable_the_gateway(runtime, free_ports):
     for _ in range(3):
         gateway_id, token, slot = sent.calls[-1]
         runtime.clock = lambda s=slot: s + 10
-        result = service.poll_step(runtime, gateway_id, token, slot)
-        if result.next_ms is not None:
-            sent(gateway_id, token, result.next_ms)
+        result = poll_step(runtime, gateway_id, token, slot)
+        for successor in result.successors:
+            sent(*successor)
     rows = poll_rows(runtime)
     assert [r.outcome for r in rows] == ["failed"] * 3
     assert f"cannot connect to 127.0.0.1:{port}" in rows[0].error
-    assert result.verdict == "retired"
+    assert result.outcomes == {Outcome.RETIRED: 1} and result.successors == []
     with runtime.sessions() as session:
         [stored] = load_gateways(session, ["gw0"])
     assert not stored.enabled
@@ -166,8 +170,8 @@ def test_a_modbus_exception_is_a_failed_poll_with_its_code(runtime, simulate, fr
     setup_fleet(runtime, document)
     sent = Sent()
     service.start(runtime, sent)
-    result = service.poll_step(runtime, *sent.calls[0])
-    assert result.outcome == "failed"
+    result = poll_step(runtime, *sent.calls[0])
+    assert result.outcomes == {Outcome.FAILED: 1}
     [row] = poll_rows(runtime)
     assert "exception 2 (illegal data address) reading holding 5000..5000 of device 1" in row.error
 
@@ -176,7 +180,7 @@ def test_reconcile_restarts_a_dead_chain_and_records_the_gap(runtime, one_gatewa
     sent = Sent()
     service.start(runtime, sent, ["gw0"])
     gateway_id, token, slot = sent.calls[0]
-    first = service.poll_step(runtime, gateway_id, token, slot)
+    [(_, _, next_slot)] = poll_step(runtime, gateway_id, token, slot).successors
     # The successor's message is lost (a killed worker held it): reconcile 10 s later.
     # The new chain starts at the next slot: slots 1 to 10 s, the one in progress
     # included, were not polled.
@@ -186,7 +190,7 @@ def test_reconcile_restarts_a_dead_chain_and_records_the_gap(runtime, one_gatewa
     _, new_token, new_slot = sent.calls[-1]
     assert new_token != token and new_slot == slot + 11_000
     # The old chain's message, delivered at last, dies.
-    assert service.poll_step(runtime, gateway_id, token, first.next_ms).verdict == "stale"
+    assert poll_step(runtime, gateway_id, token, next_slot).outcomes == {Outcome.STALE: 1}
     outcomes = [r.outcome for r in poll_rows(runtime)]
     assert outcomes == ["ok"] + ["missed"] * 10
 
@@ -198,8 +202,6 @@ def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, fr
     sent = Sent()
     service.start(runtime, sent)
     runtime.redis.delete(runtime.keys.chain(gateways["gw0"].id))  # Redis lost it
-    from polling.store import set_polling
-
     with runtime.sessions() as session, session.begin():
         set_polling(session, gateways["gw1"].id, on=False, token=None)  # stopped behind our back
     report = service.reconcile(runtime, sent)
@@ -209,7 +211,8 @@ def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, fr
 
 def test_poll_now_is_recorded_as_manual_and_leaves_the_schedule_alone(runtime, one_gateway):
     outcome = service.poll_now(runtime, "gw0")
-    assert outcome.outcome == "ok" and set(outcome.values) == {p["name"] for p in ALL_TYPES}
+    assert outcome.outcome == "ok"
+    assert {point.name for point, _ in outcome.values} == {p["name"] for p in ALL_TYPES}
     assert poll_rows(runtime) == []
     [manual] = poll_rows(runtime, kind="manual")
     assert manual.outcome == "ok"
@@ -244,3 +247,20 @@ def test_connections_are_reused_across_polls(runtime, one_gateway):
     [client] = runtime.modbus._clients.values()
     service.poll_now(runtime, "gw0")
     assert list(runtime.modbus._clients.values()) == [client] and client.connected
+
+
+def test_poll_now_waits_for_the_endpoint_lock_then_skips(runtime, simulate, free_ports):
+    document = fleet(free_ports(1), [1.0], [{"name": "a", "address": 0}])
+    document["gateways"][0]["timeout"] = 0.2
+    simulate(document)
+    gateway = setup_fleet(runtime, document)["gw0"]
+    key = runtime.keys.endpoint_lock("127.0.0.1", gateway.config.port)
+    holder = runtime.redis.lock(key, timeout=5)
+    assert holder.acquire()
+    try:
+        outcome = service.poll_now(runtime, "gw0")
+    finally:
+        holder.release()
+    assert outcome.outcome == "skipped" and "busy: another poll held its lock" in outcome.error
+    [manual] = poll_rows(runtime, kind="manual")
+    assert manual.outcome == "skipped"

@@ -12,7 +12,8 @@ from celery.beat import Scheduler
 
 from polling import heartbeat
 from polling.keys import Keys
-from polling.runtime import now_ms
+from polling.redisio import script
+from polling.schedule import now_ms
 
 from .app import settings
 
@@ -20,21 +21,11 @@ log = logging.getLogger(__name__)
 
 LOCK_TTL_MS = 10_000
 
-# KEYS: lock. ARGV: token, ttl. Keep the lock if ours, else take it if free.
-_HOLD = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-
-
 class SingletonScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._token = uuid.uuid4().hex
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        self._hold = self._redis.register_script(_HOLD)
+        self._hold = script(self._redis, __package__, "beat_hold.lua")
         self._key = Keys(settings.key_prefix).beat_lock
         self._active: bool | None = None  # unknown until the first tick logs it
         self._published_ms = 0

@@ -15,7 +15,7 @@ from celery.signals import before_task_publish, worker_ready, worker_shutting_do
 from polling import heartbeat
 from polling.broker import SENT_HEADER
 from polling.keys import Keys
-from polling.runtime import now_ms
+from polling.schedule import now_ms
 
 from .app import settings
 

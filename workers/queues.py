@@ -11,7 +11,6 @@ DEFAULT = "default"
 QUEUES = (Queue(POLLING), Queue(SCHEDULING), Queue(DEFAULT))
 
 ROUTES = {
-    "pollctl.poll": {"queue": POLLING},
     "pollctl.poll_batch": {"queue": POLLING},
     "pollctl.reconcile": {"queue": SCHEDULING},
     "pollctl.diagnose": {"queue": SCHEDULING},

@@ -1,4 +1,4 @@
-"""Thin tasks: each calls into `polling` and sends what it says to send."""
+"""Thin tasks: each calls into `polling` and hands what it returns to the step sender."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import threading
 
 from celery.signals import worker_shutting_down
 
-from polling import batch, diagnostics, service
-from polling.batching import Step, StepBatcher
-from polling.store import ms_to_dt
+from polling import diagnostics, pipeline, service
+from polling.schedule import ms_to_dt
+from polling.steps import Step, StepSender
 
 from . import gcfreeze, heartbeat  # noqa: F401  (signal handlers: GC freeze, heartbeats, sent-at)
 from .app import app, settings
-from .outbox import Outbox
 from .queues import POLLING
 from .runtime import get_runtime
 
@@ -24,28 +23,18 @@ log = logging.getLogger(__name__)
 @app.task(name="pollctl.poll_batch", ignore_result=True)
 def poll_batch(steps: list[list]) -> dict[str, int]:
     """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
-    window); sends the successors of the chains it advanced, batched again."""
-    result = batch.poll_batch(get_runtime(), [(int(g), str(t), int(s)) for g, t, s in steps])
-    outbox().put(result.next_steps)
-    return result.verdicts
-
-
-@app.task(name="pollctl.poll", ignore_result=True)
-def poll(gateway_id: int, token: str, slot_ms: int) -> str:
-    """One step of one chain (what `pollctl poll`-era messages still in a queue carry);
-    its successor travels in a batch."""
-    result = service.poll_step(get_runtime(), gateway_id, token, slot_ms)
-    if result.next_ms is not None:
-        outbox().put([(gateway_id, token, result.next_ms)])
-    return result.verdict
+    window); the successors of the chains it advanced go to this process's sender."""
+    result = pipeline.poll_batch(get_runtime(), [(int(g), str(t), int(s)) for g, t, s in steps])
+    sender().put(result.successors)
+    return {str(outcome): n for outcome, n in result.outcomes.items()}
 
 
 @app.task(name="pollctl.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     rt = get_runtime()
-    batcher = step_batcher()
-    report = service.reconcile(rt, batcher.add)
-    batcher.flush()
+    steps = step_sender()
+    report = service.reconcile(rt, steps.add)
+    steps.send_all()
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
     return {
@@ -61,9 +50,9 @@ def reconcile() -> dict[str, int]:
 def diagnose() -> str:
     """Every check, with the safe repairs applied and the run recorded."""
     rt = get_runtime()
-    batcher = step_batcher()
-    diagnosis = diagnostics.diagnose(rt, fix=True, enqueue=batcher.add, canary=send_canary)
-    batcher.flush()
+    steps = step_sender()
+    diagnosis = diagnostics.diagnose(rt, fix=True, enqueue=steps.add, canary=send_canary)
+    steps.send_all()
     for result in diagnosis.results:
         if result.status != "healthy":
             log.warning("diagnostics: %s %s: %s", result.status, result.component, result.message)
@@ -94,32 +83,30 @@ def send_batch(steps: list[Step]) -> None:
     poll_batch.apply_async(([list(s) for s in steps],), eta=ms_to_dt(first), queue=POLLING)
 
 
-def outbox() -> Outbox:
-    """This process's outbox (one per process: a forked child builds its own)."""
-    global _outbox, _outbox_pid
-    with _outbox_guard:
-        if _outbox is None or _outbox_pid != os.getpid():
-            window_ms = round(1000 * settings.batch_window)
-            _outbox, _outbox_pid = Outbox(send_batch, window_ms, settings.batch_size), os.getpid()
-        return _outbox
+def step_sender() -> StepSender:
+    """A sender for one operation (start, reconcile, a repair): call `send_all` at its end."""
+    return StepSender(send_batch, round(1000 * settings.batch_window), settings.batch_size)
 
 
-_outbox: Outbox | None = None
-_outbox_pid: int | None = None
-_outbox_guard = threading.Lock()
+def sender() -> StepSender:
+    """This process's sender of successors, with its thread (a forked child builds its own)."""
+    global _sender, _sender_pid
+    with _sender_guard:
+        if _sender is None or _sender_pid != os.getpid():
+            _sender, _sender_pid = step_sender().start(), os.getpid()
+        return _sender
+
+
+_sender: StepSender | None = None
+_sender_pid: int | None = None
+_sender_guard = threading.Lock()
 
 
 @worker_shutting_down.connect
 def _send_held_steps(**_kwargs: object) -> None:
     # A warm shutdown hands every held successor to the broker for the other workers.
-    if _outbox is not None:
-        _outbox.send_all()
-
-
-def step_batcher() -> StepBatcher:
-    """An `Enqueue` for start, reconcile and diagnostics; call `flush` to send."""
-    s = settings
-    return StepBatcher(send_batch, round(1000 * s.batch_window), s.batch_size)
+    if _sender is not None:
+        _sender.stop()
 
 
 def send_poll(gateway_id: int, token: str, slot_ms: int) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .. import configcache, service
-from ..chains import as_text
-from ..poller import claim_ttl_ms
+from ..plan import PollTarget
 from ..queries import window_stats
-from ..recording import flush
+from ..records import flush
+from ..redisio import as_text
 from ..runtime import Runtime
-from ..store import StoredGateway, ms_to_dt
+from ..schedule import ms_to_dt
 from .base import CheckResult, Context, Status, graded, healthy
 
 START_WORKERS = (
@@ -20,7 +20,7 @@ START_WORKERS = (
 )
 
 
-def _gateways(ctx: Context) -> dict[int, StoredGateway]:
+def _gateways(ctx: Context) -> dict[int, PollTarget]:
     return {g.id: g for g in configcache.fleet(ctx.rt)}
 
 
@@ -81,32 +81,29 @@ def _orphans(ctx: Context) -> tuple[list[str], list[str]]:
     rt = ctx.rt
     gateways = _gateways(ctx)
     endpoints = {f"{g.config.host}:{g.config.port}" for g in gateways.values()}
-    lock_prefix = rt.keys.endpoint_lock("", 0).rsplit(":", 2)[0] + ":"
     locks = [
         key
         for key, ttl in _ttls(rt, _scan(rt, rt.keys.locks_pattern))
-        if key.removeprefix(lock_prefix) not in endpoints or ttl == -1
+        if rt.keys.lock_endpoint(key) not in endpoints or ttl == -1
     ]
     return locks, _orphaned_claims(rt, gateways)
 
 
-def _orphaned_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+def _orphaned_claims(rt: Runtime, gateways: dict[int, PollTarget]) -> list[str]:
     """Claims of unknown gateways, and claims still there long after their own TTL would
     have run out (only those are asked for their TTL: a busy fleet holds a claim per
     gateway per slot for a minute, tens of thousands of keys)."""
-    prefix = rt.keys.claim(0, 0).rsplit(":", 2)[0] + ":"
     now = rt.clock()
     unknown, overstaying = [], []
     expired_before: dict[int, int] = {}  # per gateway: slots older than this have expired
     for key in _scan(rt, rt.keys.claims_pattern):
-        gateway_id, slot_ms = (int(part) for part in key.removeprefix(prefix).split(":", 1))
+        gateway_id, slot_ms = rt.keys.claim_slot(key)
         gateway = gateways.get(gateway_id)
         if gateway is None:
             unknown.append(key)
             continue
         if gateway_id not in expired_before:
-            ttl = claim_ttl_ms(gateway.config, service.budget_of(rt, gateway))
-            expired_before[gateway_id] = now - CLAIM_SET_LATE_MS - ttl
+            expired_before[gateway_id] = now - CLAIM_SET_LATE_MS - gateway.claim_ttl_ms
         if slot_ms < expired_before[gateway_id]:
             overstaying.append(key)
     return unknown + [key for key, ttl in _ttls(rt, overstaying) if ttl == -1]

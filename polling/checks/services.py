@@ -7,9 +7,9 @@ import uuid
 import redis
 
 from .. import broker, heartbeat
-from ..chains import as_text
 from ..errors import ServiceUnavailable
 from ..migrate import current_revision, head_revision
+from ..redisio import as_text
 from ..runtime import check_redis
 from ..settings import mask_url
 from .base import CheckResult, Context, graded, healthy

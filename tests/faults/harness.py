@@ -25,10 +25,9 @@ from polling.gateways import Gateway, parse_gateways
 from polling.models import GatewayRow, PollLog
 from polling.plan import plan_requests
 from polling.runtime import Runtime
-from polling.schedule import Grid
+from polling.schedule import Grid, dt_to_ms
 from polling.settings import Settings
 from polling.simulator import Simulator
-from polling.store import dt_to_ms
 from tests.processes import ROOT, Beat, CeleryProcess, Worker
 
 PG_SERVER = os.environ.get("POLLCTL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -28,7 +28,7 @@ def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_p
     started = time.time()
     wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
     # A worker holds a successor as an ETA message only from shortly before its window
-    # (see workers/outbox.py): kill it while it holds one.
+    # (see polling/steps.py): kill it while it holds one.
     wait_until(lambda: _held_polls(rig) > 0, 15, "a poll message held by the worker")
     first.kill()  # its ETA messages stay unacknowledged in Redis
     second = rig.worker("second")

@@ -35,7 +35,7 @@ def test_diagnostics_task_repairs_drift_and_records_it(rig_factory, free_ports):
     assert json.loads(audit.stdout)["health"] == "clean"
 
     rt = rig.runtime
-    rt.chains.issue(987_654, rt.clock())  # a chain of a gateway that does not exist
+    rt.chains.issue([(987_654, rt.clock(), None)])  # a chain of a gateway that does not exist
     orphan = rt.keys.endpoint_lock("127.0.0.1", 1)
     rt.redis.set(orphan, "left by a crashed release")  # and never expires
     injected_at = datetime.now(UTC)

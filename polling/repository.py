@@ -1,29 +1,18 @@
-"""What pollctl keeps in the database: gateway configuration, the poll log, readings."""
+"""The gateway repository: gateways and their points as configured, and the state flags
+(polling, enabled, disable reason, chain token mirror) kept beside them."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from . import pgwrite
-from .db import insert_ignoring_conflicts, inserted
 from .gateways import Gateway, Point
-from .models import GatewayRow, PointRow, PollLog, Reading, utcnow
-
-EXACT_FLOAT_LIMIT = 2**53
-
-
-def ms_to_dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def dt_to_ms(dt: datetime) -> int:
-    return round(dt.timestamp() * 1000)
+from .models import GatewayRow, PointRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -209,176 +198,3 @@ def set_chain_token(session: Session, gateway_id: int, token: str | None) -> Non
         .where(GatewayRow.id == gateway_id)
         .values(chain_token=token, updated_at=GatewayRow.updated_at)
     )
-
-
-# -- the record ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PollRecord:
-    gateway_id: int
-    slot_ms: int
-    kind: str
-    outcome: str
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-
-
-def reading_row(
-    gateway_id: int, point: Point, value: object, slot_ms: int, kind: str, read_at: datetime
-) -> dict:
-    number: float | None = None
-    text: str | None = None
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_FLOAT_LIMIT:
-        number, text = float(value), str(value)
-    else:
-        number = float(value)  # type: ignore[arg-type]
-    return {
-        "gateway_id": gateway_id,
-        "point": point.name,
-        "slot_at": ms_to_dt(slot_ms),
-        "kind": kind,
-        "read_at": read_at,
-        "value": number,
-        "text": text,
-        "unit": point.unit,
-    }
-
-
-def poll_row(record: PollRecord) -> dict:
-    duration = None
-    if record.started_at and record.finished_at:
-        duration = (record.finished_at - record.started_at).total_seconds() * 1000
-    return {
-        "gateway_id": record.gateway_id,
-        "slot_at": ms_to_dt(record.slot_ms),
-        "kind": record.kind,
-        "outcome": record.outcome,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "duration_ms": duration,
-        "error": record.error,
-    }
-
-
-def record_poll(
-    session: Session, record: PollRecord, readings: Sequence[dict], *, failure_threshold: int
-) -> str | None:
-    """One poll through `record_polls`; returns the disable reason, if any."""
-    reasons = record_polls(session, [(record, readings)], failure_threshold=failure_threshold)
-    return reasons.get(record.gateway_id)
-
-
-def record_polls(
-    session: Session,
-    polls: Sequence[tuple[PollRecord, Sequence[dict]]],
-    *,
-    failure_threshold: int,
-) -> dict[int, str]:
-    """Write the poll-log rows and, for each row that is new, its readings (a slot already
-    recorded, by a duplicate or as missed by a restart, keeps what it has); a few statements
-    for the whole batch. Updates failure counts and returns the disable reason of every
-    gateway this batch pushed over the threshold."""
-    if not polls:
-        return {}
-    rows = [poll_row(record) for record, _ in polls]
-    fast = pgwrite.is_postgresql(session)
-    went_in = (
-        pgwrite.insert_polls(session, rows)
-        if fast
-        else inserted(session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at"))
-    )
-    new = {(gateway_id, kind, dt_to_ms(slot_at)) for gateway_id, kind, slot_at in went_in}
-    fresh = [(r, readings) for r, readings in polls if (r.gateway_id, r.kind, r.slot_ms) in new]
-    readings = [x for _, rs in fresh for x in rs]
-    if fast:
-        pgwrite.copy_readings(session, readings)
-    else:
-        insert_ignoring_conflicts(session, Reading.__table__, readings)
-    counted = [r for r, _ in fresh if r.kind == "scheduled"]
-    healthy = sorted({r.gateway_id for r in counted if r.outcome == "ok"})
-    if healthy:
-        # Conditional, so a healthy gateway's row is not rewritten on every poll.
-        table = GatewayRow.__table__  # Core: the ORM's bulk update costs more than the SQL
-        session.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(table.c.id.in_(healthy), table.c.consecutive_failures != 0)
-            .values(consecutive_failures=0, updated_at=table.c.updated_at)
-        )
-    reasons = {}
-    for record in sorted((r for r in counted if r.outcome == "failed"), key=_by_gateway):
-        reason = _count_failure(session, record, failure_threshold)
-        if reason:
-            reasons[record.gateway_id] = reason
-    return reasons
-
-
-def _by_gateway(record: PollRecord) -> tuple[int, int]:
-    return record.gateway_id, record.slot_ms  # one lock order for every writer
-
-
-def _count_failure(session: Session, record: PollRecord, failure_threshold: int) -> str | None:
-    # Counters are state, not configuration: `updated_at` (which tells every process to
-    # reload its gateways) is kept as it was.
-    row = session.execute(
-        update(GatewayRow)
-        .where(GatewayRow.id == record.gateway_id)
-        .values(
-            consecutive_failures=GatewayRow.consecutive_failures + 1,
-            updated_at=GatewayRow.updated_at,
-        )
-        .returning(GatewayRow.consecutive_failures, GatewayRow.enabled)
-    ).first()
-    if row is None:
-        return None  # deleted meanwhile
-    failures, enabled = row
-    if failures < failure_threshold or not enabled:
-        return None
-    reason = f"auto-disabled after {failures} consecutive failed polls; last error: {record.error}"
-    session.execute(
-        update(GatewayRow)
-        .where(GatewayRow.id == record.gateway_id)
-        .values(enabled=False, disabled_reason=reason)
-    )
-    return reason
-
-
-def record_missed_runs(session: Session, runs: Sequence[tuple[int, Sequence[int], str]]) -> int:
-    """Account for runs of slots that passed without a poll, for several gateways, in one
-    statement. Slots already recorded are kept."""
-    rows = [
-        {
-            "gateway_id": gateway_id,
-            "slot_at": ms_to_dt(slot),
-            "kind": "scheduled",
-            "outcome": "missed",
-            "error": why,
-        }
-        for gateway_id, slots_ms, why in runs
-        for slot in slots_ms
-    ]
-    if pgwrite.is_postgresql(session):
-        # Reconcile after Redis lost ten thousand chains writes hundreds of thousands.
-        timings = {"started_at": None, "finished_at": None, "duration_ms": None}
-        return len(pgwrite.insert_polls(session, [{**row, **timings} for row in rows]))
-    return insert_ignoring_conflicts(session, PollLog.__table__, rows)
-
-
-def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[int, int]:
-    """Newest scheduled slot with any record, per gateway (the fallback when Redis lost the
-    chain), in one query; gateways with no record are left out."""
-    out: dict[int, int] = {}
-    for first in range(0, len(gateway_ids), 1000):
-        part = list(gateway_ids[first : first + 1000])
-        rows = session.execute(
-            select(PollLog.gateway_id, func.max(PollLog.slot_at))
-            .where(PollLog.gateway_id.in_(part), PollLog.kind == "scheduled")
-            .group_by(PollLog.gateway_id)
-        )
-        for gateway_id, newest in rows:
-            if newest is not None:
-                out[gateway_id] = dt_to_ms(newest if newest.tzinfo else newest.replace(tzinfo=UTC))
-    return out

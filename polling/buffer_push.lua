@@ -1,0 +1,14 @@
+-- Keep a record for the database in the bounded buffer; past the bound, count it as lost
+-- (how many, first and last time) instead of dropping the oldest.
+--
+-- KEYS: the buffer list, the lost-count hash.
+-- ARGV: the entry (JSON), the bound, now (ms).
+-- Reply: 1 if kept, 0 if counted as lost.
+if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  return 1
+end
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('HSETNX', KEYS[2], 'first_ms', ARGV[3])
+redis.call('HSET', KEYS[2], 'last_ms', ARGV[3])
+return 0

@@ -1,0 +1,342 @@
+"""The poll pipeline: the steps of one poll-batch task, from their message to their
+successors, in phases that hand values to each other.
+
+    load     each step's gateway, planned (from memory while the configuration holds)
+    claim    one script: each step's token and slot checked and the slot claimed, and
+             the lock of every endpoint with a step to poll taken in the same call
+    read     asyncio: every endpoint at once, each poll at its own slot, one request at a
+             time per connection
+    account  a pure function (`accounting.account`): the records and the chain advances
+    commit   one transaction: poll-log rows and readings (the buffer, with the database down)
+    advance  one script: each chain moved past its slot by compare-and-set, locks released;
+             then the slots a late chain skipped are recorded and the chains of gateways
+             this batch disabled are retired
+
+Batching changes how steps travel, not what they guarantee: each step checks its own token,
+claims its own slot, polls under its endpoint's lock (held until its record is written, so
+`pollctl stop` can wait for it), leaves its own record, and only a compare-and-set advances
+its chain. `poll_once` is a manual poll through the same read and record, under the same
+lock, outside slot accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import configcache, records
+from .accounting import Begun, Ledger, Served, account, poll_entry
+from .chains import EndpointLock, LockState, StepClaim
+from .codec import decode_answers
+from .errors import GatewayTimeout, ModbusError
+from .outcome import Outcome, PollKind
+from .plan import PollTarget
+from .repository import set_chain_tokens
+from .runtime import Runtime
+from .steps import Step
+
+log = logging.getLogger(__name__)
+
+#: Pause between tries of an endpoint lock another poll holds.
+LOCK_RETRY_S = 0.005
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    #: What became of the steps, counted by outcome.
+    outcomes: Counter[Outcome]
+    #: The successors to send: (gateway id, token, next slot) of every chain advanced.
+    successors: list[Step]
+
+
+def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
+    loaded, tally = _load(rt, steps)
+    now = rt.clock()
+    begun, endpoints = _claim(rt, loaded, now)
+    served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)
+    ledger = account(begun, served, rt.clock())
+    disabled = records.save(rt, ledger.entries)
+    successors = _advance(rt, begun, ledger, disabled, held, tally)
+    return BatchResult(tally, successors)
+
+
+Loaded = list[tuple[PollTarget, Step]]
+
+
+def _load(rt: Runtime, steps: Sequence[Step]) -> tuple[Loaded, Counter[Outcome]]:
+    """Each step still to begin with its gateway; steps of gateways that are inactive,
+    gone, or unknown while the database is down end here (counted)."""
+    gateways = configcache.gateways_for_poll(rt, {gateway_id for gateway_id, _, _ in steps})
+    loaded: Loaded = []
+    tally: Counter[Outcome] = Counter()
+    for step in steps:
+        gateway_id, token, _ = step
+        if gateway_id not in gateways:
+            # Never read here and the database is down: reconcile restarts the chain (and
+            # records the gap) once the database is back.
+            log.warning("gateway #%s unknown while the database is down: not polled", gateway_id)
+            tally[Outcome.UNKNOWN] += 1
+        elif (target := gateways[gateway_id]) is None or not target.active:
+            rt.chains.retire(gateway_id, token)
+            tally[Outcome.RETIRED] += 1
+        else:
+            loaded.append((target, step))
+    return loaded, tally
+
+
+Endpoints = list[tuple[EndpointLock, LockState]]
+
+
+def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoints]:
+    """Begin every step in one script, with one lock per endpoint that has a slot still
+    to poll, held from the first slot's start until the batch is recorded."""
+    locks = _endpoint_locks(rt, loaded, now)
+    claims = [StepClaim(*step, target.claim_ttl_ms) for target, step in loaded]
+    outcomes, states = rt.chains.begin(claims, locks)
+    begun = []
+    for (target, (gateway_id, token, slot)), outcome in zip(loaded, outcomes, strict=True):
+        if outcome in (Outcome.STALE, Outcome.MOVED, Outcome.DUPLICATE):
+            log.info("poll of gateway %s slot %s dropped: %s", gateway_id, slot, outcome)
+        begun.append(Begun(gateway_id, token, slot, target.grid, outcome))
+    return begun, list(zip(locks, states, strict=True))
+
+
+def _endpoint_locks(rt: Runtime, loaded: Loaded, now: int) -> list[EndpointLock]:
+    """For each endpoint, the steps (by index, earliest slot first) it serves."""
+    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for index, (target, (_, _, slot)) in enumerate(loaded):
+        if target.grid.is_slot(slot) and not target.grid.ended(slot, now):
+            groups[target.endpoint].append(index)
+    value = uuid.uuid4().hex
+    locks = []
+    for (host, port), indexes in groups.items():
+        indexes.sort(key=lambda i: loaded[i][1][2])
+        last_slot = loaded[indexes[-1]][1][2]
+        budget_s = sum(loaded[i][0].budget for i in indexes) + 1
+        ttl_ms = last_slot - now + round(1000 * budget_s)
+        key = rt.keys.endpoint_lock(host, port)
+        locks.append(EndpointLock(key, value, ttl_ms, tuple(indexes)))
+    return locks
+
+
+def _read(
+    rt: Runtime, targets: list[PollTarget], begun: list[Begun], endpoints: Endpoints, now: int
+) -> tuple[dict[int, Served], list[EndpointLock]]:
+    """Poll the due steps of every endpoint whose lock this batch holds or waits for;
+    returns each polled (or tried) step's read by index, and the locks held."""
+    served: dict[int, Served] = {}
+    held = [lock for lock, state in endpoints if state is LockState.LOCKED]
+    groups = [
+        (lock, [i for i in lock.steps if begun[i].outcome is Outcome.DUE], state)
+        for lock, state in endpoints
+        if state is not LockState.IDLE
+    ]
+    groups = [group for group in groups if group[1]]
+    if not groups:
+        return served, held
+    # Until the last slot starts (never negative: a late batch still gets its budgets),
+    # then every poll at its full budget. The deadline is kept inside the loop, so a late
+    # batch still records and advances; the outer timeout is for a loop that no longer runs.
+    wait_s = max(0, max(b.slot_ms for b in begun) - now) / 1000
+    budget_s = wait_s + sum(t.budget for t in targets)
+    serving = _serve_all(rt, targets, begun, groups, served, held, budget_s)
+    rt.modbus.run(serving, timeout=budget_s + 60)
+    return served, held
+
+
+async def _serve_all(
+    rt: Runtime,
+    targets: list[PollTarget],
+    begun: list[Begun],
+    groups: Sequence[tuple[EndpointLock, list[int], LockState]],
+    served: dict[int, Served],
+    held: list[EndpointLock],
+    budget_s: float,
+) -> None:
+    """Serve every endpoint; a poll still unfinished when the batch's budget runs out (the
+    process's Modbus loop fell behind, as under a start of thousands of connections) is
+    recorded as missed, not as a device failure that would count towards auto-disable."""
+    serving = asyncio.gather(
+        *(
+            _serve_endpoint(rt, targets, begun, lock, indexes, state, served, held)
+            for lock, indexes, state in groups
+        )
+    )
+    try:
+        await asyncio.wait_for(serving, budget_s)
+    except TimeoutError:
+        why = f"the worker's Modbus loop fell behind: not polled within {budget_s:.1f} s"
+        for _, indexes, _ in groups:
+            for index in indexes:
+                served.setdefault(index, Served(Outcome.MISSED, error=why))
+
+
+async def _serve_endpoint(
+    rt: Runtime,
+    targets: list[PollTarget],
+    begun: list[Begun],
+    lock: EndpointLock,
+    indexes: list[int],
+    state: LockState,
+    served: dict[int, Served],
+    held: list[EndpointLock],
+) -> None:
+    """The endpoint's polls one after the other, each at its slot, under its lock (waited
+    for when another poll holds it: at most a timeout, and never past the first slot)."""
+    if state is LockState.BUSY:
+        first = begun[indexes[0]]
+        remaining_ms = first.slot_ms + first.grid.interval_ms - rt.clock()
+        wait_ms = min(round(1000 * targets[indexes[0]].config.timeout), remaining_ms)
+        claims = [StepClaim(b.gateway_id, b.token, b.slot_ms) for b in (begun[i] for i in indexes)]
+        current = await _take_lock(rt, lock, claims, rt.clock() + wait_ms)
+        if current is None:
+            host, port = targets[indexes[0]].endpoint
+            busy = f"endpoint {host}:{port} busy: another poll held its lock"
+            for index in indexes:
+                served[index] = Served(Outcome.SKIPPED, datetime.now(UTC), error=busy)
+            return
+        held.append(lock)
+        for index, ok in zip(indexes, current, strict=True):
+            if not ok:  # stopped while it waited: neither polled nor recorded
+                served[index] = Served(Outcome.STALE)
+    for index in indexes:
+        if index in served:
+            continue
+        step = begun[index]
+        await asyncio.sleep(max(0.0, (step.slot_ms - rt.clock()) / 1000))
+        now = rt.clock()
+        if step.grid.ended(step.slot_ms, now):
+            late = f"poll task started {(now - step.slot_ms) / 1000:.1f} s after the slot began"
+            served[index] = Served(Outcome.MISSED, error=late)
+            continue
+        served[index] = await _poll(rt, targets[index])
+
+
+async def _take_lock(
+    rt: Runtime, lock: EndpointLock, claims: list[StepClaim], deadline_ms: int
+) -> list[bool] | None:
+    """Try a lock another poll holds until `deadline_ms`: None if it stayed busy, else
+    whether each step is still current now that the lock is held."""
+    while True:
+        current = rt.chains.take(lock, claims)
+        if current is not None or rt.clock() >= deadline_ms:
+            return current
+        await asyncio.sleep(LOCK_RETRY_S)
+
+
+async def _poll(rt: Runtime, target: PollTarget) -> Served:
+    """One read of every request of the gateway, within its budget, decoded."""
+    config = target.config
+    started = datetime.now(UTC)
+    try:
+        read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
+        try:
+            answers = await asyncio.wait_for(read, target.budget)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"no answer from {config.host}:{config.port} within {target.budget:.1f} s"
+            ) from None
+        values = decode_answers(target.requests, answers)
+        return Served(Outcome.OK, started, datetime.now(UTC), values=values)
+    except ModbusError as exc:
+        error = str(exc)
+    except Exception as exc:
+        # Whatever a device or library does, the slot is recorded and the chain goes on.
+        log.exception("unexpected error polling %s", config.name)
+        error = f"unexpected error: {type(exc).__name__}: {exc}"
+    log.info("poll of %s failed: %s", config.name, error)
+    return Served(Outcome.FAILED, started, datetime.now(UTC), error=error)
+
+
+def _advance(
+    rt: Runtime,
+    begun: list[Begun],
+    ledger: Ledger,
+    disabled: dict[int, str],
+    held: list[EndpointLock],
+    tally: Counter[Outcome],
+) -> list[Step]:
+    """Advance the chains (all but those of gateways this batch disabled) and release the
+    locks in one call; record the slots the advanced chains skipped; retire the chains of
+    the disabled gateways. Returns the successors."""
+    outcomes = list(ledger.outcomes)
+    advances = [a for a in ledger.advances if begun[a.index].gateway_id not in disabled]
+    moves = [(StepClaim(*_step(begun[a.index])), a.next_ms) for a in advances]
+    moved = rt.chains.finish(moves, held)
+    successors: list[Step] = []
+    gaps = []
+    for advance, ok in zip(advances, moved, strict=True):
+        step = begun[advance.index]
+        if not ok:
+            outcomes[advance.index] = Outcome.STALE  # replaced meanwhile: its new chain goes on
+            continue
+        successors.append((step.gateway_id, step.token, advance.next_ms))
+        if advance.gap is not None:
+            gaps.append(advance.gap)
+    records.save(rt, gaps)
+    for index, step in enumerate(begun):
+        if step.gateway_id in disabled and outcomes[index].recorded:
+            outcomes[index] = Outcome.RETIRED  # recorded, and its chain ends here
+    retired = [
+        (b.gateway_id, b.token)
+        for b, o in zip(begun, outcomes, strict=True)
+        if o is Outcome.RETIRED
+    ]
+    retire_chains(rt, retired)
+    tally.update(outcomes)
+    return successors
+
+
+def _step(begun: Begun) -> Step:
+    return begun.gateway_id, begun.token, begun.slot_ms
+
+
+def retire_chains(rt: Runtime, chains: Sequence[tuple[int, str]]) -> None:
+    """End chains in Redis (each only while it has its token; '' for any) and their token
+    mirror, and tell every process: a gateway disabled or stopped must not be polled from
+    memory."""
+    if not chains:
+        return
+    for gateway_id, token in chains:
+        rt.chains.retire(gateway_id, token)
+    with rt.sessions() as session, session.begin():
+        set_chain_tokens(session, [(gateway_id, None) for gateway_id, _ in chains])
+    rt.bump_config()
+
+
+# -- a manual poll ---------------------------------------------------------------------------
+
+
+def poll_once(rt: Runtime, target: PollTarget) -> Served:
+    """One poll outside the schedule, recorded with kind 'manual' at the time it was asked
+    for: it waits its turn for the endpoint lock (at most the gateway's timeout, else it is
+    recorded as skipped), holds it until recorded, and does not count towards the failure
+    threshold."""
+    slot_ms = rt.clock()
+    host, port = target.endpoint
+    ttl_ms = round(1000 * (target.budget + target.config.timeout + 1))
+    lock = EndpointLock(rt.keys.endpoint_lock(host, port), uuid.uuid4().hex, ttl_ms)
+    deadline_ms = slot_ms + round(1000 * target.config.timeout)
+    try:
+        served = rt.modbus.run(
+            _poll_locked(rt, target, lock, deadline_ms), timeout=ttl_ms / 1000 + 60
+        )
+        records.save(rt, [poll_entry(target.id, slot_ms, PollKind.MANUAL, served)])
+    finally:
+        rt.chains.release([lock])
+    return served
+
+
+async def _poll_locked(
+    rt: Runtime, target: PollTarget, lock: EndpointLock, deadline_ms: int
+) -> Served:
+    if await _take_lock(rt, lock, [], deadline_ms) is None:
+        host, port = target.endpoint
+        busy = f"endpoint {host}:{port} busy: another poll held its lock"
+        return Served(Outcome.SKIPPED, datetime.now(UTC), error=busy)
+    return await _poll(rt, target)
