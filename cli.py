@@ -25,6 +25,9 @@ from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
 from polling.settings import Settings
 from polling.status import collect_status, table
+from workers.app import create_app
+from workers.control import check_context
+from workers.senders import step_sender
 
 
 class PollctlGroup(click.Group):
@@ -57,9 +60,9 @@ def _runtime(*, migrated: bool = True) -> Runtime:
 @contextmanager
 def _enqueue() -> Iterator[Callable[[int, str, int], None]]:
     """Collects the chain steps a command starts and sends them, batched, at the end."""
-    from workers.tasks import step_sender  # Celery only where a task is sent
-
-    sender = step_sender()
+    settings = _settings()
+    create_app(settings)  # the app the steps are sent through
+    sender = step_sender(settings)
     yield sender.add
     sender.send_all()
 
@@ -293,19 +296,13 @@ def readings(name: str, point: str | None, since: str | None, limit: int, fmt: s
     click.echo(table(headers, cells))
 
 
-def _canary() -> Callable[[str, float], None]:
-    from workers.tasks import send_canary
-
-    return send_canary
-
-
 def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
     try:
         rt = Runtime.build(_settings())
     except PollingError as exc:
         return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
     with _enqueue() as enqueue:
-        return diagnostics.diagnose(rt, fix=fix, enqueue=enqueue, canary=_canary())
+        return diagnostics.diagnose(check_context(rt, enqueue), fix=fix)
 
 
 def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -> None:
@@ -361,17 +358,17 @@ def diagnose(as_json: bool, history: int) -> None:
 def audit(fix: bool, as_json: bool) -> None:
     """Look for what could poll a gateway twice from outside: extra beats, workers on other
     code or configuration, stray Celery processes, leftover keys, stale queued polls."""
-    from workers.control import list_consumers
-
-    result = audit_fleet(_runtime(), fix=fix, consumers=list_consumers)
-    code = diagnostics.exit_code(result.findings)
+    rt = _runtime()
+    create_app(rt.settings)  # asks the workers over the broker
+    result = audit_fleet(check_context(rt, ask_workers=True), fix=fix)
+    code = diagnostics.exit_code(result.results)
     health = ("clean", "warning", "error")[code]
     if as_json:
-        click.echo(report.as_json(result.findings, result.repairs, health))
+        click.echo(report.as_json(result.results, result.repairs, health))
     else:
         click.echo(
             report.render(
-                result.findings, result.repairs, verbose=False, headline=f"audit: {health}"
+                result.results, result.repairs, verbose=False, headline=f"audit: {health}"
             )
         )
     sys.exit(code)

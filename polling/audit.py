@@ -2,60 +2,36 @@
 
 More than one beat, polling workers running other code or another configuration, Celery
 processes that do not heartbeat, keys left by retired chains, and queued poll messages
-for gateways that are gone or chains that were replaced.
+for gateways that are gone or chains that were replaced. Its checks are checks like the
+diagnostics' (`diagnostics.run_checks` runs both).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import broker, heartbeat
-from .checks.base import CheckResult
+from . import configcache, heartbeat
+from .checks.base import CheckResult, Context
+from .diagnostics import Check, Diagnosis, Fix, run_checks
+from .plan import PollTarget
+from .queueview import QueuedStep
 from .redisio import as_text
-from .repository import StoredGateway, load_gateways
-from .runtime import Runtime
-
-#: Hostname -> queues of every worker that answers over the broker (from the Celery side).
-ListConsumers = Callable[[], dict[str, list[str]]]
 
 
-@dataclass
-class Audit:
-    findings: list[CheckResult]
-    repairs: dict[str, list[str]] = field(default_factory=dict)
+def audit(ctx: Context, *, fix: bool = False) -> Diagnosis:
+    """Every audit check; with `fix`, the safe removals applied and checked again."""
+    return run_checks(ctx, AUDIT_CHECKS, fix=fix)
 
 
-def audit(rt: Runtime, *, fix: bool = False, consumers: ListConsumers | None = None) -> Audit:
-    with rt.sessions() as session:
-        gateways = {g.id: g for g in load_gateways(session)}
-    result = Audit(
-        [
-            _beats(rt),
-            _worker_versions(rt),
-            _strays(rt, consumers),
-        ]
-    )
-    repairable = (
-        (_leftover_keys, _delete_leftover_keys),
-        (_queued_messages, _drop_queued_messages),
-    )
-    for check, repair in repairable:
-        finding = check(rt, gateways)
-        if fix and finding.fixable:
-            actions = repair(rt, gateways)
-            if actions:
-                result.repairs[finding.component] = actions
-                finding = check(rt, gateways)
-        result.findings.append(finding)
-    return result
+def _gateways(ctx: Context) -> dict[int, PollTarget]:
+    return {g.id: g for g in configcache.fleet(ctx.rt)}
 
 
-def _beats(rt: Runtime) -> CheckResult:
-    beats = heartbeat.live_beats(rt.redis, rt.keys)
+def _beats(ctx: Context) -> CheckResult:
+    beats = heartbeat.live_beats(ctx.rt.redis, ctx.rt.keys)
     names = [
         f"{b.name} pid {b.pid} on {b.host} ({'active' if b.active else 'standby'})" for b in beats
     ]
@@ -71,9 +47,10 @@ def _beats(rt: Runtime) -> CheckResult:
     )
 
 
-def _worker_versions(rt: Runtime) -> CheckResult:
+def _worker_versions(ctx: Context) -> CheckResult:
+    rt = ctx.rt
     mine = (heartbeat.code_version(), heartbeat.config_fingerprint(rt.settings))
-    workers = [w for w in heartbeat.live_workers(rt.redis, rt.keys) if "polling" in w.queues]
+    workers = [w for w in heartbeat.live_workers(rt.redis, rt.keys) if w.polls]
     odd = [
         f"{w.name} (pid {w.pid} on {w.host}): code {w.version}, config {w.config}"
         for w in workers
@@ -93,8 +70,9 @@ def _worker_versions(rt: Runtime) -> CheckResult:
     )
 
 
-def _strays(rt: Runtime, consumers: ListConsumers | None) -> CheckResult:
+def _strays(ctx: Context) -> CheckResult:
     """Celery processes of this app that do not heartbeat: old releases, manual runs."""
+    rt = ctx.rt
     known = heartbeat.live_workers(rt.redis, rt.keys)
     known_names = {w.name for w in known}
     beats = heartbeat.live_beats(rt.redis, rt.keys)
@@ -105,11 +83,11 @@ def _strays(rt: Runtime, consumers: ListConsumers | None) -> CheckResult:
         for pid, ppid, cmd in _celery_processes()
         if not {pid, ppid} & known_pids
     ]
-    if consumers is not None:
+    if ctx.consumers is not None:
         strays += [
-            f"worker {name} consumes {', '.join(queues)} without a heartbeat"
-            for name, queues in sorted(consumers().items())
-            if name not in known_names and "polling" in queues
+            f"worker {name} consumes the polling queue without a heartbeat"
+            for name in sorted(ctx.consumers())
+            if name not in known_names
         ]
     if not strays:
         return CheckResult("processes", "healthy", "no Celery process without a heartbeat")
@@ -138,8 +116,9 @@ def _celery_processes() -> Iterator[tuple[int, int, str]]:
             yield int(entry.name), ppid, text[:200]
 
 
-def _leftover_keys(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckResult:
-    claims = list(_stale_claims(rt, gateways))
+def _leftover_keys(ctx: Context) -> CheckResult:
+    rt, gateways = ctx.rt, _gateways(ctx)
+    claims = list(_stale_claims(ctx, gateways))
     chains = [gid for gid in rt.chains.all() if gid not in gateways or not gateways[gid].active]
     details = {"claims": [k for k, _ in claims][:50], "chains": chains}
     if not claims and not chains:
@@ -155,9 +134,10 @@ def _leftover_keys(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckResu
     )
 
 
-def _stale_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> Iterator[tuple[str, int]]:
+def _stale_claims(ctx: Context, gateways: dict[int, PollTarget]) -> Iterator[tuple[str, int]]:
     """Claims of gateways without a live chain whose slot has ended: no task can still
     be polling them, so removing them cannot let a slot be polled twice."""
+    rt = ctx.rt
     live = rt.chains.all()
     now = rt.clock()
     for raw in rt.redis.scan_iter(match=rt.keys.claims_pattern, count=1000):
@@ -169,32 +149,36 @@ def _stale_claims(rt: Runtime, gateways: dict[int, StoredGateway]) -> Iterator[t
             yield key, gateway_id
 
 
-def _delete_leftover_keys(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+def _delete_leftover_keys(ctx: Context, _found: CheckResult) -> list[str]:
+    rt, gateways = ctx.rt, _gateways(ctx)
     actions = []
     for gid in rt.chains.all():
         if gid not in gateways or not gateways[gid].active:
             rt.chains.retire(gid)
             actions.append(f"retired chain of gateway #{gid}")
-    claims = [key for key, _ in _stale_claims(rt, gateways)]
+    claims = [key for key, _ in _stale_claims(ctx, gateways)]
     if claims:
         rt.redis.delete(*claims)
         actions.append(f"deleted {len(claims)} slot claims of retired chains")
     return actions
 
 
-def _foreign_messages(
-    rt: Runtime, gateways: dict[int, StoredGateway]
-) -> Iterator[tuple[broker.PollMessage, str]]:
-    live = rt.chains.all()
-    for message in broker.poll_messages(rt.redis, "polling"):
-        if message.gateway_id not in gateways:
-            yield message, "unknown gateway"
-        elif (chain := live.get(message.gateway_id)) is None or chain.token != message.token:
-            yield message, "replaced chain"
+def _foreign_steps(ctx: Context) -> Iterator[tuple[QueuedStep, str]]:
+    if ctx.queues is None:
+        return
+    gateways = _gateways(ctx)
+    live = ctx.rt.chains.all()
+    for step in ctx.queues.queued_steps():
+        if step.gateway_id not in gateways:
+            yield step, "unknown gateway"
+        elif (chain := live.get(step.gateway_id)) is None or chain.token != step.token:
+            yield step, "replaced chain"
 
 
-def _queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckResult:
-    found = list(_foreign_messages(rt, gateways))
+def _queued_messages(ctx: Context) -> CheckResult:
+    if ctx.queues is None:
+        return CheckResult("messages", "healthy", "not inspected: no view of the broker here")
+    found = list(_foreign_steps(ctx))
     unknown = sum(1 for _, why in found if why == "unknown gateway")
     held = sum(1 for m, _ in found if m.held)
     details = {
@@ -215,15 +199,23 @@ def _queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> CheckRe
     )
 
 
-def _drop_queued_messages(rt: Runtime, gateways: dict[int, StoredGateway]) -> list[str]:
+def _drop_queued_messages(ctx: Context, _found: CheckResult) -> list[str]:
+    assert ctx.queues is not None  # fixable only when inspected
     # A batch message goes only when every step in it is foreign: the others are live chains.
-    foreign: dict[bytes, list[broker.PollMessage]] = {}
-    for message, _ in _foreign_messages(rt, gateways):
-        if not message.held:
-            foreign.setdefault(message.raw, []).append(message)
+    foreign: dict[object, list[QueuedStep]] = {}
+    for step, _ in _foreign_steps(ctx):
+        if not step.held:
+            foreign.setdefault(step.message, []).append(step)
     removed = sum(
-        broker.remove_waiting(rt.redis, steps[0])
-        for steps in foreign.values()
-        if len(steps) == steps[0].size
+        ctx.queues.remove(steps[0]) for steps in foreign.values() if len(steps) == steps[0].size
     )
     return [f"removed {removed} waiting poll messages of unknown gateways or replaced chains"]
+
+
+AUDIT_CHECKS: tuple[tuple[Check, Fix | None], ...] = (
+    (_beats, None),
+    (_worker_versions, None),
+    (_strays, None),
+    (_leftover_keys, _delete_leftover_keys),
+    (_queued_messages, _drop_queued_messages),
+)

@@ -7,13 +7,13 @@ every `POLLING_DIAGNOSTICS_SECONDS` and each run is recorded in `diagnostic_runs
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlalchemy import delete, select
 
-from .checks.base import SEVERITY, CheckResult, Context, Enqueue, SendCanary
+from .checks.base import SEVERITY, CheckResult, Context
 from .checks.fleet import (
     check_buffer,
     check_failures,
@@ -73,21 +73,22 @@ class Diagnosis:
         return exit_code(self.results)
 
 
-def diagnose(
-    rt: Runtime,
-    *,
-    fix: bool = False,
-    enqueue: Enqueue | None = None,
-    canary: SendCanary | None = None,
-) -> Diagnosis:
-    """Run every check; with `fix`, apply the safe repair of each that found something and
-    check it again, so the results describe the system as it is left."""
-    ctx = Context(rt, enqueue, canary)
-    results = [check(ctx) for check in SERVICES]
-    if any(r.status == "error" for r in results):
-        return Diagnosis(results)  # nothing else can be checked without Redis and the database
+def diagnose(ctx: Context, *, fix: bool = False) -> Diagnosis:
+    """Run every check (Redis and the database first: without them nothing else can be
+    checked); with `fix`, apply the safe repairs."""
+    services = [check(ctx) for check in SERVICES]
+    if any(r.status == "error" for r in services):
+        return Diagnosis(services)
+    diagnosis = run_checks(ctx, CHECKS, fix=fix)
+    return Diagnosis(services + diagnosis.results, diagnosis.repairs)
+
+
+def run_checks(ctx: Context, checks: Sequence[tuple[Check, Fix | None]], *, fix: bool) -> Diagnosis:
+    """Run `checks` in order; with `fix`, apply the safe repair of each that found
+    something and check it again, so the results describe the system as it is left."""
+    results: list[CheckResult] = []
     repairs: dict[str, list[str]] = {}
-    for check, repair in CHECKS:
+    for check, repair in checks:
         result = _run(check, ctx)
         if fix and repair is not None and result.fixable:
             actions = repair(ctx, result)

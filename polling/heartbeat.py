@@ -69,6 +69,8 @@ class ProcessInfo:
     config: str
     seen_ms: int
     queues: tuple[str, ...] = ()
+    #: For a worker: whether it consumes the polling queue.
+    polls: bool = False
     #: For a beat: whether it holds the singleton lock and sends.
     active: bool = False
 

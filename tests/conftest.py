@@ -37,7 +37,7 @@ def _claim_redis_db() -> int:
 
 REDIS_DB = _claim_redis_db()
 REDIS_URL = f"{REDIS_SERVER}/{REDIS_DB}"
-# Celery reads its broker when workers.app is first imported: point it at our database.
+# Processes that build the app from the environment (`celery -A workers.app`) use ours.
 os.environ["POLLING_REDIS_URL"] = REDIS_URL
 os.environ.pop("POLLING_DATABASE_URL", None)
 os.environ["POLLING_ENV_FILE"] = os.devnull
@@ -78,6 +78,14 @@ def settings(database_url: str) -> Settings:
         overdue_grace=1.0,
         failure_threshold=3,
     )
+
+
+@pytest.fixture
+def celery_app(settings: Settings):
+    """The Celery app of the test's settings: what `workers.senders` send through."""
+    from workers.app import create_app
+
+    return create_app(settings)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -22,6 +22,8 @@ from polling.repository import import_gateways
 from polling.runtime import Runtime
 from polling.service import start
 from tests.fleet import fleet
+from workers.broker import RedisQueues
+from workers.senders import send_canary, send_poll
 
 POINTS = [{"name": "a", "address": 0}]
 
@@ -51,7 +53,7 @@ def test_missing_chains_are_an_error_that_the_fix_repairs(runtime):
     ctx = Context(runtime, enqueue=lambda *a: sent.append(a))
     result = check_schedules(ctx)
     assert result.status == "error" and len(result.details["missing"]) == 3 and result.fixable
-    diagnosis = diagnostics.diagnose(runtime, fix=True, enqueue=ctx.enqueue)
+    diagnosis = diagnostics.diagnose(ctx, fix=True)
     [schedules] = [r for r in diagnosis.results if r.component == "schedules"]
     assert schedules.status == "healthy"
     assert len(diagnosis.repairs["schedules"]) == 3 and len(sent) == 3
@@ -78,7 +80,7 @@ def test_orphaned_locks_and_claims_are_found_and_deleted(runtime):
     result = check_locks(Context(runtime))
     assert result.status == "warning"
     assert set(result.details["locks"]) == {lock, forever} and result.details["claims"] == [claim]
-    diagnosis = diagnostics.diagnose(runtime, fix=True)
+    diagnosis = diagnostics.diagnose(Context(runtime), fix=True)
     assert len(diagnosis.repairs["locks"]) == 3
     assert not runtime.redis.exists(lock, forever, claim)
 
@@ -119,7 +121,7 @@ def test_failure_rate_grades_health(runtime):
 def test_workers_check_needs_a_heartbeat_and_a_returning_canary(runtime):
     result = check_workers(Context(runtime))
     assert result.status == "error" and "no live worker" in result.message
-    publish(runtime, "worker", "w1@host", queues=("polling",))
+    publish(runtime, "worker", "w1@host", queues=("polling",), polls=True)
     runtime.settings = dataclasses.replace(runtime.settings, canary_timeout=0.3)
     sent: list = []
     result = check_workers(Context(runtime, canary=lambda nonce, ttl: sent.append(nonce)))
@@ -137,27 +139,26 @@ def test_beat_check_and_audit_count_beats(runtime):
     publish(runtime, "beat", "b1", active=True)
     publish(runtime, "beat", "b2", active=False)
     assert check_beat(Context(runtime)).status == "healthy"
-    [beats] = [f for f in audit(runtime).findings if f.component == "beats"]
+    [beats] = [f for f in audit(Context(runtime)).results if f.component == "beats"]
     assert beats.status == "warning" and len(beats.details["beats"]) == 2
 
 
-def test_queue_backlog_is_graded_by_the_age_of_the_oldest_message(runtime):
-    from workers.tasks import send_canary
-
+def test_queue_backlog_is_graded_by_the_age_of_the_oldest_message(runtime, celery_app):
     send_canary("nobody-consumes-this", 60)
-    assert check_queues(Context(runtime)).status == "healthy"
+    queues = RedisQueues(runtime.redis)
+    assert check_queues(Context(runtime, queues=queues)).status == "healthy"
     later = runtime.clock() + 60_000
     runtime.clock = lambda: later
-    result = check_queues(Context(runtime))
+    result = check_queues(Context(runtime, queues=queues))
     assert result.status == "error" and result.details["polling"]["waiting"] == 1
     assert result.details["polling"]["oldest_age_s"] >= 59
 
 
-def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(runtime):
-    from workers.tasks import send_poll
-
+def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
+    runtime, celery_app
+):
     setup_fleet(runtime, 1)
-    publish(runtime, "worker", "old@host", queues=("polling",))
+    publish(runtime, "worker", "old@host", queues=("polling",), polls=True)
     runtime.redis.set(
         runtime.keys.worker("old@host"),
         json.dumps(
@@ -171,16 +172,17 @@ def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
     [(gid, chain)] = runtime.chains.all().items()
     send_poll(gid, "a-replaced-token", chain.due_ms)
     send_poll(424242, "whatever", chain.due_ms)
-    result = audit(runtime)
-    found = {f.component: f for f in result.findings}
+    ctx = Context(runtime, queues=RedisQueues(runtime.redis))
+    result = audit(ctx)
+    found = {f.component: f for f in result.results}
     assert found["worker-versions"].status == "error"
     assert found["messages"].details == {
         "unknown_gateway": 1,
         "replaced_chain": 1,
         "held_by_workers": 0,
     }
-    fixed = audit(runtime, fix=True)
-    assert {f.component: f.status for f in fixed.findings}["messages"] == "healthy"
+    fixed = audit(ctx, fix=True)
+    assert {f.component: f.status for f in fixed.results}["messages"] == "healthy"
     assert runtime.redis.llen("polling") == 0
 
 
@@ -199,7 +201,7 @@ def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(
         assert records.save(down, [PollEntry(record, [row])]) == {}
     records.save(down, [MissedRun(gid, [slots[-1] + 1000], "test")])
     assert runtime.buffer.pending() == 6
-    result = diagnostics.diagnose(runtime, fix=True)
+    result = diagnostics.diagnose(Context(runtime), fix=True)
     assert result.repairs["buffer"] == ["wrote 6 buffered records to the database"]
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(PollLog)) == 6
@@ -217,6 +219,8 @@ def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
     for slot in range(4):
         records.save(down, [MissedRun(1, [slot * 1000], "test")])
     assert down.buffer.pending() == 2 and down.buffer.lost().count == 2
-    [buffer] = [r for r in diagnostics.diagnose(runtime).results if r.component == "buffer"]
+    [buffer] = [
+        r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "buffer"
+    ]
     assert buffer.status == "error" and "2 poll records lost" in buffer.message
     down.close()

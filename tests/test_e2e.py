@@ -20,6 +20,7 @@ from polling.schedule import Grid, dt_to_ms
 from polling.simulator import simulated_value
 from tests.fleet import fleet
 from tests.processes import Beat, Worker
+from workers.senders import send_poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -131,9 +132,9 @@ def setup(runtime, simulate, free_ports, **sim):
     return document
 
 
-def test_fleet_is_polled_once_per_slot_with_no_gaps(runtime, env, simulate, free_ports, processes):
-    from workers.tasks import send_poll
-
+def test_fleet_is_polled_once_per_slot_with_no_gaps(
+    runtime, env, simulate, free_ports, processes, celery_app
+):
     document = setup(runtime, simulate, free_ports)
     worker = processes(Worker, env, "worker")
     processes(Beat, env, "beat")
@@ -151,10 +152,8 @@ def test_fleet_is_polled_once_per_slot_with_no_gaps(runtime, env, simulate, free
 
 
 def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
-    runtime, env, simulate, free_ports, processes
+    runtime, env, simulate, free_ports, processes, celery_app
 ):
-    from workers.tasks import send_poll
-
     # Slow devices, so the kill lands while reads are in flight.
     document = setup(runtime, simulate, free_ports, latency_ms=60)
     worker = processes(Worker, env, "worker")

@@ -1,51 +1,76 @@
-"""The Celery app: `celery -A workers.app worker -Q polling` and `celery -A workers.app beat`."""
+"""The Celery app, built from settings by `create_app`. `celery -A workers.app worker|beat`
+asks this module for `app`: that one is built from the environment (POLLING_*) when first
+asked for, never as a side effect of an import."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery import Celery
 
 from beat_schedule import beat_schedule
 from polling.settings import Settings
 
+from . import hooks
 from .queues import DEFAULT, QUEUES, ROUTES
 
-settings = Settings.from_env()
 
-app = Celery("pollctl", broker=settings.redis_url, include=["workers.tasks"])
-app.conf.update(
-    task_queues=QUEUES,
-    task_routes=ROUTES,
-    task_default_queue=DEFAULT,
-    task_serializer="json",
-    accept_content=["json"],
-    # No result backend: outcomes live in the poll log.
-    task_ignore_result=True,
-    # Redelivered if the worker dies mid-task; the slot claim keeps a redelivery from
-    # polling twice, so this cannot loop on a poison message.
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_cancel_long_running_tasks_on_connection_loss=True,
-    worker_timer_precision=settings.timer_precision,
-    broker_connection_retry_on_startup=True,
-    # Keep reconnecting through a Redis outage of any length (the default gives up after
-    # 100 tries, about 45 minutes, and the worker exits).
-    broker_connection_max_retries=None,
-    # The Redis transport without its crash on connection loss (see workers/transport.py).
-    broker_transport="workers.transport:Transport",
-    broker_transport_options={
-        # Unacked (and ETA) messages come back after this; intervals are capped below it.
-        "visibility_timeout": settings.visibility_timeout,
-        # Sweep for messages past the timeout every tenth of it (kombu's default sweep is
-        # about 100 s, which would dwarf a short timeout).
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
-        "unacked_restore_throttle": 1,
-        # Consume queues in the order declared: polling before scheduling and default.
-        "queue_order_strategy": "priority",
-    },
-    beat_schedule=beat_schedule(settings),
-    beat_scheduler="workers.beat:SingletonScheduler",
-    beat_max_loop_interval=1.0,
-    timezone="UTC",
-    enable_utc=True,
-)
+class PollctlApp(Celery):
+    """A Celery app that carries the settings it was built from."""
+
+    settings: Settings
+
+
+def create_app(settings: Settings) -> PollctlApp:
+    """The app for `settings`, made the current one (the shared tasks send through it),
+    with pollctl's process hooks wired (`workers.hooks`)."""
+    app = PollctlApp("pollctl", broker=settings.redis_url, include=["workers.tasks"])
+    app.settings = settings
+    app.conf.update(
+        task_queues=QUEUES,
+        task_routes=ROUTES,
+        task_default_queue=DEFAULT,
+        task_serializer="json",
+        accept_content=["json"],
+        # No result backend: outcomes live in the poll log.
+        task_ignore_result=True,
+        # Redelivered if the worker dies mid-task; the slot claim keeps a redelivery from
+        # polling twice, so this cannot loop on a poison message.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_timer_precision=settings.timer_precision,
+        broker_connection_retry_on_startup=True,
+        # Keep reconnecting through a Redis outage of any length (the default gives up after
+        # 100 tries, about 45 minutes, and the worker exits).
+        broker_connection_max_retries=None,
+        # The Redis transport without its crash on connection loss (see workers/transport.py).
+        broker_transport="workers.transport:Transport",
+        broker_transport_options={
+            # Unacked (and ETA) messages come back after this; intervals are capped below it.
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages past the timeout every tenth of it (kombu's default sweep is
+            # about 100 s, which would dwarf a short timeout).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+            # Consume queues in the order declared: polling before scheduling and default.
+            "queue_order_strategy": "priority",
+        },
+        beat_schedule=beat_schedule(settings),
+        beat_scheduler="workers.beat:SingletonScheduler",
+        beat_max_loop_interval=1.0,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    app.set_current()
+    hooks.wire(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # Celery's command line (`-A workers.app`) looks up `app` here (PEP 562).
+    if name == "app":
+        built = globals()["app"] = create_app(Settings.from_env())
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,15 +14,18 @@ from polling import heartbeat
 from polling.keys import Keys
 from polling.redisio import script
 from polling.schedule import now_ms
-
-from .app import settings
+from polling.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LOCK_TTL_MS = 10_000
 
+
 class SingletonScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        app = kwargs["app"] if "app" in kwargs else args[0]
+        self.settings: Settings = app.settings
+        settings = self.settings
         self._token = uuid.uuid4().hex
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self._hold = script(self._redis, __package__, "beat_hold.lua")
@@ -56,6 +59,7 @@ class SingletonScheduler(Scheduler):
         now = now_ms()
         if not changed and now - self._published_ms < heartbeat.PERIOD_SECONDS * 1000:
             return
+        settings = self.settings
         info = heartbeat.this_process(f"beat-{self._token[:8]}", settings, now, active=active)
         try:
             heartbeat.publish(self._redis, Keys(settings.key_prefix).beat(self._token), info)

@@ -19,11 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
-
-from .app import settings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +30,6 @@ CHECK_SECONDS = 10.0
 #: 45,000 at 10,000 gateways with 750,000 frozen.
 GROWTH_MIN = 50_000
 GROWTH_SHARE = 0.25
-
-_stop = threading.Event()
 
 
 def freeze_new() -> int:
@@ -52,16 +45,6 @@ def refreeze() -> int:
     return freeze_new()
 
 
-def _run(period: float) -> None:
-    refreshed = time.monotonic()
-    while not _stop.wait(CHECK_SECONDS):
-        if time.monotonic() - refreshed >= period:
-            _timed(refreeze, "refreshed")
-            refreshed = time.monotonic()
-        elif has_grown(len(gc.get_objects(generation=2)), gc.get_freeze_count()):
-            _timed(freeze_new, "grown")
-
-
 def has_grown(unfrozen: int, frozen: int) -> bool:
     """Whether the oldest generation holds enough unfrozen objects to freeze them too."""
     return unfrozen > max(GROWTH_MIN, GROWTH_SHARE * frozen)
@@ -74,18 +57,26 @@ def _timed(freeze: Callable[[], int], why: str) -> None:
     log.info("gc %s: %d objects frozen in %.0f ms", why, frozen, took)
 
 
-@worker_ready.connect
-@worker_process_init.connect
-def _start(**_: Any) -> None:
-    # worker_ready runs in the main process (the threads pool's only one),
-    # worker_process_init in each prefork child: one thread per process either way.
-    if settings.gc_refreeze_seconds <= 0:
-        return
-    threading.Thread(
-        target=_run, args=(settings.gc_refreeze_seconds,), name="pollctl-gc", daemon=True
-    ).start()
+class GcFreeze:
+    """Freezes what settles, from a thread: checks every `CHECK_SECONDS`, refreshes every
+    `period` seconds."""
 
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._stop = threading.Event()
 
-@worker_shutting_down.connect
-def _stop_refreezing(**_: Any) -> None:
-    _stop.set()
+    def start(self) -> GcFreeze:
+        threading.Thread(target=self._run, name="pollctl-gc", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        refreshed = time.monotonic()
+        while not self._stop.wait(CHECK_SECONDS):
+            if time.monotonic() - refreshed >= self.period:
+                _timed(refreeze, "refreshed")
+                refreshed = time.monotonic()
+            elif has_grown(len(gc.get_objects(generation=2)), gc.get_freeze_count()):
+                _timed(freeze_new, "grown")

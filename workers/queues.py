@@ -1,4 +1,5 @@
-"""Queue names and declarations; `polling` comes first and is served first."""
+"""Queue and task names, and the routes between them; `polling` comes first and is served
+first. The one place that names them (the domain never does)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from kombu import Queue
 POLLING = "polling"
 SCHEDULING = "scheduling"
 DEFAULT = "default"
+QUEUE_NAMES = (POLLING, SCHEDULING, DEFAULT)
+QUEUES = tuple(Queue(name) for name in QUEUE_NAMES)
 
-QUEUES = (Queue(POLLING), Queue(SCHEDULING), Queue(DEFAULT))
+POLL_BATCH_TASK = "pollctl.poll_batch"
+RECONCILE_TASK = "pollctl.reconcile"
+DIAGNOSE_TASK = "pollctl.diagnose"
+CANARY_TASK = "pollctl.canary"
 
 ROUTES = {
-    "pollctl.poll_batch": {"queue": POLLING},
-    "pollctl.reconcile": {"queue": SCHEDULING},
-    "pollctl.diagnose": {"queue": SCHEDULING},
-    "pollctl.canary": {"queue": POLLING},
+    POLL_BATCH_TASK: {"queue": POLLING},
+    RECONCILE_TASK: {"queue": SCHEDULING},
+    DIAGNOSE_TASK: {"queue": SCHEDULING},
+    CANARY_TASK: {"queue": POLLING},
 }

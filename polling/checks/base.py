@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ..queueview import QueueInspector
 from ..runtime import Runtime
 
 Status = Literal["healthy", "warning", "error"]
@@ -15,6 +16,8 @@ SEVERITY: dict[str, int] = {"healthy": 0, "warning": 1, "error": 2}
 Enqueue = Callable[[int, str, int], None]
 #: Sends a canary task to the `polling` queue with this nonce, to expire after `ttl` s.
 SendCanary = Callable[[str, float], None]
+#: Hostnames of the workers that answer over the broker and consume the polling queue.
+ListConsumers = Callable[[], list[str]]
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,14 @@ class CheckResult:
 @dataclass(frozen=True)
 class Context:
     """A check's view of the system. The Celery side lends what needs Celery: sending a
-    poll (to restart a chain) and a canary (to prove workers consume `polling`)."""
+    poll (to restart a chain), a canary (to prove workers consume `polling`), and a view
+    of the broker's queues."""
 
     rt: Runtime
     enqueue: Enqueue | None = None
     canary: SendCanary | None = None
+    queues: QueueInspector | None = None
+    consumers: ListConsumers | None = None
 
 
 def healthy(component: str, message: str, **details: object) -> CheckResult:

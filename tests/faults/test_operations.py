@@ -9,10 +9,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from polling import broker
 from polling.models import GatewayRow, PointRow
 from tests.faults.fleets import document
 from tests.faults.harness import wait_until
+from workers.broker import RedisQueues
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,7 +47,7 @@ def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_p
 
 
 def _held_polls(rig) -> int:
-    return sum(1 for m in broker.poll_messages(rig.runtime.redis, "polling") if m.held)
+    return sum(1 for m in RedisQueues(rig.runtime.redis).queued_steps() if m.held)
 
 
 def test_stop_with_polls_queued_and_in_flight_then_start(rig_factory, free_ports):

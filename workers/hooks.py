@@ -1,0 +1,58 @@
+"""pollctl's hooks into a Celery process's life, wired in one place by `create_app`:
+
+before_task_publish   every message is stamped with when it was sent
+worker_process_init   a prefork child builds its own state and freezes its GC
+worker_ready          the main process builds its state (a threads or solo pool runs
+                      tasks there), starts the heartbeat and freezes its GC
+worker_shutting_down  held successors go to the broker; the threads stop
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery.signals import (
+    before_task_publish,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
+
+from . import process
+from .gcfreeze import GcFreeze
+from .heartbeat import Heartbeat, stamp_sent_at
+
+if TYPE_CHECKING:
+    from .app import PollctlApp
+
+#: What this process started and stops at shutdown (heartbeat, GC freeze).
+_threads: list[Heartbeat | GcFreeze] = []
+
+
+def wire(app: PollctlApp) -> None:
+    """Connect the hooks (once per process: a second app replaces nothing)."""
+    settings = app.settings
+
+    def child_started(**_: Any) -> None:
+        process.start(settings)
+        _freeze_gc()
+
+    def ready(sender: Any, **_: Any) -> None:
+        process.start(settings)
+        queues = tuple(sorted(sender.app.amqp.queues.consume_from))
+        _threads.append(Heartbeat(settings, sender.hostname, queues).start())
+        _freeze_gc()
+
+    def _freeze_gc() -> None:
+        if settings.gc_refreeze_seconds > 0:
+            _threads.append(GcFreeze(settings.gc_refreeze_seconds).start())
+
+    def shutting_down(**_: Any) -> None:
+        process.stop()  # a warm shutdown hands held successors to the other workers
+        for thread in _threads:
+            thread.stop()
+
+    before_task_publish.connect(stamp_sent_at, weak=False, dispatch_uid="pollctl-sent-at")
+    worker_process_init.connect(child_started, weak=False, dispatch_uid="pollctl-child")
+    worker_ready.connect(ready, weak=False, dispatch_uid="pollctl-ready")
+    worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid="pollctl-shutdown")
