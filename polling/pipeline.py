@@ -55,7 +55,10 @@ class BatchResult:
 
 
 def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
+    """One step of each chain in `steps` (slots of one window), phase by phase."""
     loaded, tally = _load(rt, steps)
+    if not loaded:
+        return BatchResult(tally, [])
     now = rt.clock()
     begun, endpoints = _claim(rt, loaded, now)
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)

@@ -1,9 +1,11 @@
-"""Text for people: check results as `pollctl validate`, `diagnose` and `audit` print them."""
+"""Text for people: plain tables, and check results as `pollctl validate`, `diagnose` and
+`audit` print them."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .checks.base import CheckResult
 
@@ -46,3 +48,11 @@ def as_json(results: Iterable[CheckResult], repairs: dict[str, list[str]], healt
         indent=2,
         default=str,
     )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)

@@ -146,15 +146,9 @@ def fleet_summary(session: Session) -> tuple[int, datetime | None]:
     return int(count), newest
 
 
-def set_polling(session: Session, gateway_id: int, *, on: bool, token: str | None) -> None:
-    row = session.get_one(GatewayRow, gateway_id)
-    if on and not row.polling:
-        row.polling_since = utcnow()
-    row.polling, row.chain_token = on, token
-
-
 def set_polling_many(session: Session, gateway_ids: Sequence[int], *, on: bool) -> None:
-    """`set_polling` (token cleared) for many gateways, in a few statements."""
+    """Mark gateways as polling (stamping `polling_since` on those that were not) or
+    stopped, their token mirror cleared, in a few statements."""
     table = GatewayRow.__table__
     for first in range(0, len(gateway_ids), 1000):
         part = list(gateway_ids[first : first + 1000])

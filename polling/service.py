@@ -102,7 +102,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     rt.bump_config()
     live = rt.chains.all()
     now = rt.clock()
-    # Reloaded, not patched in memory: set_polling stamps polling_since, which tells
+    # Reloaded, not patched in memory: set_polling_many stamps polling_since, which tells
     # _start_chain a stop (no missed slots) from a dead chain.
     starts: list[tuple[PollTarget, ChainState | None]] = []
     for gateway in select_gateways(rt, [g.config.name for g in gateways]):

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import text
 
 from polling import migrate
-from polling.gateways import parse_gateways
+from polling.gatewayfile import parse_gateways
 from polling.runtime import Runtime
 from polling.settings import Settings
 from polling.simulator import Simulator

@@ -14,7 +14,7 @@ from polling.audit import audit
 from polling.checks.base import Context
 from polling.checks.fleet import check_failures, check_locks, check_schedules
 from polling.checks.services import check_beat, check_queues, check_workers
-from polling.gateways import parse_gateways
+from polling.gatewayfile import parse_gateways
 from polling.models import PollLog, Reading
 from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord, reading_row

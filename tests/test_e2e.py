@@ -5,22 +5,27 @@ slot is accounted for once and each reading holds the value the device served.""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from polling import service
-from polling.gateways import parse_gateways
+from polling.gatewayfile import parse_gateways
+from polling.keys import Keys
 from polling.models import GatewayRow, PollLog, Reading
 from polling.repository import import_gateways
 from polling.schedule import Grid, dt_to_ms
+from polling.settings import Settings
 from polling.simulator import simulated_value
 from tests.fleet import fleet
 from tests.processes import Beat, Worker
-from workers.senders import send_poll
+from workers.app import create_app
+from workers.senders import send_canary, send_poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -200,3 +205,25 @@ def test_two_beats_one_sends_and_the_other_takes_over(tmp_path, processes):
     assert not said(standby, "beat active")
     active.kill()
     wait_until(lambda: said(standby, "beat active"), 20, "the standby beat taking over")
+
+
+def test_a_message_of_the_removed_single_step_task_is_logged_and_dropped(tmp_path, processes):
+    # `pollctl.poll` messages of the release before poll batches may still be queued when
+    # workers are upgraded: each is dropped with a log line and the worker goes on (the
+    # chain it carried is restarted by reconcile, its gap recorded).
+    from tests.conftest import REDIS_URL
+
+    settings = Settings(redis_url=REDIS_URL, key_prefix=f"old{time.time_ns()}")
+    env = {"POLLING_REDIS_URL": REDIS_URL, "POLLING_KEY_PREFIX": settings.key_prefix}
+    env["POLLING_DATABASE_URL"] = f"sqlite:///{tmp_path / 'pollctl.db'}"
+    app = create_app(settings)
+    worker = processes(Worker, env, "worker")
+    worker.wait_ready()
+    app.send_task("pollctl.poll", (1, "a-token-of-the-old-release", 0), queue="polling")
+    nonce = uuid.uuid4().hex
+    send_canary(nonce, 30)  # queued behind it: answered only once the old message is gone
+    client = redis.Redis.from_url(REDIS_URL)
+    assert client.blpop([Keys(settings.key_prefix).canary(nonce)], timeout=30) is not None
+    assert "Received unregistered task of type 'pollctl.poll'" in worker.output()
+    assert worker.proc.poll() is None
+    assert client.llen("polling") == 0

@@ -1,7 +1,7 @@
 import pytest
 
 from polling.errors import ConfigError
-from polling.gateways import load_gateways, parse_gateways
+from polling.gatewayfile import load_gateways, parse_gateways
 
 GOOD = {
     "gateways": [

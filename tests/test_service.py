@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from polling import pipeline, service
-from polling.gateways import parse_gateways
+from polling.gatewayfile import parse_gateways
 from polling.models import PollLog, Reading
 from polling.outcome import Outcome
-from polling.repository import import_gateways, load_gateways, set_polling
+from polling.repository import import_gateways, load_gateways, set_polling_many
 from polling.schedule import Grid, ms_to_dt
 from polling.simulator import current_tick, simulated_value
 from tests.fleet import ALL_TYPES, fleet
@@ -203,7 +203,7 @@ def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, fr
     service.start(runtime, sent)
     runtime.redis.delete(runtime.keys.chain(gateways["gw0"].id))  # Redis lost it
     with runtime.sessions() as session, session.begin():
-        set_polling(session, gateways["gw1"].id, on=False, token=None)  # stopped behind our back
+        set_polling_many(session, [gateways["gw1"].id], on=False)  # stopped behind our back
     report = service.reconcile(runtime, sent)
     assert report.started == ["gw0"] and report.retired == ["gw1"]
     assert runtime.chains.get(gateways["gw1"].id) is None

@@ -21,7 +21,8 @@ import redis
 import yaml
 from sqlalchemy import select
 
-from polling.gateways import Gateway, parse_gateways
+from polling.gatewayfile import parse_gateways
+from polling.gateways import Gateway
 from polling.models import GatewayRow, PollLog
 from polling.plan import plan_requests
 from polling.runtime import Runtime
