@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
+from celery import Celery
 
 from polling import diagnostics, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
@@ -72,10 +73,9 @@ def with_runtime(*, migrated: bool = True) -> Callable[[Callable[..., R]], Calla
 
 
 @contextmanager
-def _sending(rt: Runtime) -> Iterator[Enqueue]:
+def _sending(app: Celery, rt: Runtime) -> Iterator[Enqueue]:
     """Collects the chain steps a command starts and sends them, batched, at the end."""
-    create_app(rt.settings)  # the app the steps are sent through
-    sender = step_sender(rt.settings)
+    sender = step_sender(app, rt.settings)
     yield sender.add
     sender.send_all()
 
@@ -191,7 +191,7 @@ def _names(gateways: tuple[str, ...]) -> list[str] | None:
 @with_runtime()
 def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
     """Start polling: one chain per enabled gateway. Naming a gateway re-enables it."""
-    with _sending(rt) as enqueue:
+    with _sending(create_app(rt.settings), rt) as enqueue:
         report = service.start(rt, enqueue, _names(gateways))
     for name in report.started:
         click.echo(f"started {name}")
@@ -214,7 +214,7 @@ def stop(rt: Runtime, gateways: tuple[str, ...]) -> None:
 @with_runtime()
 def reconcile(rt: Runtime) -> None:
     """Run one reconcile now (beat runs it every POLLING_RECONCILE_SECONDS)."""
-    with _sending(rt) as enqueue:
+    with _sending(create_app(rt.settings), rt) as enqueue:
         report = service.reconcile(rt, enqueue)
     click.echo(
         f"started {len(report.started)}, restarted {len(report.restarted)}, "
@@ -324,8 +324,9 @@ def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
         rt = Runtime.build(_settings())
     except PollingError as exc:
         return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
-    with _sending(rt) as enqueue:
-        return diagnostics.diagnose(check_context(rt, enqueue), fix=fix)
+    app = create_app(rt.settings)
+    with _sending(app, rt) as enqueue:
+        return diagnostics.diagnose(check_context(app, rt, enqueue), fix=fix)
 
 
 def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -> None:
@@ -386,8 +387,8 @@ def diagnose(as_json: bool, history: int) -> None:
 def audit(rt: Runtime, fix: bool, as_json: bool) -> None:
     """Look for what could poll a gateway twice from outside: extra beats, workers on other
     code or configuration, stray Celery processes, leftover keys, stale queued polls."""
-    create_app(rt.settings)  # asks the workers over the broker
-    result = audit_fleet(check_context(rt, ask_workers=True), fix=fix)
+    app = create_app(rt.settings)
+    result = audit_fleet(check_context(app, rt, ask_workers=True), fix=fix)
     code = diagnostics.exit_code(result.results)
     health = ("clean", "warning", "error")[code]
     if as_json:

@@ -10,6 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
+from polling.settings import Settings
+from workers.app import create_app
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,6 +55,7 @@ class CeleryProcess:
 class Worker(CeleryProcess):
     def __init__(self, env: dict[str, str], log: Path, concurrency: int = 8) -> None:
         self.hostname = f"e2e-{uuid.uuid4().hex[:8]}@localhost"
+        self.settings = Settings.from_env({**os.environ, **env})
         super().__init__(
             [
                 "worker",
@@ -74,8 +78,7 @@ class Worker(CeleryProcess):
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until the worker answers a ping over the broker: it is consuming."""
-        from workers.app import app
-
+        app = create_app(self.settings)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

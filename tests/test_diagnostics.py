@@ -144,7 +144,7 @@ def test_beat_check_and_audit_count_beats(runtime):
 
 
 def test_queue_backlog_is_graded_by_the_age_of_the_oldest_message(runtime, celery_app):
-    send_canary("nobody-consumes-this", 60)
+    send_canary(celery_app, "nobody-consumes-this", 60)
     queues = RedisQueues(runtime.redis)
     assert check_queues(Context(runtime, queues=queues)).status == "healthy"
     later = runtime.clock() + 60_000
@@ -170,8 +170,8 @@ def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
         px=10_000,
     )
     [(gid, chain)] = runtime.chains.all().items()
-    send_poll(gid, "a-replaced-token", chain.due_ms)
-    send_poll(424242, "whatever", chain.due_ms)
+    send_poll(celery_app, gid, "a-replaced-token", chain.due_ms)
+    send_poll(celery_app, 424242, "whatever", chain.due_ms)
     ctx = Context(runtime, queues=RedisQueues(runtime.redis))
     result = audit(ctx)
     found = {f.component: f for f in result.results}

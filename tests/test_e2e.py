@@ -9,6 +9,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import pytest
 import redis
@@ -144,7 +145,7 @@ def test_fleet_is_polled_once_per_slot_with_no_gaps(
     worker = processes(Worker, env, "worker")
     processes(Beat, env, "beat")
     worker.wait_ready()
-    service.start(runtime, send_poll)
+    service.start(runtime, partial(send_poll, celery_app))
     time.sleep(RUN_SECONDS)  # the run under test, not a synchronisation
     service.stop(runtime)
     outcomes, problems = check_record(runtime, document)
@@ -164,7 +165,7 @@ def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
     worker = processes(Worker, env, "worker")
     processes(Beat, env, "beat")
     worker.wait_ready()
-    service.start(runtime, send_poll)
+    service.start(runtime, partial(send_poll, celery_app))
     time.sleep(6)
     worker.kill()
     killed_at = time.time()
@@ -221,7 +222,7 @@ def test_a_message_of_the_removed_single_step_task_is_logged_and_dropped(tmp_pat
     worker.wait_ready()
     app.send_task("pollctl.poll", (1, "a-token-of-the-old-release", 0), queue="polling")
     nonce = uuid.uuid4().hex
-    send_canary(nonce, 30)  # queued behind it: answered only once the old message is gone
+    send_canary(app, nonce, 30)  # queued behind it: answered only once the old message is gone
     client = redis.Redis.from_url(REDIS_URL)
     assert client.blpop([Keys(settings.key_prefix).canary(nonce)], timeout=30) is not None
     assert "Received unregistered task of type 'pollctl.poll'" in worker.output()

@@ -22,9 +22,10 @@ class PollctlApp(Celery):
 
 
 def create_app(settings: Settings) -> PollctlApp:
-    """The app for `settings`, made the current one (the shared tasks send through it),
-    with pollctl's process hooks wired (`workers.hooks`)."""
-    app = PollctlApp("pollctl", broker=settings.redis_url, include=["workers.tasks"])
+    """The app for `settings`, with pollctl's process hooks wired (`workers.hooks`)."""
+    app = PollctlApp(
+        "pollctl", broker=settings.redis_url, include=["workers.tasks"], set_as_current=False
+    )
     app.settings = settings
     app.conf.update(
         task_queues=QUEUES,
@@ -63,7 +64,6 @@ def create_app(settings: Settings) -> PollctlApp:
         timezone="UTC",
         enable_utc=True,
     )
-    app.set_current()
     hooks.wire(app)
     return app
 

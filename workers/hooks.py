@@ -34,11 +34,11 @@ def wire(app: PollctlApp) -> None:
     settings = app.settings
 
     def child_started(**_: Any) -> None:
-        process.start(settings)
+        process.current(app)
         _freeze_gc()
 
     def ready(sender: Any, **_: Any) -> None:
-        process.start(settings)
+        process.current(app)
         queues = tuple(sorted(sender.app.amqp.queues.consume_from))
         _threads.append(Heartbeat(settings, sender.hostname, queues).start())
         _freeze_gc()

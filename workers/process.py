@@ -1,5 +1,5 @@
 """What one worker process keeps: its `polling.Runtime` (connections) and the sender of its
-chains' successors. Built by `start` in Celery's process hooks (a prefork child builds its
+chains' successors. Built in Celery's process hooks (a prefork child builds its
 own: connections are never shared across a fork), or on first use elsewhere."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-
-from celery import current_app
+from typing import TYPE_CHECKING
 
 from polling.runtime import Runtime
-from polling.settings import Settings
 from polling.steps import StepSender
 
 from .senders import step_sender
+
+if TYPE_CHECKING:
+    from .app import PollctlApp
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,15 @@ _current: Process | None = None
 _guard = threading.Lock()
 
 
-def start(settings: Settings) -> Process:
-    """This process's state, built once per process."""
+def current(app: PollctlApp) -> Process:
+    """This process's state, built once per process (and per fork) from `app`."""
     global _current
     with _guard:
         if _current is None or _current.pid != os.getpid():
-            runtime = Runtime.build(settings)
-            _current = Process(os.getpid(), runtime, step_sender(settings).start())
+            runtime = Runtime.build(app.settings)
+            sender = step_sender(app, app.settings).start()
+            _current = Process(os.getpid(), runtime, sender)
         return _current
-
-
-def current() -> Process:
-    return start(current_app.settings)
 
 
 def stop() -> None:

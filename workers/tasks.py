@@ -17,20 +17,20 @@ from .senders import step_sender
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=POLL_BATCH_TASK, ignore_result=True)
-def poll_batch(steps: list[list]) -> dict[str, int]:
+@shared_task(name=POLL_BATCH_TASK, ignore_result=True, bind=True)
+def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
     """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
     window); the successors of the chains it advanced go to this process's sender."""
-    state = process.current()
+    state = process.current(self.app)
     result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
     state.sender.put(result.successors)
     return {str(outcome): n for outcome, n in result.outcomes.items()}
 
 
-@shared_task(name=RECONCILE_TASK, ignore_result=True)
-def reconcile() -> dict[str, int]:
-    rt = process.current().runtime
-    steps = step_sender(rt.settings)
+@shared_task(name=RECONCILE_TASK, ignore_result=True, bind=True)
+def reconcile(self: Task) -> dict[str, int]:
+    rt = process.current(self.app).runtime
+    steps = step_sender(self.app, rt.settings)
     report = service.reconcile(rt, steps.add)
     steps.send_all()
     if actions := report.repairs():
@@ -44,12 +44,12 @@ def reconcile() -> dict[str, int]:
     }
 
 
-@shared_task(name=DIAGNOSE_TASK, ignore_result=True)
-def diagnose() -> str:
+@shared_task(name=DIAGNOSE_TASK, ignore_result=True, bind=True)
+def diagnose(self: Task) -> str:
     """Every check, with the safe repairs applied and the run recorded."""
-    rt = process.current().runtime
-    steps = step_sender(rt.settings)
-    diagnosis = diagnostics.diagnose(check_context(rt, steps.add), fix=True)
+    rt = process.current(self.app).runtime
+    steps = step_sender(self.app, rt.settings)
+    diagnosis = diagnostics.diagnose(check_context(self.app, rt, steps.add), fix=True)
     steps.send_all()
     for result in diagnosis.results:
         if result.status != "healthy":
@@ -66,7 +66,7 @@ def diagnose() -> str:
 @shared_task(name=CANARY_TASK, ignore_result=True, bind=True)
 def canary(self: Task, nonce: str) -> None:
     """Proof that a worker consumes the polling queue: answer on the nonce's list."""
-    rt = process.current().runtime
+    rt = process.current(self.app).runtime
     key = rt.keys.canary(nonce)
     pipe = rt.redis.pipeline()
     pipe.rpush(key, self.request.hostname or "?")
