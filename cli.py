@@ -19,15 +19,18 @@ from celery import Celery
 
 from polling import diagnostics, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
+from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
 from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways
 from polling.gateways import Gateway
+from polling.records import flush
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
+from polling.schedule import ms_to_dt
 from polling.settings import Settings
 from polling.simulator import Simulator
 from polling.status import collect_status
@@ -400,6 +403,76 @@ def audit(rt: Runtime, fix: bool, as_json: bool) -> None:
             )
         )
     sys.exit(code)
+
+
+# -- the buffer of records waiting for the database ------------------------------------------
+
+
+@health.group()
+def buffer() -> None:
+    """Records waiting in Redis for the database, and those it refused."""
+
+
+def _letter_row(letter: DeadLetter, names: dict[int, str]) -> list[str]:
+    entry = letter.entry
+    if not isinstance(entry, dict):
+        return [_when(ms_to_dt(letter.at_ms)), "?", "?", "?", letter.reason]
+    record = entry.get("record", entry)
+    gateway_id = record.get("gateway_id")
+    slots = [record["slot_ms"]] if "slot_ms" in record else entry.get("slots", [])
+    slot = _when(ms_to_dt(slots[0])) if slots else "-"
+    if len(slots) > 1:
+        slot += f" (+{len(slots) - 1})"
+    name = names.get(gateway_id, f"#{gateway_id}")
+    what = entry.get("type", "?") + (f" {record['outcome']}" if "outcome" in record else "")
+    return [_when(ms_to_dt(letter.at_ms)), name, what, slot, letter.reason]
+
+
+@buffer.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime()
+def buffer_show(rt: Runtime, as_json: bool) -> None:
+    """How many records wait, how many were lost, and each one the database refused."""
+    pending, lost, letters = rt.buffer.pending(), rt.buffer.lost(), rt.buffer.dead()
+    if as_json:
+        refused = [{"at_ms": x.at_ms, "reason": x.reason, "entry": x.entry} for x in letters]
+        counts = {"pending": pending, "limit": rt.buffer.limit, "lost": lost.count}
+        click.echo(json.dumps({**counts, "refused": refused}, indent=2))
+        return
+    click.echo(
+        f"pending {pending} (limit {rt.buffer.limit}), lost {lost.count}, "
+        f"refused {rt.buffer.dead_count()}"
+    )
+    if letters:
+        with rt.sessions() as session:
+            names = {g.id: g.config.name for g in stored_gateways(session)}
+        rows = [_letter_row(x, names) for x in letters]
+        click.echo(table(["refused at", "gateway", "record", "slot", "reason"], rows))
+
+
+@buffer.command("retry")
+@with_runtime()
+def buffer_retry(rt: Runtime) -> None:
+    """Put the refused records back in the buffer and flush it (after fixing the cause)."""
+    retried = rt.buffer.retry_dead()
+    written = flush(rt)
+    refused = rt.buffer.dead_count()
+    click.echo(f"retried {retried}: wrote {written}, refused {refused}")
+    sys.exit(1 if refused else 0)
+
+
+@buffer.command("drop")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@with_runtime()
+def buffer_drop(rt: Runtime, yes: bool) -> None:
+    """Delete the records the database refused (they are not written anywhere)."""
+    count = rt.buffer.dead_count()
+    if not count:
+        click.echo("no refused records")
+        return
+    if not yes:
+        click.confirm(f"drop {count} refused records for good?", abort=True)
+    click.echo(f"dropped {rt.buffer.drop_dead()} refused records")
 
 
 # -- simulation and demo ---------------------------------------------------------------------

@@ -91,6 +91,16 @@ class Keys:
         return f"{self.prefix}:buffer:lost"
 
     @property
+    def buffer_ids(self) -> str:
+        """Set: ids of the entries in the buffer, so a push retried by the client is kept once."""
+        return f"{self.prefix}:buffer:ids"
+
+    @property
+    def buffer_dead(self) -> str:
+        """Entries a flush could not write (each with its reason), kept for an operator."""
+        return f"{self.prefix}:buffer:dead"
+
+    @property
     def buffer_flush_lock(self) -> str:
         return f"{self.prefix}:buffer:flush"
 

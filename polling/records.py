@@ -12,12 +12,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import pgwrite
+from .buffer import Refusals
 from .db import insert_ignoring_conflicts, inserted, is_unreachable
 from .gateways import Point
 from .models import GatewayRow, PollLog, Reading
@@ -104,10 +106,22 @@ def poll_row(record: PollRecord) -> dict:
 # -- the buffer's plain form -----------------------------------------------------------------
 
 
+def entry_id(entry: Entry) -> str:
+    """What the entry records, as a key: the same record pushed twice is kept once."""
+    if isinstance(entry, MissedRun):
+        slots = entry.slots_ms
+        first, last = (slots[0], slots[-1]) if slots else (0, 0)
+        return f"missed:{entry.gateway_id}:{first}:{last}:{len(slots)}"
+    r = entry.record
+    return f"poll:{r.gateway_id}:{r.kind}:{r.slot_ms}"
+
+
 def to_json(entry: Entry) -> dict:
-    """The entry in plain JSON types (datetimes as ISO text), as the buffer keeps it."""
+    """The entry in plain JSON types (datetimes as ISO text) with its id, as the buffer
+    keeps it."""
     if isinstance(entry, MissedRun):
         return {
+            "id": entry_id(entry),
             "type": "missed",
             "gateway_id": entry.gateway_id,
             "slots": list(entry.slots_ms),
@@ -115,6 +129,7 @@ def to_json(entry: Entry) -> dict:
         }
     r = entry.record
     return {
+        "id": entry_id(entry),
         "type": "poll",
         "record": {
             "gateway_id": r.gateway_id,
@@ -187,20 +202,56 @@ def save(rt: Runtime, entries: Sequence[Entry]) -> dict[int, str]:
 
 
 def flush(rt: Runtime) -> int:
-    """Write what the buffer holds, oldest first; raises while the database is down."""
+    """Write what the buffer holds, oldest first, putting aside (as dead letters) entries
+    the database refuses; raises only while the database is unreachable. Returns the
+    entries written."""
     if not rt.buffer.pending():
         return 0
-
-    def write_batch(batch: list[dict]) -> None:
-        with rt.sessions() as session, session.begin():
-            entries = [from_json(item) for item in batch]
-            write(session, entries, failure_threshold=rt.settings.failure_threshold)
-
-    written = rt.buffer.flush(write_batch)
-    if written:
+    done = rt.buffer.flush(partial(_write_buffered, rt), rt.clock)
+    if done.written:
         rt.bump_config()  # a buffered failure may have disabled a gateway
-        log.warning("flushed %s buffered records to the database", written)
-    return written
+        log.warning("flushed %s buffered records to the database", done.written)
+    if done.dead:
+        log.error(
+            "%s buffered records refused by the database, kept aside: pollctl buffer show",
+            done.dead,
+        )
+    return done.written
+
+
+def _write_buffered(rt: Runtime, batch: list[dict]) -> Refusals:
+    """The batch in one transaction; when the database refuses it (not when it is
+    unreachable), each entry in its own, so only the entries at fault are refused."""
+    try:
+        _write_plain(rt, batch)
+        return {}
+    except Exception as exc:  # which entry is at fault is found below
+        _raise_if_unreachable(exc)
+    refused: Refusals = {}
+    for index, item in enumerate(batch):
+        try:
+            _write_plain(rt, [item])
+        except Exception as exc:  # an entry's own fault puts it aside
+            _raise_if_unreachable(exc)
+            refused[index] = _one_line(exc)
+    return refused
+
+
+def _write_plain(rt: Runtime, batch: list[dict]) -> None:
+    with rt.sessions() as session, session.begin():
+        entries = [from_json(item) for item in batch]
+        write(session, entries, failure_threshold=rt.settings.failure_threshold)
+
+
+def _raise_if_unreachable(exc: Exception) -> None:
+    if isinstance(exc, DBAPIError) and is_unreachable(exc):
+        raise exc
+
+
+def _one_line(exc: Exception) -> str:
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
 
 
 def write(session: Session, entries: Sequence[Entry], *, failure_threshold: int) -> dict[int, str]:
@@ -218,6 +269,9 @@ def record_polls(
     recorded, by a duplicate or as missed by a restart, keeps what it has); a few statements
     for the whole batch. Updates failure counts and returns the disable reason of every
     gateway this batch pushed over the threshold."""
+    # The same slot twice in one batch (a buffered entry kept twice) must not write its
+    # readings twice: the row goes in once and only its first copy counts as new.
+    polls = _first_per_slot(polls)
     if not polls:
         return {}
     rows = [poll_row(p.record) for p in polls]
@@ -242,6 +296,17 @@ def record_polls(
         if reason:
             reasons[record.gateway_id] = reason
     return reasons
+
+
+def _first_per_slot(polls: Sequence[PollEntry]) -> list[PollEntry]:
+    seen: set[tuple[int, str, int]] = set()
+    out = []
+    for p in polls:
+        key = (p.record.gateway_id, str(p.record.kind), p.record.slot_ms)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def _reset_failures(session: Session, healthy: list[int]) -> None:

@@ -247,7 +247,8 @@ def check_buffer(ctx: Context) -> CheckResult:
     buffer = ctx.rt.buffer
     pending = buffer.pending()
     lost = buffer.lost()
-    details = {"pending": pending, "limit": buffer.limit, "lost": lost.count}
+    dead = buffer.dead_count()
+    details = {"pending": pending, "limit": buffer.limit, "lost": lost.count, "refused": dead}
     if lost.count:
         first = ms_to_dt(lost.first_ms).isoformat() if lost.first_ms else "?"
         recent = lost.last_ms and ctx.rt.clock() - lost.last_ms < buffer_window_ms(ctx)
@@ -260,6 +261,20 @@ def check_buffer(ctx: Context) -> CheckResult:
             [
                 "raise POLLING_BUFFER_LIMIT or keep the database up",
                 "once noted, clear the count with `pollctl validate --ack-lost`",
+            ],
+            fixable=bool(pending),
+        )
+    if dead:
+        oldest = buffer.dead(1)[0]
+        return CheckResult(
+            "buffer",
+            "warning",
+            f"{dead} buffered poll records were refused by the database and kept aside "
+            f"(first: {oldest.reason})",
+            {**details, "first_refused": oldest.reason},
+            [
+                "see them with `pollctl buffer show`",
+                "once the cause is fixed, `pollctl buffer retry`; or `pollctl buffer drop`",
             ],
             fixable=bool(pending),
         )
