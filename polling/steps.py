@@ -8,7 +8,8 @@ restarted alone) merge here. Grouping changes only how steps travel: every step 
 own token, claim and record.
 
 A held step is like an ETA message in this process's memory: if the process dies,
-reconcile restarts its chain; a warm shutdown sends everything first.
+reconcile restarts its chain; a warm shutdown sends everything held, and every successor
+of a batch that ends after it, as it comes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ class StepSender:
         with self._guard:
             for step in steps:
                 self._windows[step[2] // self.window_ms].append(step)
-        if self._clock() - self._ticked >= TICK_S * 1000:
+        if self._stop.is_set():
+            # Stopped (a warm shutdown) while batches still run: their successors leave
+            # at once, as the process may exit as soon as the last batch ends.
+            self.send_all()
+        elif self._clock() - self._ticked >= TICK_S * 1000:
             self.send_due()  # due steps leave at once; without a thread, ticks happen here
 
     def add(self, gateway_id: int, token: str, slot_ms: int) -> None:
@@ -136,7 +141,8 @@ class StepSender:
         return self
 
     def stop(self) -> int:
-        """Stop the thread, then send everything held; returns the steps still unsent."""
+        """Stop the thread, then send everything held, and from now on every step as it is
+        put; returns the steps still unsent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)

@@ -4,7 +4,9 @@ before_task_publish   every message is stamped with when it was sent
 worker_process_init   a prefork child builds its own state and freezes its GC
 worker_ready          the main process builds its state (a threads or solo pool runs
                       tasks there), starts the heartbeat and freezes its GC
-worker_shutting_down  held successors go to the broker; the threads stop
+worker_shutting_down  held successors go to the broker, and those of batches still
+                      running as they end; the threads stop
+worker_process_shutdown  a prefork child sends what it holds before it exits
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import (
     before_task_publish,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutting_down,
 )
@@ -47,6 +50,9 @@ def wire(app: PollctlApp) -> None:
         if settings.gc_refreeze_seconds > 0:
             _threads.append(GcFreeze(settings.gc_refreeze_seconds).start())
 
+    def child_stopping(**_: Any) -> None:
+        process.stop()
+
     def shutting_down(**_: Any) -> None:
         process.stop()  # a warm shutdown hands held successors to the other workers
         for thread in _threads:
@@ -54,5 +60,6 @@ def wire(app: PollctlApp) -> None:
 
     before_task_publish.connect(stamp_sent_at, weak=False, dispatch_uid="pollctl-sent-at")
     worker_process_init.connect(child_started, weak=False, dispatch_uid="pollctl-child")
+    worker_process_shutdown.connect(child_stopping, weak=False, dispatch_uid="pollctl-child-end")
     worker_ready.connect(ready, weak=False, dispatch_uid="pollctl-ready")
     worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid="pollctl-shutdown")

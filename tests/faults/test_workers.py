@@ -128,3 +128,27 @@ def test_two_beats_started_at_once(rig_factory, free_ports):
     periods = (stopped - started + 15) / rig.settings.reconcile_seconds
     assert runs <= periods + 2, (runs, periods)
     rig.check("2b two beats started at once", started=started, stopped=stopped)
+
+
+def test_two_workers_one_restarted_gracefully(rig_factory, free_ports):
+    """SIGTERM (what `systemctl restart` sends) with batches in flight: the batches finish
+    and their successors reach the broker, so the other worker goes on with no slot lost."""
+    rig = rig_factory()
+    sim, [first, second], started = running_fleet(rig, free_ports, n=6, workers=2)
+    time.sleep(3)
+    wait_until(lambda: sim.traffic.in_flight > 1, 5, "reads in flight")
+    first.stop()  # SIGTERM, waits for the warm shutdown to end
+    assert first.proc.returncode == 0, first.output()[-2000:]
+    stopped_at = time.time()
+    wait_until(lambda: rig.polled_since(stopped_at), 15, "every gateway polled after")
+    time.sleep(3)
+    rig.pollctl("stop")
+    row = rig.check(
+        "13.5 two workers, one restarted gracefully (SIGTERM) mid-batch",
+        started=started,
+        stopped=time.time(),
+        fault_end=stopped_at,
+        bound=0.0,
+    )
+    assert row.missed == 0 and row.failed == 0
+    assert second.proc.poll() is None
