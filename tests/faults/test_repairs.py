@@ -102,7 +102,7 @@ def test_bad_records_in_the_buffer_stop_no_repair(rig_factory, free_ports):
     assert rig.pollctl("buffer", "drop", "--yes").stdout == "dropped 1 refused records\n"
     rig.pollctl("stop")
     rig.check(
-        "1 bad records in the buffer (deleted gateway, kept twice), a chain lost",
+        "13.1 bad records in the buffer (deleted gateway, kept twice), a chain lost",
         started=started,
         stopped=time.time(),
         fault_end=injected,
