@@ -25,11 +25,11 @@ from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways
 from polling.gateways import Gateway
-from polling.records import flush
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
+from polling.saving import flush
 from polling.schedule import ms_to_dt
 from polling.settings import Settings
 from polling.simulator import Simulator

@@ -99,6 +99,13 @@ class RecordBuffer:
 
     # -- dead letters, for an operator -----------------------------------------------------
 
+    def put_aside(self, refused: list[tuple[dict, str]], now_ms: int) -> None:
+        """Keep entries the database refused when first written, each with the reason."""
+        if refused:
+            self.redis.rpush(
+                self.keys.buffer_dead, *[_letter(e, why, now_ms) for e, why in refused]
+            )
+
     def dead_count(self) -> int:
         return int(self.redis.llen(self.keys.buffer_dead))
 
@@ -153,11 +160,14 @@ def _write(
     refused = {order[i]: why for i, why in write(list(entries.values())).items()}
     refused |= {i: "not a JSON object" for i, p in enumerate(parsed) if p is None}
     letters = [
-        json.dumps({"entry": parsed[i] or as_text(items[i]), "reason": why, "at_ms": now_ms})
-        for i, why in sorted(refused.items())
+        _letter(parsed[i] or as_text(items[i]), why, now_ms) for i, why in sorted(refused.items())
     ]
     ids = [str(p.get("id", "")) if p else "" for p in parsed]
     return ids, letters
+
+
+def _letter(entry: dict | str, reason: str, now_ms: int) -> str:
+    return json.dumps({"entry": entry, "reason": reason, "at_ms": now_ms})
 
 
 def _parse(raw: bytes | str) -> dict | None:

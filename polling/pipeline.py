@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import configcache, records
+from . import configcache, saving
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
@@ -63,7 +63,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     begun, endpoints = _claim(rt, loaded, now)
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)
     ledger = account(begun, served, rt.clock())
-    disabled = records.save(rt, ledger.entries)
+    disabled = saving.save(rt, ledger.entries)
     successors = _advance(rt, begun, ledger, disabled, held, tally)
     return BatchResult(tally, successors)
 
@@ -281,7 +281,7 @@ def _advance(
         successors.append((step.gateway_id, step.token, advance.next_ms))
         if advance.gap is not None:
             gaps.append(advance.gap)
-    records.save(rt, gaps)
+    saving.save(rt, gaps)
     for index, step in enumerate(begun):
         if step.gateway_id in disabled and outcomes[index].recorded:
             outcomes[index] = Outcome.RETIRED  # recorded, and its chain ends here
@@ -329,7 +329,7 @@ def poll_once(rt: Runtime, target: PollTarget) -> Served:
         served = rt.modbus.run(
             _poll_locked(rt, target, lock, deadline_ms), timeout=ttl_ms / 1000 + 60
         )
-        records.save(rt, [poll_entry(target.id, slot_ms, PollKind.MANUAL, served)])
+        saving.save(rt, [poll_entry(target.id, slot_ms, PollKind.MANUAL, served)])
     finally:
         rt.chains.release([lock])
     return served

@@ -1,5 +1,5 @@
-"""The poll record: one poll-log row per slot and one reading per point, written in one
-transaction now, or kept in the Redis buffer while the database is unreachable.
+"""The poll record: one poll-log row per slot and one reading per point, and how a batch
+of them is written in one transaction (where they go when that fails: `saving`).
 
 An entry is a poll (its row and readings) or a run of slots that passed without a poll;
 the buffer keeps entries as plain JSON (`to_json` / `from_json`), so one function writes
@@ -8,26 +8,19 @@ them now or later.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import pgwrite
-from .buffer import Refusals
-from .db import insert_ignoring_conflicts, inserted, is_unreachable
+from .db import insert_ignoring_conflicts, inserted
 from .gateways import Point
 from .models import GatewayRow, PollLog, Reading
 from .outcome import Outcome, PollKind
-from .runtime import Runtime
 from .schedule import dt_to_ms, ms_to_dt
-
-log = logging.getLogger(__name__)
 
 #: Integers beyond this lose precision as floats: they are kept as text too.
 EXACT_FLOAT_LIMIT = 2**53
@@ -177,83 +170,6 @@ def _dt(value: str | None) -> datetime | None:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def save(rt: Runtime, entries: Sequence[Entry]) -> dict[int, str]:
-    """Write `entries` in one transaction, or keep them all in the buffer when the database
-    is unreachable. Returns the disable reason of every gateway a failed poll pushed over
-    the failure threshold (a buffered entry's is known only when flushed)."""
-    if not entries:
-        return {}
-    try:
-        with rt.sessions() as session, session.begin():
-            return write(session, entries, failure_threshold=rt.settings.failure_threshold)
-    except DBAPIError as exc:
-        if not is_unreachable(exc):
-            raise
-        reason = str(exc.orig or exc).strip().splitlines()[0] if exc.orig else str(exc)
-        kept = sum(rt.buffer.push(to_json(entry), rt.clock()) for entry in entries)
-        if kept:
-            log.warning("database unreachable (%s): %s records buffered in Redis", reason, kept)
-        if kept < len(entries):
-            log.error(
-                "database unreachable and buffer full: %s records lost (counted)",
-                len(entries) - kept,
-            )
-        return {}
-
-
-def flush(rt: Runtime) -> int:
-    """Write what the buffer holds, oldest first, putting aside (as dead letters) entries
-    the database refuses; raises only while the database is unreachable. Returns the
-    entries written."""
-    if not rt.buffer.pending():
-        return 0
-    done = rt.buffer.flush(partial(_write_buffered, rt), rt.clock)
-    if done.written:
-        rt.bump_config()  # a buffered failure may have disabled a gateway
-        log.warning("flushed %s buffered records to the database", done.written)
-    if done.dead:
-        log.error(
-            "%s buffered records refused by the database, kept aside: pollctl buffer show",
-            done.dead,
-        )
-    return done.written
-
-
-def _write_buffered(rt: Runtime, batch: list[dict]) -> Refusals:
-    """The batch in one transaction; when the database refuses it (not when it is
-    unreachable), each entry in its own, so only the entries at fault are refused."""
-    try:
-        _write_plain(rt, batch)
-        return {}
-    except Exception as exc:  # which entry is at fault is found below
-        _raise_if_unreachable(exc)
-    refused: Refusals = {}
-    for index, item in enumerate(batch):
-        try:
-            _write_plain(rt, [item])
-        except Exception as exc:  # an entry's own fault puts it aside
-            _raise_if_unreachable(exc)
-            refused[index] = _one_line(exc)
-    return refused
-
-
-def _write_plain(rt: Runtime, batch: list[dict]) -> None:
-    with rt.sessions() as session, session.begin():
-        entries = [from_json(item) for item in batch]
-        write(session, entries, failure_threshold=rt.settings.failure_threshold)
-
-
-def _raise_if_unreachable(exc: Exception) -> None:
-    if isinstance(exc, DBAPIError) and is_unreachable(exc):
-        raise exc
-
-
-def _one_line(exc: Exception) -> str:
-    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}"
-
-
 def write(session: Session, entries: Sequence[Entry], *, failure_threshold: int) -> dict[int, str]:
     """Polls in one batch, then the missed runs; returns the disable reasons."""
     polls = [e for e in entries if isinstance(e, PollEntry)]
@@ -289,12 +205,15 @@ def record_polls(
     else:
         insert_ignoring_conflicts(session, Reading.__table__, readings)
     counted = [p.record for p in fresh if p.record.kind == PollKind.SCHEDULED]
-    _reset_failures(session, sorted({r.gateway_id for r in counted if r.outcome == Outcome.OK}))
+    _recount_healthy(session, sorted({r.gateway_id for r in counted if r.outcome == Outcome.OK}))
+    newest_failure = {
+        r.gateway_id: r for r in sorted(counted, key=_by_slot) if r.outcome == Outcome.FAILED
+    }
     reasons = {}
-    for record in sorted((r for r in counted if r.outcome == Outcome.FAILED), key=_by_gateway):
-        reason = _count_failure(session, record, failure_threshold)
+    for gateway_id in sorted(newest_failure):  # one lock order for every writer
+        reason = _count_failures(session, newest_failure[gateway_id], failure_threshold)
         if reason:
-            reasons[record.gateway_id] = reason
+            reasons[gateway_id] = reason
     return reasons
 
 
@@ -309,31 +228,66 @@ def _first_per_slot(polls: Sequence[PollEntry]) -> list[PollEntry]:
     return out
 
 
-def _reset_failures(session: Session, healthy: list[int]) -> None:
+def _failures_since_last_ok(gateway_id: ColumnElement[int]) -> ScalarSelect[int]:
+    """Failed slots newer than the gateway's newest ok slot, from the poll log: counted in
+    slot order whatever order records arrive in (a buffered failure flushed after a newer
+    success does not count)."""
+    log_ok, log_failed = PollLog.__table__.alias(), PollLog.__table__.alias()
+    last_ok = (
+        select(func.max(log_ok.c.slot_at))
+        .where(
+            # Correlated to the enclosing count (a reference to the gateways row two
+            # levels up would not be: the max would run over every gateway).
+            log_ok.c.gateway_id == log_failed.c.gateway_id,
+            log_ok.c.kind == str(PollKind.SCHEDULED),
+            log_ok.c.outcome == str(Outcome.OK),
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(func.count())
+        .select_from(log_failed)
+        .where(
+            log_failed.c.gateway_id == gateway_id,
+            log_failed.c.kind == str(PollKind.SCHEDULED),
+            log_failed.c.outcome == str(Outcome.FAILED),
+            or_(last_ok.is_(None), log_failed.c.slot_at > last_ok),
+        )
+        .scalar_subquery()
+    )
+
+
+def _recount_healthy(session: Session, healthy: list[int]) -> None:
+    """Gateways with a new ok record: their count restarts from it (zero, unless failures of
+    newer slots were written first)."""
     if not healthy:
         return
     # Conditional, so a healthy gateway's row is not rewritten on every poll; Core, as the
-    # ORM's bulk update costs more than the SQL.
+    # ORM's bulk update costs more than the SQL. Counters are state, not configuration:
+    # `updated_at` (which tells every process to reload its gateways) is kept as it was.
     table = GatewayRow.__table__
     session.execute(
         update(table)  # type: ignore[arg-type]
         .where(table.c.id.in_(healthy), table.c.consecutive_failures != 0)
-        .values(consecutive_failures=0, updated_at=table.c.updated_at)
+        .values(
+            consecutive_failures=_failures_since_last_ok(table.c.id),
+            updated_at=table.c.updated_at,
+        )
     )
 
 
-def _by_gateway(record: PollRecord) -> tuple[int, int]:
-    return record.gateway_id, record.slot_ms  # one lock order for every writer
+def _by_slot(record: PollRecord) -> int:
+    return record.slot_ms
 
 
-def _count_failure(session: Session, record: PollRecord, failure_threshold: int) -> str | None:
-    # Counters are state, not configuration: `updated_at` (which tells every process to
-    # reload its gateways) is kept as it was.
+def _count_failures(session: Session, newest: PollRecord, failure_threshold: int) -> str | None:
+    """Recount the gateway's failures; disable it when they reach the threshold, with the
+    newest failure's error."""
     row = session.execute(
         update(GatewayRow)
-        .where(GatewayRow.id == record.gateway_id)
+        .where(GatewayRow.id == newest.gateway_id)
         .values(
-            consecutive_failures=GatewayRow.consecutive_failures + 1,
+            consecutive_failures=_failures_since_last_ok(GatewayRow.__table__.c.id),
             updated_at=GatewayRow.updated_at,
         )
         .returning(GatewayRow.consecutive_failures, GatewayRow.enabled)
@@ -343,10 +297,10 @@ def _count_failure(session: Session, record: PollRecord, failure_threshold: int)
     failures, enabled = row
     if failures < failure_threshold or not enabled:
         return None
-    reason = f"auto-disabled after {failures} consecutive failed polls; last error: {record.error}"
+    reason = f"auto-disabled after {failures} consecutive failed polls; last error: {newest.error}"
     session.execute(
         update(GatewayRow)
-        .where(GatewayRow.id == record.gateway_id)
+        .where(GatewayRow.id == newest.gateway_id)
         .values(enabled=False, disabled_reason=reason)
     )
     return reason

@@ -20,7 +20,7 @@ from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
 from .pipeline import poll_once, retire_chains
 from .plan import PollTarget
-from .records import MissedRun, flush, last_recorded_slots, record_missed_runs
+from .records import MissedRun, last_recorded_slots, record_missed_runs
 from .repository import (
     StoredGateway,
     fleet_summary,
@@ -30,6 +30,7 @@ from .repository import (
     set_polling_many,
 )
 from .runtime import Runtime
+from .saving import flush
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,17 @@ devices: each step of a batch keeps the guarantees of a single chain step."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import select
+
 from polling import pipeline, service
+from polling.models import GatewayRow
 from polling.outcome import Outcome
 from polling.plan import PollTarget
-from polling.repository import load_gateways
+from polling.repository import delete_gateway, load_gateways
 from polling.schedule import ms_to_dt
 from polling.steps import StepSender, group_steps
 from tests.fleet import ALL_TYPES, fleet
@@ -99,6 +103,10 @@ def test_sender_thread_sends_due_windows_and_stop_sends_the_rest():
     assert sent == [[(1, "t", 5_000)]]
     assert sender.stop() == 0
     assert sent == [[(1, "t", 5_000)], [(2, "t", 60_000)]]
+    # A batch that ends after the stop (a warm shutdown waits for it): its successor
+    # leaves at once, not held in a process about to exit.
+    sender.put([(3, "t", 90_000)])
+    assert sent[-1] == [(3, "t", 90_000)] and sender.pending() == 0
 
 
 def test_a_batch_polls_each_step_once_records_and_advances(runtime, simulate, free_ports):
@@ -226,3 +234,48 @@ def test_a_late_batch_still_polls_records_and_advances(runtime, simulate, free_p
     assert result.outcomes == {Outcome.OK: 1}
     assert result.successors == [(gateway_id, token, slot + 60_000)]
     assert [(r.slot_at, r.outcome) for r in poll_rows(runtime)] == [(ms_to_dt(slot), "ok")]
+
+
+def test_a_gateway_deleted_during_a_batch_costs_the_others_nothing(runtime, simulate, free_ports):
+    document = fleet(free_ports(3), [1.0, 1.0, 1.0], ALL_TYPES[:1])  # one request each
+    sim = simulate(document, latency_ms=300)
+    setup_fleet(runtime, document)
+    with runtime.sessions() as session:
+        ids = {g.config.name: g.id for g in load_gateways(session)}
+    steps = started(runtime)
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(pipeline.poll_batch, runtime, steps)
+        deadline = time.monotonic() + 5
+        while sim.traffic.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until a read is served (the simulator has no event for it)
+        assert sim.traffic.in_flight > 0
+        with runtime.sessions() as session, session.begin():
+            delete_gateway(session, "gw1")  # after `stop`'s wait passed, as it can
+        result = batch.result(15)
+    assert result.outcomes == {Outcome.OK: 3}
+    assert {g for g, _, _ in result.successors} >= {ids["gw0"], ids["gw2"]}
+    assert sorted((r.gateway_id, r.outcome, r.error) for r in poll_rows(runtime)) == [
+        (ids["gw0"], "ok", None),
+        (ids["gw2"], "ok", None),
+    ]
+    assert len(reading_rows(runtime)) == 2
+    [letter] = runtime.buffer.dead()
+    assert letter.entry["record"]["gateway_id"] == ids["gw1"]
+
+
+def test_failures_count_per_gateway_beside_a_healthy_one(runtime, simulate, free_ports):
+    """Each gateway's count is its own: a neighbour's success in the same batch does not
+    reset it (threshold 3)."""
+    document = fleet(free_ports(3), [1.0, 1.0, 1.0], ALL_TYPES[:1])
+    simulate({"gateways": document["gateways"][:1]})  # gw1 and gw2: nothing listens
+    setup_fleet(runtime, document)
+    steps = started(runtime)
+    for _ in range(3):
+        now = max(slot for _, _, slot in steps)
+        runtime.clock = lambda now=now: now + 10
+        steps = pipeline.poll_batch(runtime, steps).successors
+    with runtime.sessions() as session:
+        state = {
+            g.name: (g.enabled, g.consecutive_failures) for g in session.scalars(select(GatewayRow))
+        }
+    assert state == {"gw0": (True, 0), "gw1": (False, 3), "gw2": (False, 3)}

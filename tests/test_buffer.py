@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from polling import records, service
-from polling.models import PollLog, Reading
+from polling import saving, service
+from polling.models import GatewayRow, PollLog, Reading
 from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord, reading_row, to_json
 from polling.repository import delete_gateway
@@ -43,7 +43,7 @@ def test_a_push_retried_by_the_client_is_kept_once(runtime, free_ports):
     assert runtime.buffer.push(first, runtime.clock())
     assert runtime.buffer.push(first, runtime.clock())  # the reply was lost: sent again
     assert runtime.buffer.pending() == 1
-    assert records.flush(runtime) == 1
+    assert saving.flush(runtime) == 1
     assert counts(runtime) == (1, len(gw.config.points))
 
 
@@ -62,7 +62,7 @@ def test_one_bad_entry_is_put_aside_and_the_rest_is_written(runtime, free_ports)
     with runtime.sessions() as session, session.begin():
         delete_gateway(session, "gw2")  # deleted while its record waited
 
-    assert records.flush(runtime) == 4
+    assert saving.flush(runtime) == 4
     assert buffer.pending() == 0
     polls, readings = counts(runtime)
     assert polls == 2 + 2 and readings == 2 * len(gw0.config.points)
@@ -74,7 +74,7 @@ def test_one_bad_entry_is_put_aside_and_the_rest_is_written(runtime, free_ports)
     assert letters[1].entry == "\x00not json" and letters[1].reason == "not a JSON object"
 
     assert buffer.retry_dead() == 1  # the one that is an entry; the other stays aside
-    assert records.flush(runtime) == 0 and buffer.dead_count() == 2
+    assert saving.flush(runtime) == 0 and buffer.dead_count() == 2
     assert buffer.drop_dead() == 2 and buffer.dead_count() == 0
 
 
@@ -113,4 +113,33 @@ def test_a_flusher_that_lost_its_lock_trims_nothing(runtime, free_ports):
     done = buffer.flush(slow_write, runtime.clock)
     assert (done.written, buffer.pending()) == (0, 3)
     buffer.redis.delete(buffer.keys.buffer_flush_lock)
-    assert records.flush(runtime) == 3 and counts(runtime)[0] == 3
+    assert saving.flush(runtime) == 3 and counts(runtime)[0] == 3
+
+
+def test_failures_count_in_slot_order_not_in_write_order(runtime, free_ports):
+    """Failures buffered during an outage and flushed after a newer success do not disable
+    a gateway that is healthy now (threshold 3)."""
+    gw = setup_fleet(runtime, fleet(free_ports(1), [1.0]))["gw0"]
+    at = datetime.now(UTC)
+
+    def failed(slot_ms: int) -> PollEntry:
+        record = PollRecord(gw.id, slot_ms, PollKind.SCHEDULED, Outcome.FAILED, at, at, "timeout")
+        return PollEntry(record, [])
+
+    saving.save(
+        runtime,
+        [PollEntry(PollRecord(gw.id, SLOT + 9000, PollKind.SCHEDULED, Outcome.OK, at, at), [])],
+    )
+    for n in range(3):
+        runtime.buffer.push(to_json(failed(SLOT + n * 1000)), runtime.clock())
+    assert saving.flush(runtime) == 3
+    assert state(runtime, gw.id) == (True, 0)
+    # Three failures after the newest success do count.
+    assert saving.save(runtime, [failed(SLOT + 10_000 + n * 1000) for n in range(3)])
+    assert state(runtime, gw.id) == (False, 3)
+
+
+def state(runtime, gateway_id: int) -> tuple[bool, int]:
+    with runtime.sessions() as session:
+        row = session.get(GatewayRow, gateway_id)
+        return row.enabled, row.consecutive_failures

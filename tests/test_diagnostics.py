@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from polling import diagnostics, heartbeat, records
+from polling import diagnostics, heartbeat, records, saving
 from polling.audit import audit
 from polling.checks.base import Context
 from polling.checks.fleet import check_failures, check_locks, check_schedules
@@ -198,15 +198,15 @@ def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(
     for slot in slots:
         record = PollRecord(gid, slot, PollKind.SCHEDULED, Outcome.OK, now, now, None)
         row = reading_row(gid, point, float(slot % 1000), slot, PollKind.SCHEDULED, now)
-        assert records.save(down, [PollEntry(record, [row])]) == {}
-    records.save(down, [MissedRun(gid, [slots[-1] + 1000], "test")])
+        assert saving.save(down, [PollEntry(record, [row])]) == {}
+    saving.save(down, [MissedRun(gid, [slots[-1] + 1000], "test")])
     assert runtime.buffer.pending() == 6
     result = diagnostics.diagnose(Context(runtime), fix=True)
     assert result.repairs["buffer"] == ["wrote 6 buffered records to the database"]
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(PollLog)) == 6
         assert session.scalar(select(func.count()).select_from(Reading)) == 5
-    assert records.flush(runtime) == 0
+    assert saving.flush(runtime) == 0
     down.close()
 
 
@@ -217,7 +217,7 @@ def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
         )
     )
     for slot in range(4):
-        records.save(down, [MissedRun(1, [slot * 1000], "test")])
+        saving.save(down, [MissedRun(1, [slot * 1000], "test")])
     assert down.buffer.pending() == 2 and down.buffer.lost().count == 2
     [buffer] = [
         r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "buffer"

@@ -8,9 +8,9 @@ from datetime import timedelta
 from .. import configcache, service
 from ..plan import PollTarget
 from ..queries import window_stats
-from ..records import flush
 from ..redisio import as_text
 from ..runtime import Runtime
+from ..saving import flush
 from ..schedule import ms_to_dt
 from .base import CheckResult, Context, Status, graded, healthy
 
