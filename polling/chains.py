@@ -89,6 +89,16 @@ class Chains:
                     out[self.keys.chain_gateway(name)] = state
         return out
 
+    def epoch_born(self, now_ms: int) -> int:
+        """When this Redis's state began (see `Keys.epoch`), starting an epoch now if it
+        has none. Any poll that began earlier did so under state that may be lost."""
+        fresh = f"{uuid.uuid4().hex}:{now_ms}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.keys.epoch, fresh, nx=True)
+        pipe.get(self.keys.epoch)
+        _, current = pipe.execute()
+        return int(as_text(current).rsplit(":", 1)[1])
+
     def issue(self, chains: list[tuple[int, int, int | None]]) -> list[str]:
         """Start a chain for each (gateway id, first slot, last slot accounted for), in one
         round trip: a fresh token replaces any old one, whose steps then die stale."""

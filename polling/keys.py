@@ -105,5 +105,11 @@ class Keys:
         return f"{self.prefix}:buffer:flush"
 
     @property
+    def epoch(self) -> str:
+        """Random id and birth time (ms) of this Redis's state: written once, so a missing
+        one means Redis lost everything (a restart without persistence, a failover)."""
+        return f"{self.prefix}:epoch"
+
+    @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile"

@@ -173,6 +173,24 @@ def reenable(session: Session, gateway_id: int) -> None:
     row.polling_since = utcnow()
 
 
+def lock_active(session: Session, gateway_ids: Sequence[int]) -> set[int]:
+    """Those of `gateway_ids` that are enabled and polling, their rows locked until the
+    transaction ends (PostgreSQL), so a concurrent stop waits for the chains started here and
+    then retires them, instead of passing between the check and the start."""
+    table = GatewayRow.__table__
+    found: set[int] = set()
+    for first in range(0, len(gateway_ids), 1000):
+        rows = session.execute(
+            select(table.c.id)
+            .where(table.c.id.in_(list(gateway_ids[first : first + 1000])))
+            .where(table.c.enabled, table.c.polling)
+            .order_by(table.c.id)  # one lock order for every writer
+            .with_for_update()
+        )
+        found.update(gateway_id for (gateway_id,) in rows)
+    return found
+
+
 def set_chain_tokens(session: Session, tokens: Sequence[tuple[int, str | None]]) -> None:
     """`set_chain_token` for many gateways, in one executemany."""
     if tokens:

@@ -68,14 +68,18 @@ class Grid:
         ended by `now_ms`, the one in progress (never one that has passed)."""
         return max(slot_ms + self.interval_ms, self.containing(now_ms))
 
-    def starting(self, now_ms: int) -> int:
+    def starting(self, now_ms: int, not_before_ms: int = 0) -> int:
         """First slot of a new chain: the next one. With a long interval (a minute or more)
         the slot in progress is taken while at most half of it has passed, so the first poll
         does not wait long. Short intervals never take it: starting a fleet would make half
-        of its first polls due at once, a burst that leaves every slot after it late."""
+        of its first polls due at once, a burst that leaves every slot after it late.
+        Nor is it taken when it began before `not_before_ms` (when Redis's state began: a
+        poll of it may be in flight under claims Redis lost)."""
         current = self.containing(now_ms)
         prompt = (
-            self.interval_ms >= PROMPT_START_MIN_MS and now_ms - current <= self.interval_ms // 2
+            self.interval_ms >= PROMPT_START_MIN_MS
+            and now_ms - current <= self.interval_ms // 2
+            and current >= not_before_ms
         )
         return current if prompt else current + self.interval_ms
 

@@ -25,6 +25,7 @@ from .repository import (
     StoredGateway,
     fleet_summary,
     load_gateways,
+    lock_active,
     reenable,
     set_chain_tokens,
     set_polling_many,
@@ -95,6 +96,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     explicit = names is not None
     flush(rt)  # buffered records first, so no slot they hold is taken for a gap
     gateways = named_gateways(rt, names)
+    fresh = {g.id for g in gateways if not g.polling}  # no poll of theirs can be in flight
     with rt.sessions() as session, session.begin():
         for gateway in gateways:
             if explicit and not gateway.enabled:
@@ -116,8 +118,8 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             report.already.append(name)
             continue
         starts.append((gateway, chain))
-        report.started.append(name)
-    _start_chains(rt, enqueue, starts, now)
+    _, active = _start_chains(rt, enqueue, starts, now, fresh)
+    report.started = [g.config.name for g, _ in starts if g.id in active]
     return report
 
 
@@ -126,21 +128,28 @@ def _start_chains(
     enqueue: Enqueue,
     starts: list[tuple[PollTarget, ChainState | None]],
     now: int,
-) -> int:
+    fresh: set[int] | frozenset[int] = frozenset(),
+) -> tuple[int, set[int]]:
     """Issue a new token for each gateway and send its chain's first step (see
     `Grid.starting`); with an old chain (restart), the slots it left unpolled are recorded
-    as missed. A few statements and one Redis round trip for the lot, so starting ten
-    thousand chains takes seconds. Returns the missed slots recorded."""
+    as missed. A gateway that was polling (not in `fresh`) never starts in a slot that
+    began before Redis's state did: its poll of that slot may be in flight under claims
+    Redis lost. A few statements and one Redis round trip for the lot, so starting ten
+    thousand chains takes seconds. Gateways stopped or disabled since `starts` was read
+    are left alone. Returns the missed slots recorded and the gateways started."""
     if not starts:
-        return 0
-    unseen = [g.id for g, old in starts if old is None and g.polling_since is not None]
+        return 0, set()
+    born = rt.chains.epoch_born(now)
     firsts: list[tuple[PollTarget, int, int | None]] = []
     runs: list[MissedRun] = []
     with rt.sessions() as session, session.begin():
+        active = lock_active(session, [g.id for g, _ in starts])
+        starts = [(g, old) for g, old in starts if g.id in active]
+        unseen = [g.id for g, old in starts if old is None and g.polling_since is not None]
         recorded = last_recorded_slots(session, unseen)
         for gateway, old in starts:
             grid = gateway.grid
-            first = grid.starting(now)
+            first = grid.starting(now, not_before_ms=0 if gateway.id in fresh else born)
             last = old.last_ms if old else None
             if old is not None and last is None and grid.is_slot(old.due_ms):
                 last = old.due_ms - grid.interval_ms  # it died before accounting for any slot
@@ -162,7 +171,7 @@ def _start_chains(
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
         enqueue(gateway.id, token, first)
-    return missed
+    return missed, active
 
 
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
@@ -216,7 +225,11 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
             elif is_overdue(rt, gateway, chain, now):
                 starts.append((gateway, chain))
                 report.restarted.append(gateway.config.name)
-        report.missed += _start_chains(rt, enqueue, starts, now)
+        missed, active = _start_chains(rt, enqueue, starts, now)
+        report.missed += missed
+        names = {g.config.name for g, _ in starts if g.id in active}
+        report.started = [n for n in report.started if n in names]
+        report.restarted = [n for n in report.restarted if n in names]
         strays: list[tuple[int, str]] = []
         for gateway_id in chains:
             owner = gateways.get(gateway_id)

@@ -77,6 +77,12 @@ def test_a_long_interval_chain_starts_in_the_current_slot_only_while_it_is_young
     assert Grid(0, 60_000).starting(now) == first
 
 
+@pytest.mark.parametrize(("born", "first"), [(59_000, 60_000), (60_000, 60_000), (60_001, 120_000)])
+def test_a_long_interval_chain_never_starts_in_a_slot_older_than_redis_state(born, first):
+    # A slot that began before Redis's state did may have a poll in flight under lost claims.
+    assert Grid(0, 60_000).starting(70_000, not_before_ms=born) == first
+
+
 @pytest.mark.parametrize("now", [1000, 1001, 1500, 1999])
 def test_a_short_interval_chain_starts_at_the_next_slot(now):
     # Starting a fleet at 10 s must not make half its first polls due at once.

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from polling import pipeline, service
 from polling.gatewayfile import parse_gateways
-from polling.models import PollLog, Reading
+from polling.models import GatewayRow, PollLog, Reading
 from polling.outcome import Outcome
 from polling.repository import import_gateways, load_gateways, set_polling_many
 from polling.schedule import Grid, ms_to_dt
@@ -264,3 +265,50 @@ def test_poll_now_waits_for_the_endpoint_lock_then_skips(runtime, simulate, free
     assert outcome.outcome == "skipped" and "busy: another poll held its lock" in outcome.error
     [manual] = poll_rows(runtime, kind="manual")
     assert manual.outcome == "skipped"
+
+
+def test_after_redis_lost_everything_a_long_interval_slot_in_flight_is_not_polled_again(
+    runtime, simulate, free_ports
+):
+    """A 60 s gateway starts in the slot in progress; Redis loses its state while that
+    slot's poll is in flight: the chain reconcile starts waits for the next slot, so the
+    device serves the slot once."""
+    [port] = free_ports(1)
+    document = fleet([port], [60.0], ALL_TYPES[:1])  # one request
+    sim = simulate(document, latency_ms=500)
+    gw = setup_fleet(runtime, document)["gw0"]
+    slot = Grid.for_gateway("gw0", 60.0).containing(runtime.clock())
+    runtime.clock = lambda: slot + 1_000  # early in the slot: a new chain would take it
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    assert sent.calls[-1][2] == slot
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(poll_step, runtime, *sent.calls[-1])
+        deadline = time.monotonic() + 5
+        while sim.traffic.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the read is served (the simulator has no event for it)
+        assert sim.traffic.in_flight == 1
+        for key in runtime.redis.scan_iter(match=f"{runtime.settings.key_prefix}:*"):
+            runtime.redis.delete(key)  # Redis restarted without persistence
+        report = service.reconcile(runtime, sent)
+        in_flight.result(10)
+    assert report.started == ["gw0"]
+    _, token, first = sent.calls[-1]
+    if first <= runtime.clock():
+        poll_step(runtime, gw.id, token, first)
+    served = [r for r in sim.traffic.reads if r[1] == port]
+    assert len(served) == 1 and first == slot + 60_000
+
+
+def test_reconcile_does_not_restart_a_chain_that_stop_just_retired(runtime, one_gateway):
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    service.reconcile(runtime, sent)  # its view of the fleet: gw0 active
+    # A stop lands after that view was read: the flag off, the chain retired.
+    with runtime.sessions() as session, session.begin():
+        session.execute(update(GatewayRow).values(polling=False, updated_at=GatewayRow.updated_at))
+    runtime.chains.retire(one_gateway.id)
+    calls = len(sent.calls)
+    report = service.reconcile(runtime, sent)
+    assert report.started == [] and len(sent.calls) == calls
+    assert runtime.chains.get(one_gateway.id) is None
