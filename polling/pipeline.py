@@ -27,7 +27,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from . import configcache, saving
 from .accounting import Begun, Ledger, Served, account, poll_entry
@@ -38,6 +37,7 @@ from .outcome import Outcome, PollKind
 from .plan import PollTarget
 from .repository import set_chain_tokens
 from .runtime import Runtime
+from .schedule import ms_to_dt
 from .steps import Step
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ async def _serve_endpoint(
             host, port = targets[indexes[0]].endpoint
             busy = f"endpoint {host}:{port} busy: another poll held its lock"
             for index in indexes:
-                served[index] = Served(Outcome.SKIPPED, datetime.now(UTC), error=busy)
+                served[index] = Served(Outcome.SKIPPED, ms_to_dt(rt.clock()), error=busy)
             return
         held.append(lock)
         for index, ok in zip(indexes, current, strict=True):
@@ -235,7 +235,7 @@ async def _take_lock(
 async def _poll(rt: Runtime, target: PollTarget) -> Served:
     """One read of every request of the gateway, within its budget, decoded."""
     config = target.config
-    started = datetime.now(UTC)
+    started = ms_to_dt(rt.clock())
     try:
         read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
         try:
@@ -245,7 +245,7 @@ async def _poll(rt: Runtime, target: PollTarget) -> Served:
                 f"no answer from {config.host}:{config.port} within {target.budget:.1f} s"
             ) from None
         values = decode_answers(target.requests, answers)
-        return Served(Outcome.OK, started, datetime.now(UTC), values=values)
+        return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values)
     except ModbusError as exc:
         error = str(exc)
     except Exception as exc:
@@ -253,7 +253,7 @@ async def _poll(rt: Runtime, target: PollTarget) -> Served:
         log.exception("unexpected error polling %s", config.name)
         error = f"unexpected error: {type(exc).__name__}: {exc}"
     log.info("poll of %s failed: %s", config.name, error)
-    return Served(Outcome.FAILED, started, datetime.now(UTC), error=error)
+    return Served(Outcome.FAILED, started, ms_to_dt(rt.clock()), error=error)
 
 
 def _advance(
@@ -341,5 +341,5 @@ async def _poll_locked(
     if await _take_lock(rt, lock, [], deadline_ms) is None:
         host, port = target.endpoint
         busy = f"endpoint {host}:{port} busy: another poll held its lock"
-        return Served(Outcome.SKIPPED, datetime.now(UTC), error=busy)
+        return Served(Outcome.SKIPPED, ms_to_dt(rt.clock()), error=busy)
     return await _poll(rt, target)

@@ -16,6 +16,7 @@ from .buffer import RecordBuffer
 from .chains import Chains
 from .db import check_database, make_engine, session_factory
 from .errors import ServiceUnavailable
+from .fleetclock import FleetClock, describe
 from .keys import Keys
 from .modbus import ModbusPool
 from .schedule import now_ms
@@ -36,6 +37,7 @@ class Runtime:
     buffer: RecordBuffer
     #: Modbus connections and their asyncio loop (its thread starts on first use).
     modbus: ModbusPool = field(default_factory=ModbusPool)
+    #: The fleet's clock (`FleetClock`, Redis's); tests put a plain function here.
     clock: Callable[[], int] = field(default=now_ms)
     #: Last configuration read for each gateway, so chains go on polling (into the buffer)
     #: while the database is unreachable.
@@ -63,12 +65,25 @@ class Runtime:
             keys=keys,
             chains=Chains(client, keys),
             buffer=RecordBuffer(client, keys, settings.buffer_limit),
+            clock=FleetClock(client),
         )
 
     def check(self) -> None:
         """Raise ServiceUnavailable, naming the URL, if Redis or the database is down."""
         check_redis(self.redis, self.settings.redis_url)
         check_database(self.engine)
+
+    def clock_trouble(self) -> str | None:
+        """Why this process must not poll or reconcile: its own clock is further from
+        Redis's than `clock_skew_max` (Celery times ETA messages by the host's clock)."""
+        clock = self.clock
+        if not isinstance(clock, FleetClock) or clock.within(self.settings.clock_skew_max):
+            return None
+        assert clock.skew_ms is not None
+        return (
+            f"this host's clock is {describe(clock.skew_ms)}, past POLLING_CLOCK_SKEW_MAX "
+            f"({self.settings.clock_skew_max:g} s): fix its time sync (chrony, timesyncd)"
+        )
 
     def bump_config(self) -> None:
         """Tell every process its in-memory gateways may be stale (see configcache)."""

@@ -68,6 +68,10 @@ class Settings:
     #: A worker freezes its long-lived objects out of Python's full collections as they
     #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0
+    #: Largest difference (seconds) between a process's own clock and Redis's that it
+    #: tolerates: past it, a worker stops consuming `polling` and reconcile refuses to run
+    #: there (Celery's ETA timing uses the host's clock); validate warns from 0.5 s.
+    clock_skew_max: float = 2.0
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
 
@@ -124,6 +128,8 @@ class Settings:
             raise ConfigError("POLLING_BATCH_WINDOW must be between 0 and 1 second")
         if self.batch_size < 1:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
+        if self.clock_skew_max <= 0:
+            raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
 
