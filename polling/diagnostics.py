@@ -26,6 +26,7 @@ from .checks.fleet import (
 )
 from .checks.services import (
     check_beat,
+    check_clocks,
     check_database_service,
     check_queues,
     check_redis_service,
@@ -47,6 +48,7 @@ SERVICES: tuple[Check, ...] = (check_redis_service, check_database_service)
 CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_workers, None),
     (check_beat, None),
+    (check_clocks, None),
     (check_queues, None),
     (check_buffer, fix_buffer),
     (check_schedules, fix_schedules),

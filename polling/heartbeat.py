@@ -73,6 +73,8 @@ class ProcessInfo:
     polls: bool = False
     #: For a beat: whether it holds the singleton lock and sends.
     active: bool = False
+    #: This host's clock minus Redis's (ms), when measured.
+    skew_ms: int | None = None
 
     def as_json(self) -> dict:
         return asdict(self)

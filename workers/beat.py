@@ -11,6 +11,7 @@ import redis
 from celery.beat import Scheduler
 
 from polling import heartbeat
+from polling.fleetclock import FleetClock
 from polling.keys import Keys
 from polling.redisio import script
 from polling.schedule import now_ms
@@ -29,6 +30,7 @@ class SingletonScheduler(Scheduler):
         self._token = uuid.uuid4().hex
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self._hold = script(self._redis, __package__, "beat_hold.lua")
+        self._clock = FleetClock(self._redis)  # to report this host's skew
         self._key = Keys(settings.key_prefix).beat_lock
         self._active: bool | None = None  # unknown until the first tick logs it
         self._published_ms = 0
@@ -60,7 +62,10 @@ class SingletonScheduler(Scheduler):
         if not changed and now - self._published_ms < heartbeat.PERIOD_SECONDS * 1000:
             return
         settings = self.settings
-        info = heartbeat.this_process(f"beat-{self._token[:8]}", settings, now, active=active)
+        skew = self._clock.measure()
+        info = heartbeat.this_process(
+            f"beat-{self._token[:8]}", settings, now, active=active, skew_ms=skew
+        )
         try:
             heartbeat.publish(self._redis, Keys(settings.key_prefix).beat(self._token), info)
             self._published_ms = now

@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from celery import Celery
 
 from polling import heartbeat
+from polling.fleetclock import FleetClock, describe
 from polling.keys import Keys
 from polling.schedule import now_ms
 from polling.settings import Settings
@@ -22,19 +25,36 @@ from .queues import POLLING
 log = logging.getLogger(__name__)
 
 
+#: The clock sent-at stamps are read from: the process's fleet clock once it has one, so
+#: queue ages compare with Redis's time whatever this host's clock says.
+_sent_clock: Callable[[], int] = now_ms
+
+
 def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
     """`before_task_publish`: when the message was sent (ms)."""
     if headers is not None:
-        headers.setdefault(SENT_HEADER, now_ms())
+        headers.setdefault(SENT_HEADER, _sent_clock())
+
+
+def stamp_with(clock: Callable[[], int]) -> None:
+    global _sent_clock
+    _sent_clock = clock
 
 
 class Heartbeat:
-    """Publishes this worker's heartbeat every `heartbeat.PERIOD_SECONDS` from a thread."""
+    """Publishes this worker's heartbeat every `heartbeat.PERIOD_SECONDS` from a thread,
+    with its clock's skew from Redis's measured each time. Past `clock_skew_max` the worker
+    stops consuming `polling` (and says why) until its clock is back within it."""
 
-    def __init__(self, settings: Settings, hostname: str, queues: tuple[str, ...]) -> None:
-        self.settings = settings
+    def __init__(
+        self, app: Celery, clock: FleetClock, hostname: str, queues: tuple[str, ...]
+    ) -> None:
+        self.app = app
+        self.settings: Settings = app.settings  # type: ignore[attr-defined]
+        self.clock = clock
         self.hostname = hostname
         self.queues = queues
+        self._paused = False
         self._stop = threading.Event()
 
     def start(self) -> Heartbeat:
@@ -48,10 +68,17 @@ class Heartbeat:
         s = self.settings
         client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
         key = Keys(s.key_prefix).worker(self.hostname)
-        polls = POLLING in self.queues
         while not self._stop.is_set():
+            skew = self.clock.measure()
+            if POLLING in self.queues:
+                self._follow_clock(skew)
             info = heartbeat.this_process(
-                self.hostname, s, now_ms(), queues=self.queues, polls=polls
+                self.hostname,
+                s,
+                self.clock(),
+                queues=self.queues,
+                polls=POLLING in self.queues and not self._paused,
+                skew_ms=skew,
             )
             try:
                 heartbeat.publish(client, key, info)
@@ -60,3 +87,23 @@ class Heartbeat:
             self._stop.wait(heartbeat.PERIOD_SECONDS)
         with contextlib.suppress(redis.RedisError):  # it expires on its own anyway
             client.delete(key)
+
+    def _follow_clock(self, skew: int | None) -> None:
+        """Stop consuming `polling` while the clock is past the bound, resume once back."""
+        within = self.clock.within(self.settings.clock_skew_max)
+        try:
+            if not within and not self._paused:
+                self.app.control.cancel_consumer(POLLING, destination=[self.hostname])
+                self._paused = True
+                log.error(
+                    "not polling: this host's clock is %s, past POLLING_CLOCK_SKEW_MAX "
+                    "(%g s); fix its time sync",
+                    describe(skew or 0),
+                    self.settings.clock_skew_max,
+                )
+            elif within and self._paused:
+                self.app.control.add_consumer(POLLING, destination=[self.hostname])
+                self._paused = False
+                log.warning("polling again: this host's clock is back within the bound")
+        except Exception as exc:  # the broker may be away; the next beat tries again
+            log.warning("consumer of %s not changed: %s", POLLING, exc)

@@ -21,9 +21,11 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from polling.fleetclock import FleetClock
+
 from . import process
 from .gcfreeze import GcFreeze
-from .heartbeat import Heartbeat, stamp_sent_at
+from .heartbeat import Heartbeat, stamp_sent_at, stamp_with
 
 if TYPE_CHECKING:
     from .app import PollctlApp
@@ -37,13 +39,15 @@ def wire(app: PollctlApp) -> None:
     settings = app.settings
 
     def child_started(**_: Any) -> None:
-        process.current(app)
+        stamp_with(process.current(app).runtime.clock)
         _freeze_gc()
 
     def ready(sender: Any, **_: Any) -> None:
-        process.current(app)
+        clock = process.current(app).runtime.clock
+        stamp_with(clock)
         queues = tuple(sorted(sender.app.amqp.queues.consume_from))
-        _threads.append(Heartbeat(settings, sender.hostname, queues).start())
+        if isinstance(clock, FleetClock):
+            _threads.append(Heartbeat(app, clock, sender.hostname, queues).start())
         _freeze_gc()
 
     def _freeze_gc() -> None:

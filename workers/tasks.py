@@ -12,7 +12,7 @@ from polling import diagnostics, pipeline, service
 from . import process
 from .control import check_context
 from .queues import CANARY_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, RECONCILE_TASK
-from .senders import step_sender
+from .senders import send_batch, step_sender
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,11 @@ def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
     """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
     window); the successors of the chains it advanced go to this process's sender."""
     state = process.current(self.app)
+    if trouble := state.runtime.clock_trouble():
+        # Another worker takes the batch; this one stops consuming (see workers.heartbeat).
+        log.error("batch of %d steps handed back, not polled: %s", len(steps), trouble)
+        send_batch(self.app, [(int(g), str(t), int(s)) for g, t, s in steps])
+        return {"handed back": len(steps)}
     result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
     state.sender.put(result.successors)
     return {str(outcome): n for outcome, n in result.outcomes.items()}
@@ -30,6 +35,9 @@ def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
 @shared_task(name=RECONCILE_TASK, ignore_result=True, bind=True)
 def reconcile(self: Task) -> dict[str, int]:
     rt = process.current(self.app).runtime
+    if trouble := rt.clock_trouble():
+        log.error("reconcile refused: %s", trouble)
+        return {}
     steps = step_sender(self.app, rt.settings)
     report = service.reconcile(rt, steps.add)
     steps.send_all()

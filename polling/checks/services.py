@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import redis
 
 from .. import heartbeat
 from ..errors import ServiceUnavailable
+from ..fleetclock import SKEW_WARNING_MS, FleetClock, describe
 from ..migrate import current_revision, head_revision
 from ..redisio import as_text
 from ..runtime import check_redis
@@ -149,6 +151,37 @@ def check_beat(ctx: Context) -> CheckResult:
     standby = len(beats) - len(active)
     note = f", {standby} standing by" if standby else ""
     return healthy("beat", f"one active beat{note}", **details)
+
+
+def check_clocks(ctx: Context) -> CheckResult:
+    """Every worker's and beat's clock (from their heartbeats), and this host's, against
+    Redis's: the fleet decides on Redis's, but Celery times ETA messages by each host's."""
+    rt = ctx.rt
+    skews: dict[str, int] = {}
+    for info in heartbeat.live_workers(rt.redis, rt.keys) + heartbeat.live_beats(rt.redis, rt.keys):
+        if info.skew_ms is not None:
+            skews[f"{info.name} on {info.host}"] = info.skew_ms
+    if isinstance(rt.clock, FleetClock) and (own := rt.clock.measure()) is not None:
+        skews[f"this host ({socket.gethostname()})"] = own
+    details: dict = {"skew_ms": skews, "bound_s": rt.settings.clock_skew_max}
+    bound_ms = rt.settings.clock_skew_max * 1000
+    off = {name: ms for name, ms in skews.items() if abs(ms) > SKEW_WARNING_MS}
+    if not off:
+        return healthy("clocks", f"{len(skews)} clocks within 0.5 s of Redis's", **details)
+    past = [name for name, ms in off.items() if abs(ms) > bound_ms]
+    listed = "; ".join(f"{name} {describe(ms)}" for name, ms in sorted(off.items()))
+    return CheckResult(
+        "clocks",
+        "error" if past else "warning",
+        f"clocks off: {listed}"
+        + (
+            " (past the bound: those workers do not poll, reconcile does not run there)"
+            if past
+            else ""
+        ),
+        details,
+        ["fix time sync on those hosts (chrony or systemd-timesyncd against one source)"],
+    )
 
 
 def check_queues(ctx: Context) -> CheckResult:
