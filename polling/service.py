@@ -89,6 +89,16 @@ def is_overdue(rt: Runtime, gateway: PollTarget, chain: ChainState, now_ms: int)
     return now_ms > chain.due_ms + round(1000 * limit)
 
 
+#: Slack past one interval before a chain's next slot counts as too far ahead.
+AHEAD_SLACK_MS = 1000
+
+
+def is_ahead(gateway: PollTarget, chain: ChainState, now_ms: int) -> bool:
+    """The chain's next slot is further ahead than one interval: a clock ahead of the
+    fleet's moved it there (before the fleet clock), and it would poll nothing until then."""
+    return chain.due_ms > now_ms + gateway.grid.interval_ms + AHEAD_SLACK_MS
+
+
 def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> FleetReport:
     """Mark gateways as polling and start a chain for each enabled one without a live chain.
     Naming a gateway also re-enables it if it was disabled (automatically or in its file)."""
@@ -147,8 +157,10 @@ def _start_chains(
         starts = [(g, old) for g, old in starts if g.id in active]
         unseen = [g.id for g, old in starts if old is None and g.polling_since is not None]
         recorded = last_recorded_slots(session, unseen)
-        for gateway, old in starts:
+        for gateway, chain in starts:
             grid = gateway.grid
+            # A chain too far ahead: its slots are not the fleet clock's, start afresh.
+            old = None if chain is not None and is_ahead(gateway, chain, now) else chain
             first = grid.starting(now, not_before_ms=0 if gateway.id in fresh else born)
             last = old.last_ms if old else None
             if old is not None and last is None and grid.is_slot(old.due_ms):
@@ -222,7 +234,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
             if chain is None:
                 starts.append((gateway, None))
                 report.started.append(gateway.config.name)
-            elif is_overdue(rt, gateway, chain, now):
+            elif is_overdue(rt, gateway, chain, now) or is_ahead(gateway, chain, now):
                 starts.append((gateway, chain))
                 report.restarted.append(gateway.config.name)
         missed, active = _start_chains(rt, enqueue, starts, now)

@@ -312,3 +312,18 @@ def test_reconcile_does_not_restart_a_chain_that_stop_just_retired(runtime, one_
     report = service.reconcile(runtime, sent)
     assert report.started == [] and len(sent.calls) == calls
     assert runtime.chains.get(one_gateway.id) is None
+
+
+def test_reconcile_restarts_a_chain_whose_next_slot_is_too_far_ahead(runtime, one_gateway):
+    """A worker whose clock ran 20,000 s ahead moved the chain there (before the fleet
+    clock): reconcile restarts it at the fleet's next slot instead of waiting."""
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    _, token, slot = sent.calls[-1]
+    ahead = slot + 20_000_000
+    runtime.chains.issue([(one_gateway.id, ahead, ahead - 1000)])
+    report = service.reconcile(runtime, sent)
+    assert report.restarted == ["gw0"]
+    _, new_token, first = sent.calls[-1]
+    assert new_token != token and runtime.clock() < first <= runtime.clock() + 1000
+    assert runtime.chains.get(one_gateway.id).due_ms == first
