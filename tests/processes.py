@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CeleryProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, preamble: str = "") -> None:
+        """`preamble`: Python run in the process before Celery starts (see tests/faketime)."""
         self.log = log
         self._handle = log.open("ab")
         full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        start = f"{preamble}from celery.__main__ import main\nmain()\n"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", *args],
+            [sys.executable, "-c", start, "-A", "workers.app", *args],
             cwd=ROOT,
             env=full_env,
             stdout=self._handle,
@@ -53,7 +55,9 @@ class CeleryProcess:
 
 
 class Worker(CeleryProcess):
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 8) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, concurrency: int = 8, preamble: str = ""
+    ) -> None:
         self.hostname = f"e2e-{uuid.uuid4().hex[:8]}@localhost"
         self.settings = Settings.from_env({**os.environ, **env})
         super().__init__(
@@ -74,6 +78,7 @@ class Worker(CeleryProcess):
             ],
             env,
             log,
+            preamble,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -89,6 +94,7 @@ class Worker(CeleryProcess):
 
 
 class Beat(CeleryProcess):
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, preamble: str = "") -> None:
         schedule = log.with_suffix(".schedule")
-        super().__init__(["beat", "--loglevel", "INFO", "-s", str(schedule)], env, log)
+        args = ["beat", "--loglevel", "INFO", "-s", str(schedule)]
+        super().__init__(args, env, log, preamble)

@@ -214,8 +214,10 @@ class Rig:
         self.pollctl("gateway", "import", str(self.write_file(document)))
         self.gateways.update({g.name: g for g in parse_gateways(document)})
 
-    def worker(self, name: str = "worker", concurrency: int = 8, **env: str) -> Worker:
-        worker = Worker(self.env(**env), self.tmp_path / f"{name}.log", concurrency)
+    def worker(
+        self, name: str = "worker", concurrency: int = 8, preamble: str = "", **env: str
+    ) -> Worker:
+        worker = Worker(self.env(**env), self.tmp_path / f"{name}.log", concurrency, preamble)
         self.processes.append(worker)
         key = self.runtime.keys.worker(worker.hostname)
         wait_until(lambda: self._exists(key) or worker.proc.poll() is not None, 60, "worker")
@@ -229,8 +231,8 @@ class Rig:
         except redis.RedisError:
             return False
 
-    def beat(self, name: str = "beat") -> Beat:
-        beat = Beat(self.env(), self.tmp_path / f"{name}.log")
+    def beat(self, name: str = "beat", preamble: str = "", **env: str) -> Beat:
+        beat = Beat(self.env(**env), self.tmp_path / f"{name}.log", preamble)
         self.processes.append(beat)
         return beat
 
