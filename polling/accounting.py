@@ -14,10 +14,6 @@ from .outcome import Outcome, PollKind
 from .records import Entry, MissedRun, PollEntry, PollRecord, reading_row
 from .schedule import Grid, ms_to_dt
 
-#: Most missed slots recorded at once, so a gateway stopped for a month at 1 s does not
-#: write millions of rows in one go.
-MISSED_LIMIT = 10_000
-
 #: Why a slot was recorded as missed, by what happened (a read's own reason wins).
 WHY_FOREIGN = "slot claimed by a chain that was replaced"
 WHY_GAP = "the previous poll ended after this slot had passed"
@@ -85,19 +81,17 @@ def _settle(step: Begun, read: Served | None) -> tuple[Outcome, Entry | None]:
     """A step's final outcome and the record it leaves, if any."""
     if step.outcome is Outcome.FOREIGN:
         # A retired chain claimed this slot and may have died holding it.
-        return Outcome.MISSED, MissedRun(step.gateway_id, [step.slot_ms], WHY_FOREIGN)
+        return Outcome.MISSED, missed_one(step, WHY_FOREIGN)
     if step.outcome is not Outcome.DUE:
         return step.outcome, None
     if not step.grid.is_slot(step.slot_ms):
         return Outcome.REALIGNED, None  # sent before the interval changed: record nothing
     if read is None:
-        why = "poll task started after the slot ended"
-        return Outcome.MISSED, MissedRun(step.gateway_id, [step.slot_ms], why)
+        return Outcome.MISSED, missed_one(step, "poll task started after the slot ended")
     if read.outcome is Outcome.STALE:
         return Outcome.STALE, None  # stopped while it waited: neither polled nor recorded
     if read.outcome is Outcome.MISSED:
-        why = read.error or "late"
-        return Outcome.MISSED, MissedRun(step.gateway_id, [step.slot_ms], why)
+        return Outcome.MISSED, missed_one(step, read.error or "late")
     return read.outcome, poll_entry(step.gateway_id, step.slot_ms, PollKind.SCHEDULED, read)
 
 
@@ -108,8 +102,13 @@ def _advance(index: int, step: Begun, now_ms: int) -> Advance:
     if not grid.is_slot(step.slot_ms):
         return Advance(index, grid.containing(now_ms))
     next_ms = grid.following(step.slot_ms, now_ms)
-    gap = grid.between(step.slot_ms, next_ms, limit=MISSED_LIMIT)
-    return Advance(index, next_ms, MissedRun(step.gateway_id, gap, WHY_GAP) if gap else None)
+    first, count = grid.between(step.slot_ms, next_ms)
+    gap = MissedRun(step.gateway_id, first, count, grid.interval_ms, WHY_GAP) if count else None
+    return Advance(index, next_ms, gap)
+
+
+def missed_one(step: Begun, why: str) -> MissedRun:
+    return MissedRun.one(step.gateway_id, step.slot_ms, step.grid.interval_ms, why)
 
 
 def poll_entry(gateway_id: int, slot_ms: int, kind: PollKind, read: Served) -> PollEntry:

@@ -101,7 +101,8 @@ class PointRow(Base):
 
 
 class PollLog(Base):
-    """One row per slot of a gateway (kind 'scheduled') or per manual poll ('manual')."""
+    """One row per slot of a gateway (kind 'scheduled') or per manual poll ('manual'); a
+    long run of missed slots is one row standing for `slots` of them."""
 
     __tablename__ = "poll_log"
     __table_args__ = (
@@ -121,6 +122,9 @@ class PollLog(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    #: Slots this row stands for: 1, or a missed range from `slot_at` to `last_slot_at`.
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_slot_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Reading(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from .chains import ChainState
 from .models import GatewayRow, PollLog, Reading
-from .schedule import ms_to_dt
+from .schedule import dt_to_ms, ms_to_dt
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ def gateway_statuses(
     """Counts come from the poll log (scheduled polls only), one grouped query."""
     counts: dict[int, dict[str, int]] = {}
     grouped = (
-        select(PollLog.gateway_id, PollLog.outcome, func.count())
+        select(PollLog.gateway_id, PollLog.outcome, func.sum(PollLog.slots))
         .where(PollLog.kind == "scheduled")
         .group_by(PollLog.gateway_id, PollLog.outcome)
     )
     for gateway_id, outcome, n in session.execute(grouped):
-        counts.setdefault(gateway_id, {})[outcome] = n
+        counts.setdefault(gateway_id, {})[outcome] = int(n)
     latest = _latest_polls(session)
     out = []
     for row in session.scalars(select(GatewayRow).order_by(GatewayRow.name)):
@@ -181,16 +181,21 @@ class WindowStats:
 
 
 def window_stats(session: Session, since: datetime) -> dict[int, WindowStats]:
-    """Per gateway, one grouped query over the recent slots (indexed by slot)."""
+    """Per gateway, one grouped query over the recent slots (indexed by slot), and the
+    part of each missed range that lies in the window."""
     query = (
         select(PollLog.gateway_id, PollLog.outcome, func.count(), func.avg(PollLog.duration_ms))
-        .where(PollLog.kind == "scheduled", PollLog.slot_at >= since)
+        .where(PollLog.kind == "scheduled", PollLog.slot_at >= since, PollLog.slots == 1)
         .group_by(PollLog.gateway_id, PollLog.outcome)
     )
     outcomes: dict[int, dict[str, int]] = {}
+    for gateway_id, outcome, n in _ranges_since(session, since):
+        counts = outcomes.setdefault(gateway_id, {})
+        counts[outcome] = counts.get(outcome, 0) + n
     durations: dict[int, list[tuple[int, float]]] = {}
     for gateway_id, outcome, n, mean in session.execute(query):
-        outcomes.setdefault(gateway_id, {})[outcome] = n
+        counts = outcomes.setdefault(gateway_id, {})
+        counts[outcome] = counts.get(outcome, 0) + n
         if mean is not None:
             durations.setdefault(gateway_id, []).append((n, float(mean)))
     out = {}
@@ -199,4 +204,20 @@ def window_stats(session: Session, since: datetime) -> dict[int, WindowStats]:
         total = sum(n for n, _ in parts)
         mean = sum(n * m for n, m in parts) / total if total else None
         out[gateway_id] = WindowStats(counts, mean)
+    return out
+
+
+def _ranges_since(session: Session, since: datetime) -> list[tuple[int, str, int]]:
+    """(gateway, outcome, slots at or after `since`) of each range row reaching into the
+    window: few rows (one per long outage per gateway)."""
+    query = select(
+        PollLog.gateway_id, PollLog.outcome, PollLog.slot_at, PollLog.last_slot_at, PollLog.slots
+    ).where(PollLog.kind == "scheduled", PollLog.slots > 1, PollLog.last_slot_at >= since)
+    out = []
+    cut = dt_to_ms(since)
+    for gateway_id, outcome, first_at, last_at, slots in session.execute(query):
+        first, last = dt_to_ms(first_at), dt_to_ms(last_at)
+        step = (last - first) // (slots - 1)
+        before = max(0, -(-(cut - first) // step))  # slots of the range before the window
+        out.append((gateway_id, outcome, slots - before))
     return out

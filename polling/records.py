@@ -45,13 +45,32 @@ class PollEntry:
     readings: Sequence[dict]
 
 
+#: A run of missed slots longer than this is written as one range row (first slot, last
+#: slot, count) instead of a row per slot: an outage of hours costs a row per gateway.
+RANGE_FROM = 100
+
+
 @dataclass(frozen=True)
 class MissedRun:
-    """Slots of one gateway that passed without a poll, and why."""
+    """Consecutive slots of one gateway (`count` of them from `first_ms`, `interval_ms`
+    apart) that passed without a poll, and why."""
 
     gateway_id: int
-    slots_ms: Sequence[int]
+    first_ms: int
+    count: int
+    interval_ms: int
     why: str
+
+    @classmethod
+    def one(cls, gateway_id: int, slot_ms: int, interval_ms: int, why: str) -> MissedRun:
+        return cls(gateway_id, slot_ms, 1, interval_ms, why)
+
+    @property
+    def last_ms(self) -> int:
+        return self.first_ms + (self.count - 1) * self.interval_ms
+
+    def slots(self) -> range:
+        return range(self.first_ms, self.last_ms + 1, self.interval_ms)
 
 
 Entry = PollEntry | MissedRun
@@ -102,9 +121,7 @@ def poll_row(record: PollRecord) -> dict:
 def entry_id(entry: Entry) -> str:
     """What the entry records, as a key: the same record pushed twice is kept once."""
     if isinstance(entry, MissedRun):
-        slots = entry.slots_ms
-        first, last = (slots[0], slots[-1]) if slots else (0, 0)
-        return f"missed:{entry.gateway_id}:{first}:{last}:{len(slots)}"
+        return f"missed:{entry.gateway_id}:{entry.first_ms}:{entry.last_ms}:{entry.count}"
     r = entry.record
     return f"poll:{r.gateway_id}:{r.kind}:{r.slot_ms}"
 
@@ -117,7 +134,9 @@ def to_json(entry: Entry) -> dict:
             "id": entry_id(entry),
             "type": "missed",
             "gateway_id": entry.gateway_id,
-            "slots": list(entry.slots_ms),
+            "first": entry.first_ms,
+            "count": entry.count,
+            "interval": entry.interval_ms,
             "why": entry.why,
         }
     r = entry.record
@@ -142,7 +161,13 @@ def to_json(entry: Entry) -> dict:
 
 def from_json(data: dict) -> Entry:
     if data["type"] == "missed":
-        return MissedRun(data["gateway_id"], data["slots"], data["why"])
+        if "slots" in data:  # buffered by an earlier version: a list of consecutive slots
+            slots = data["slots"]
+            step = slots[1] - slots[0] if len(slots) > 1 else 1
+            return MissedRun(data["gateway_id"], slots[0], len(slots), step, data["why"])
+        return MissedRun(
+            data["gateway_id"], data["first"], data["count"], data["interval"], data["why"]
+        )
     r = data["record"]
     record = PollRecord(
         r["gateway_id"],
@@ -307,24 +332,46 @@ def _count_failures(session: Session, newest: PollRecord, failure_threshold: int
 
 
 def record_missed_runs(session: Session, runs: Sequence[MissedRun]) -> int:
-    """Account for runs of slots that passed without a poll, for several gateways, in one
-    statement. Slots already recorded are kept."""
+    """Account for runs of slots that passed without a poll, for several gateways: a row
+    per slot for short runs (one statement), one range row for a run longer than
+    `RANGE_FROM`. Slots already recorded are kept. Returns the slots recorded."""
+    missed = {"kind": str(PollKind.SCHEDULED), "outcome": str(Outcome.MISSED)}
     rows = [
-        {
-            "gateway_id": run.gateway_id,
-            "slot_at": ms_to_dt(slot),
-            "kind": str(PollKind.SCHEDULED),
-            "outcome": str(Outcome.MISSED),
-            "error": run.why,
-        }
+        {"gateway_id": run.gateway_id, "slot_at": ms_to_dt(slot), "error": run.why, **missed}
         for run in runs
-        for slot in run.slots_ms
+        if run.count <= RANGE_FROM
+        for slot in run.slots()
     ]
     if pgwrite.is_postgresql(session):
-        # Reconcile after Redis lost ten thousand chains writes hundreds of thousands.
+        # Reconcile after Redis lost ten thousand chains writes tens of thousands.
         timings = {"started_at": None, "finished_at": None, "duration_ms": None}
-        return len(pgwrite.insert_polls(session, [{**row, **timings} for row in rows]))
-    return insert_ignoring_conflicts(session, PollLog.__table__, rows)
+        recorded = len(pgwrite.insert_polls(session, [{**row, **timings} for row in rows]))
+    else:
+        recorded = insert_ignoring_conflicts(session, PollLog.__table__, rows)
+    ranges = {(run.gateway_id, run.first_ms): run for run in runs if run.count > RANGE_FROM}
+    went_in = inserted(
+        session,
+        PollLog.__table__,
+        [
+            {
+                "gateway_id": run.gateway_id,
+                "slot_at": ms_to_dt(run.first_ms),
+                "last_slot_at": ms_to_dt(run.last_ms),
+                "slots": run.count,
+                "error": run.why,
+                **missed,
+            }
+            for run in ranges.values()
+        ],
+        ("gateway_id", "slot_at"),
+    )
+    for gateway_id, slot_at in went_in:
+        recorded += ranges[(gateway_id, dt_to_ms(_utc(slot_at)))].count
+    return recorded
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[int, int]:
@@ -334,11 +381,13 @@ def last_recorded_slots(session: Session, gateway_ids: Sequence[int]) -> dict[in
     for first in range(0, len(gateway_ids), 1000):
         part = list(gateway_ids[first : first + 1000])
         rows = session.execute(
-            select(PollLog.gateway_id, func.max(PollLog.slot_at))
+            select(
+                PollLog.gateway_id, func.max(func.coalesce(PollLog.last_slot_at, PollLog.slot_at))
+            )
             .where(PollLog.gateway_id.in_(part), PollLog.kind == PollKind.SCHEDULED)
             .group_by(PollLog.gateway_id)
         )
         for gateway_id, newest in rows:
             if newest is not None:
-                out[gateway_id] = dt_to_ms(newest if newest.tzinfo else newest.replace(tzinfo=UTC))
+                out[gateway_id] = dt_to_ms(_utc(newest))
     return out

@@ -83,13 +83,11 @@ class Grid:
         )
         return current if prompt else current + self.interval_ms
 
-    def between(self, after_ms: int, before_ms: int, limit: int | None = None) -> list[int]:
-        """Slot starts strictly between two slot starts, oldest first, at most `limit`
-        of the newest ones."""
+    def between(self, after_ms: int, before_ms: int) -> tuple[int, int]:
+        """The slots strictly between two slot starts, as (first, count); count 0 when
+        none. A range, not a list: an outage of days at 1 s is hundreds of thousands."""
         first = after_ms + self.interval_ms
-        if limit is not None:
-            first = max(first, before_ms - limit * self.interval_ms)
-        return list(range(first, before_ms, self.interval_ms))
+        return first, max(0, -(-(before_ms - first) // self.interval_ms))
 
     def ended(self, slot_ms: int, now_ms: int) -> bool:
         """True once the whole slot lies in the past: too late to poll it."""

@@ -60,13 +60,13 @@ def test_a_step_settles_into_one_outcome_one_record_and_one_advance(
 ):
     ledger = account([step(begun)], {0: read} if read else {}, now)
     assert ledger.outcomes == [outcome]
-    own = [e for e in ledger.entries if getattr(e, "slots_ms", [SLOT]) == [SLOT]]
+    own = [e for e in ledger.entries if getattr(e, "first_ms", SLOT) == SLOT]
     if record is None:
         assert own == []
     elif isinstance(own[0], PollEntry):
         assert own[0].record.outcome == record and own[0].record.slot_ms == SLOT
     else:
-        assert own[0] == MissedRun(7, [SLOT], record)
+        assert own[0] == MissedRun(7, SLOT, 1, 1000, record)
     assert [a.next_ms for a in ledger.advances] == ([] if next_ms is None else [next_ms])
 
 
@@ -74,7 +74,7 @@ def test_a_late_poll_advances_to_the_slot_in_progress_and_records_the_gap_it_lef
     ledger = account([step(Outcome.DUE)], {0: Served(Outcome.OK, T, T)}, 13_400)
     [advance] = ledger.advances
     assert advance.next_ms == 13_000
-    assert advance.gap == MissedRun(7, [11_000, 12_000], WHY_GAP)
+    assert advance.gap == MissedRun(7, 11_000, 2, 1000, WHY_GAP)
     assert [type(e) for e in ledger.entries] == [PollEntry]  # the gap waits for the advance
 
 
@@ -85,11 +85,12 @@ def test_a_step_off_the_grid_realigns_without_a_record():
     assert (advance.next_ms, advance.gap) == (10_000, None)
 
 
-def test_a_gap_is_bounded_to_the_newest_slots():
+def test_a_gap_of_any_length_is_one_run_from_the_next_slot_to_the_one_before_the_advance():
     ledger = account([step(Outcome.DUE)], {0: Served(Outcome.OK, T, T)}, SLOT + 20_000_000)
     [advance] = ledger.advances
-    assert advance.gap is not None and len(advance.gap.slots_ms) == 10_000
-    assert advance.gap.slots_ms[-1] == advance.next_ms - 1_000
+    assert advance.gap is not None and advance.gap.count == 19_999
+    assert advance.gap.first_ms == SLOT + 1000
+    assert advance.gap.last_ms == advance.next_ms - 1_000
 
 
 def test_readings_go_with_an_ok_poll_only():

@@ -58,7 +58,7 @@ def test_one_bad_entry_is_put_aside_and_the_rest_is_written(runtime, free_ports)
     buffer.redis.rpush(buffer.keys.buffer, *[json.dumps(twice)] * 2)
     buffer.push(entry(doomed), runtime.clock())
     buffer.redis.rpush(buffer.keys.buffer, b"\x00not json")
-    buffer.push(to_json(MissedRun(gw1.id, [SLOT, SLOT + 1000], "worker gone")), runtime.clock())
+    buffer.push(to_json(MissedRun(gw1.id, SLOT, 2, 1000, "worker gone")), runtime.clock())
     with runtime.sessions() as session, session.begin():
         delete_gateway(session, "gw2")  # deleted while its record waited
 

@@ -199,7 +199,7 @@ def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(
         record = PollRecord(gid, slot, PollKind.SCHEDULED, Outcome.OK, now, now, None)
         row = reading_row(gid, point, float(slot % 1000), slot, PollKind.SCHEDULED, now)
         assert saving.save(down, [PollEntry(record, [row])]) == {}
-    saving.save(down, [MissedRun(gid, [slots[-1] + 1000], "test")])
+    saving.save(down, [MissedRun.one(gid, slots[-1] + 1000, 1000, "test")])
     assert runtime.buffer.pending() == 6
     result = diagnostics.diagnose(Context(runtime), fix=True)
     assert result.repairs["buffer"] == ["wrote 6 buffered records to the database"]
@@ -217,7 +217,7 @@ def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
         )
     )
     for slot in range(4):
-        saving.save(down, [MissedRun(1, [slot * 1000], "test")])
+        saving.save(down, [MissedRun.one(1, slot * 1000, 1000, "test")])
     assert down.buffer.pending() == 2 and down.buffer.lost().count == 2
     [buffer] = [
         r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "buffer"

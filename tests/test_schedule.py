@@ -45,11 +45,11 @@ def test_following_slot_is_never_one_that_passed(slot, now, expected):
     assert Grid(0, 1000).following(slot, now) == expected
 
 
-def test_slots_between_and_the_limit():
+def test_slots_between_as_a_range():
     grid = Grid(0, 1000)
-    assert grid.between(1000, 2000) == []
-    assert grid.between(1000, 5000) == [2000, 3000, 4000]
-    assert grid.between(1000, 5000, limit=2) == [3000, 4000]
+    assert grid.between(1000, 2000) == (2000, 0)
+    assert grid.between(1000, 5000) == (2000, 3)
+    assert grid.between(1000, 1000 + 86_400_000) == (2000, 86_399)
 
 
 def test_slot_ends_after_one_interval():
