@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
+from redis.lock import Lock
 
 from . import configcache
-from .accounting import MISSED_LIMIT, Served
+from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
 from .pipeline import poll_once, retire_chains
@@ -52,6 +53,8 @@ class FleetReport:
     missed: int = 0
     #: Buffered records written to the database.
     flushed: int = 0
+    #: Chains a reconcile left for its next run, past its time budget.
+    deferred: int = 0
 
     def repairs(self) -> list[str]:
         """What a reconcile changed, in words, for the diagnostics record."""
@@ -62,6 +65,8 @@ class FleetReport:
             actions.append(f"recorded {self.missed} slots the dead chains left as missed")
         if self.flushed:
             actions.append(f"wrote {self.flushed} buffered records to the database")
+        if self.deferred:
+            actions.append(f"left {self.deferred} chains to the next run (time budget spent)")
         return actions
 
 
@@ -174,9 +179,10 @@ def _start_chains(
                 # Redis lost the chain (and its claims) after this slot was recorded.
                 first = last + grid.interval_ms
             if last is not None and grid.is_slot(last):
-                gap = grid.between(last, first, limit=MISSED_LIMIT)
-                if gap:
-                    runs.append(MissedRun(gateway.id, gap, "no poll ran: the chain had died"))
+                gap, count = grid.between(last, first)
+                if count:
+                    why = "no poll ran: the chain had died"
+                    runs.append(MissedRun(gateway.id, gap, count, grid.interval_ms, why))
             firsts.append((gateway, first, last))
         missed = record_missed_runs(session, runs)
         tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
@@ -212,13 +218,25 @@ def _wait_for_endpoint(rt: Runtime, gateway: PollTarget) -> None:
     rt.chains.release([lock])
 
 
+#: Reconcile's lock lives this long unless extended; each chunk of chains extends it.
+RECONCILE_LOCK_SECONDS = 60
+#: Chains started per transaction; the lock is extended after each.
+RESTART_CHUNK = 1000
+#: A run stops starting chains after this long and leaves the rest to the next run, so
+#: runs never overlap and a huge repair is spread over several (each bounded).
+RECONCILE_BUDGET_SECONDS = 20.0
+
+
 def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     """Give every active gateway exactly one live chain: start missing ones, restart
-    overdue ones with a new token, retire chains of inactive or deleted gateways."""
+    overdue ones with a new token, retire chains of inactive or deleted gateways. Bounded:
+    chains start in chunks under a lock extended after each, and what the time budget
+    leaves is the next run's work (state-driven, so it resumes where this one stopped)."""
     report = FleetReport()
-    lock = rt.redis.lock(rt.keys.reconcile_lock, timeout=60, blocking_timeout=0)
+    lock = rt.redis.lock(rt.keys.reconcile_lock, timeout=RECONCILE_LOCK_SECONDS, blocking_timeout=0)
     if not lock.acquire():
         return report  # another reconcile is running; it does the same work
+    began = time.monotonic()
     try:
         report.flushed = flush(rt)  # before gaps are computed from the database
         with rt.sessions() as session:
@@ -237,9 +255,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
             elif is_overdue(rt, gateway, chain, now) or is_ahead(gateway, chain, now):
                 starts.append((gateway, chain))
                 report.restarted.append(gateway.config.name)
-        missed, active = _start_chains(rt, enqueue, starts, now)
-        report.missed += missed
-        names = {g.config.name for g, _ in starts if g.id in active}
+        names = _start_in_chunks(rt, enqueue, starts, now, lock, began, report)
         report.started = [n for n in report.started if n in names]
         report.restarted = [n for n in report.restarted if n in names]
         strays: list[tuple[int, str]] = []
@@ -255,6 +271,30 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
     if report.started or report.restarted or report.retired or report.flushed:
         log.warning("reconcile: %s", report)
     return report
+
+
+def _start_in_chunks(
+    rt: Runtime,
+    enqueue: Enqueue,
+    starts: list[tuple[PollTarget, ChainState | None]],
+    now: int,
+    lock: Lock,
+    began: float,
+    report: FleetReport,
+) -> set[str]:
+    """Start chains a chunk per transaction, extending the lock after each, until the time
+    budget is spent; returns the names started."""
+    names: set[str] = set()
+    for at in range(0, len(starts), RESTART_CHUNK):
+        if at and time.monotonic() - began > RECONCILE_BUDGET_SECONDS:
+            report.deferred = len(starts) - at
+            break
+        chunk = starts[at : at + RESTART_CHUNK]
+        missed, active = _start_chains(rt, enqueue, chunk, rt.clock() if at else now)
+        report.missed += missed
+        names |= {g.config.name for g, _ in chunk if g.id in active}
+        lock.reacquire()  # raises if the lock was lost: no second run may overlap
+    return names
 
 
 def poll_now(rt: Runtime, name: str) -> Served:
