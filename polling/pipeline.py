@@ -116,15 +116,19 @@ def _endpoint_locks(rt: Runtime, loaded: Loaded, now: int) -> list[EndpointLock]
         if target.grid.is_slot(slot) and not target.grid.ended(slot, now):
             groups[target.endpoint].append(index)
     value = uuid.uuid4().hex
-    locks = []
-    for (host, port), indexes in groups.items():
+    ttls: list[int] = []
+    for indexes in groups.values():
         indexes.sort(key=lambda i: loaded[i][1][2])
         last_slot = loaded[indexes[-1]][1][2]
         budget_s = sum(loaded[i][0].budget for i in indexes) + 1
-        ttl_ms = last_slot - now + round(1000 * budget_s)
-        key = rt.keys.endpoint_lock(host, port)
-        locks.append(EndpointLock(key, value, ttl_ms, tuple(indexes)))
-    return locks
+        ttls.append(last_slot - now + round(1000 * budget_s))
+    # Every lock is released when the batch has recorded, after its slowest endpoint: each
+    # lives as long, so `stop` and `gateway delete`, which wait for it, wait for the record.
+    ttl_ms = max(ttls, default=0)
+    return [
+        EndpointLock(rt.keys.endpoint_lock(host, port), value, ttl_ms, tuple(indexes))
+        for (host, port), indexes in groups.items()
+    ]
 
 
 def _read(

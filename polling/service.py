@@ -209,10 +209,13 @@ def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
 
 def _wait_for_endpoint(rt: Runtime, gateway: PollTarget) -> None:
     """Until no poll holds the endpoint's lock (a poll that passed its token check holds it
-    until it has recorded), at most one poll budget."""
+    until its batch has recorded), at most as long as the lock still lives (its TTL bounds
+    the batch), or one poll budget if that is longer."""
     host, port = gateway.endpoint
-    lock = EndpointLock(rt.keys.endpoint_lock(host, port), uuid.uuid4().hex, 5000)
-    deadline = time.monotonic() + gateway.budget
+    key = rt.keys.endpoint_lock(host, port)
+    lock = EndpointLock(key, uuid.uuid4().hex, 5000)
+    lives_s = max(0, int(rt.redis.pttl(key))) / 1000
+    deadline = time.monotonic() + max(gateway.budget, lives_s)
     while rt.chains.take(lock) is None and time.monotonic() < deadline:
         time.sleep(0.01)
     rt.chains.release([lock])

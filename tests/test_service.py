@@ -10,11 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select, update
 
-from polling import pipeline, service
+from polling import pipeline, queries, service
 from polling.gatewayfile import parse_gateways
 from polling.models import GatewayRow, PollLog, Reading
 from polling.outcome import Outcome
-from polling.repository import import_gateways, load_gateways, set_polling_many
+from polling.repository import (
+    delete_gateway,
+    import_gateways,
+    load_gateways,
+    set_polling_many,
+)
 from polling.schedule import Grid, ms_to_dt
 from polling.simulator import current_tick, simulated_value
 from tests.fleet import ALL_TYPES, fleet
@@ -49,6 +54,11 @@ def poll_rows(runtime, kind="scheduled"):
 def poll_step(runtime, gateway_id: int, token: str, slot: int) -> pipeline.BatchResult:
     """One chain step, as a batch of one."""
     return pipeline.poll_batch(runtime, [(gateway_id, token, slot)])
+
+
+def poll_step_many(runtime, steps) -> pipeline.BatchResult:
+    """The chains' steps as one batch."""
+    return pipeline.poll_batch(runtime, [tuple(step) for step in steps])
 
 
 def reading_rows(runtime):
@@ -196,6 +206,33 @@ def test_reconcile_restarts_a_dead_chain_and_records_the_gap(runtime, one_gatewa
     assert outcomes == ["ok"] + ["missed"] * 10
 
 
+def test_a_five_hour_outage_is_recorded_whole_as_one_range(runtime, one_gateway):
+    """18,000 slots at 1 s without a poll (longer than any cap): every one accounted for,
+    in one row that status and the health window count slot by slot."""
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    gateway_id, token, slot = sent.calls[0]
+    poll_step(runtime, gateway_id, token, slot)
+    outage = 5 * 3600 * 1000
+    runtime.clock = lambda: slot + outage + 500
+    report = service.reconcile(runtime, sent)
+    assert report.restarted == ["gw0"] and report.missed == 18_000
+    assert sent.calls[-1][2] == slot + outage + 1000  # the next slot, no gap after the range
+    ok, gap = poll_rows(runtime)
+    assert (ok.outcome, gap.outcome, gap.slots) == ("ok", "missed", 18_000)
+    assert (gap.slot_at, gap.last_slot_at) == (ms_to_dt(slot + 1000), ms_to_dt(slot + outage))
+    with runtime.sessions() as session:
+        [status] = queries.gateway_statuses(session, runtime.chains.all(), set())
+        window = queries.window_stats(session, ms_to_dt(slot + outage - 3_600_000 + 1))
+    assert (status.ok, status.missed) == (1, 18_000)
+    assert window[gateway_id].outcomes == {"missed": 3600}
+    # Redis loses the new chain too: the gap is taken from the range's end, not its start.
+    runtime.chains.retire(gateway_id)
+    runtime.clock = lambda: slot + outage + 3_500
+    report = service.reconcile(runtime, sent)
+    assert report.missed == 3 and len(poll_rows(runtime)) == 5  # slots +1 s to +3 s
+
+
 def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, free_ports):
     document = fleet(free_ports(2), [1, 1])
     simulate(document)
@@ -208,6 +245,25 @@ def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, fr
     report = service.reconcile(runtime, sent)
     assert report.started == ["gw0"] and report.retired == ["gw1"]
     assert runtime.chains.get(gateways["gw1"].id) is None
+
+
+def test_reconcile_past_its_budget_leaves_the_rest_to_the_next_run(
+    runtime, simulate, free_ports, monkeypatch
+):
+    """A repair too big for one run is spread over several: each run starts a chunk under
+    its lock, the next resumes from what is still missing; nothing started twice."""
+    document = fleet(free_ports(3), [1, 1, 1])
+    simulate(document)
+    gateways = setup_fleet(runtime, document)
+    with runtime.sessions() as session, session.begin():
+        set_polling_many(session, [g.id for g in gateways.values()], on=True)
+    monkeypatch.setattr(service, "RESTART_CHUNK", 1)
+    monkeypatch.setattr(service, "RECONCILE_BUDGET_SECONDS", 0.0)
+    sent = Sent()
+    runs = [service.reconcile(runtime, sent) for _ in range(4)]
+    assert [(len(r.started), r.deferred) for r in runs] == [(1, 2), (1, 1), (1, 0), (0, 0)]
+    assert sorted(g for g, _, _ in sent.calls) == sorted(g.id for g in gateways.values())
+    assert not runtime.redis.exists(runtime.keys.reconcile_lock)
 
 
 def test_poll_now_is_recorded_as_manual_and_leaves_the_schedule_alone(runtime, one_gateway):
@@ -231,6 +287,37 @@ def test_stop_waits_for_the_poll_in_flight(runtime, one_gateway):
     lock.release()
     assert done.wait(5)
     stopper.join()
+
+
+def test_delete_during_a_batch_waits_for_its_poll_behind_a_slower_neighbour(
+    runtime, simulate, free_ports
+):
+    """gw0 answers at once but shares a batch with gw1, which takes 1.5 s: gw0's lock is
+    held until the batch has recorded, longer than gw0's own budget. Deleting gw0 meanwhile
+    waits for that, so its record is neither written after the delete nor refused."""
+    document = fleet(free_ports(2), [2.0, 2.0], [{"name": "a", "address": 0}])
+    fast, slow = document["gateways"]
+    fast["timeout"], slow["timeout"] = 0.2, 1.9
+    simulate({"gateways": [fast]})
+    simulate({"gateways": [slow]}, latency_ms=1500)
+    gateways = setup_fleet(runtime, document)
+    sent = Sent()
+    service.start(runtime, sent)
+    batch = threading.Thread(target=poll_step_many, args=(runtime, sent.calls))
+    batch.start()
+    endpoint = runtime.keys.endpoint_lock("127.0.0.1", fast["port"])
+    deadline = time.monotonic() + 5
+    while not runtime.redis.exists(endpoint) and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling a key: no event to wait on across processes
+    assert runtime.redis.exists(endpoint), "the batch never took gw0's lock"
+    service.stop(runtime, ["gw0"])
+    assert not batch.is_alive(), "stop returned while gw0's poll was still unrecorded"
+    with runtime.sessions() as session, session.begin():
+        delete_gateway(session, "gw0")
+    batch.join()
+    assert runtime.buffer.dead_count() == 0
+    rows = poll_rows(runtime)
+    assert [(r.gateway_id, r.outcome) for r in rows] == [(gateways["gw1"].id, "ok")]
 
 
 def test_a_slow_device_times_out_into_a_failed_poll(runtime, simulate, free_ports):
@@ -322,8 +409,9 @@ def test_reconcile_restarts_a_chain_whose_next_slot_is_too_far_ahead(runtime, on
     _, token, slot = sent.calls[-1]
     ahead = slot + 20_000_000
     runtime.chains.issue([(one_gateway.id, ahead, ahead - 1000)])
+    before = runtime.clock()
     report = service.reconcile(runtime, sent)
     assert report.restarted == ["gw0"]
     _, new_token, first = sent.calls[-1]
-    assert new_token != token and runtime.clock() < first <= runtime.clock() + 1000
+    assert new_token != token and before < first <= runtime.clock() + 1000
     assert runtime.chains.get(one_gateway.id).due_ms == first
