@@ -129,7 +129,41 @@ class Record:
     rows: dict[str, list[PollLog]] = field(default_factory=dict)
 
     def outcomes(self, name: str) -> Counter:
-        return Counter(r.outcome for r in self.rows.get(name, []))
+        out: Counter = Counter()
+        for r in self.rows.get(name, []):
+            out[r.outcome] += r.slots
+        return out
+
+
+def second_polls(times_ms: list[int], grid: Grid, recorded: set[int]) -> list[int]:
+    """The device's first requests of a poll (ms, its clock) that were a second poll of a
+    slot. Each request is matched to the slot it was for: the one it fell in or, within
+    `late_ms` of that slot's start, the one before (a poll begins only while its slot
+    lasts, but its first request may reach the device a little after: connecting, the
+    loop's turn), the earliest that the record holds and no other request took. Requests
+    are shifted by `skew_ms`: the device's clock is the host's, the workers' Redis's."""
+    late_ms, skew_ms = min(grid.interval_ms // 2, 100), 10
+    taken: set[int] = set()
+    twice: list[int] = []
+    for at in sorted(t + skew_ms for t in times_ms):
+        natural = grid.containing(at)
+        candidates = [natural - grid.interval_ms, natural] if at - natural < late_ms else []
+        candidates = [c for c in candidates or [natural] if c in recorded] or [natural]
+        free = [c for c in candidates if c not in taken]
+        if free:
+            taken.add(free[0])
+        else:
+            twice.append(natural)
+    return twice
+
+
+def covered(row: PollLog) -> list[int]:
+    """The slots (ms) a poll-log row stands for: its own, or a missed range's."""
+    first = dt_to_ms(row.slot_at)
+    if row.slots == 1 or row.last_slot_at is None:
+        return [first]
+    last = dt_to_ms(row.last_slot_at)
+    return list(range(first, last + 1, (last - first) // (row.slots - 1)))
 
 
 class Rig:
@@ -164,6 +198,8 @@ class Rig:
         self.simulators: list[Simulator] = []
         self.gateways: dict[str, Gateway] = {}
         self._runtime: Runtime | None = None
+        #: Slots the device saw polled twice, per gateway (see `device_duplicates`).
+        self.twice: dict[str, list[int]] = {}
 
     # -- environment -----------------------------------------------------------------------
 
@@ -270,8 +306,9 @@ class Rig:
                 return False
         return True
 
-    def device_duplicates(self, name: str) -> int:
-        """Slots in which the device saw the poll's first request more than once."""
+    def device_duplicates(self, name: str, recorded: set[int]) -> int:
+        """Slots in which the device saw the poll's first request more than once (see
+        `second_polls`); `recorded` holds the slots the poll log has a row for."""
         gateway = self.gateways[name]
         s = self.settings
         first = plan_requests(
@@ -283,12 +320,15 @@ class Rig:
         )[0]
         code = FUNCTION_CODES[first.register]
         grid = Grid.for_gateway(name, gateway.interval)
-        slots: Counter = Counter()
-        for sim in self.simulators:
-            for at, port, function_code, address in list(sim.traffic.reads):
-                if port == gateway.port and function_code == code and address == first.address:
-                    slots[grid.containing(round(at * 1000))] += 1
-        return sum(1 for n in slots.values() if n > 1)
+        times = sorted(
+            round(at * 1000)
+            for sim in self.simulators
+            for at, port, function_code, address in list(sim.traffic.reads)
+            if port == gateway.port and function_code == code and address == first.address
+        )
+        twice = second_polls(times, grid, recorded)
+        self.twice[name] = twice
+        return len(twice)
 
     def check(
         self,
@@ -315,7 +355,7 @@ class Rig:
             grid = Grid.for_gateway(name, gateway.interval)
             rows = record.rows.get(name, [])
             assert rows, f"{name}: no poll recorded"
-            slots = [dt_to_ms(r.slot_at) for r in rows]
+            slots = [slot for r in rows for slot in covered(r)]
             assert len(slots) == len(set(slots)), f"{name}: a slot recorded twice"
             wanted = list(range(slots[0], slots[-1] + 1, grid.interval_ms))
             if paused is not None:
@@ -331,11 +371,13 @@ class Rig:
             assert slots[-1] / 1000 >= stopped - margin - gateway.timeout * 4, (
                 f"{name}: the record stops early"
             )
-            dup = self.device_duplicates(name)
-            assert dup == 0, f"{name}: the device was polled twice in {dup} slots"
+            dup = self.device_duplicates(name, {dt_to_ms(r.slot_at) for r in rows})
+            assert dup == 0, f"{name}: the device was polled twice in {dup} slots: " + "; ".join(
+                self._around(name, slot, rows) for slot in self.twice[name][:2]
+            )
             expected += len(set(wanted) | set(slots))
             duplicates += dup
-            total.update(r.outcome for r in rows)
+            total.update(record.outcomes(name))
             if fault_end is not None:
                 recovery = max(recovery, self._recovery(rows, fault_end))
         if fault_end is not None and bound is not None:
@@ -353,6 +395,22 @@ class Rig:
         SUMMARY.append(row)
         return row
 
+    def _around(self, name: str, slot: int, rows: list[PollLog]) -> str:
+        """The device's reads and the records near a slot, for a failure message."""
+        port = self.gateways[name].port
+        reads = sorted(
+            round(at * 1000) - slot
+            for sim in self.simulators
+            for at, p, _, _ in list(sim.traffic.reads)
+            if p == port and abs(at * 1000 - slot) < 1000
+        )
+        near = [
+            (dt_to_ms(r.slot_at) - slot, r.outcome, r.started_at and dt_to_ms(r.started_at) - slot)
+            for r in rows
+            if abs(dt_to_ms(r.slot_at) - slot) < 1000
+        ]
+        return f"slot {slot}: reads at {reads} ms, records (slot, outcome, started) {near}"
+
     @staticmethod
     def _recovery(rows: list[PollLog], fault_end: float) -> float:
         """Seconds from the fault's end to the start of the slot from which every slot was
@@ -361,7 +419,7 @@ class Rig:
         for r in rows:
             if r.outcome != "ok":
                 last_bad = r
-        if last_bad is None or last_bad.slot_at.timestamp() < fault_end:
+        if last_bad is None or covered(last_bad)[-1] / 1000 < fault_end:
             return 0.0
         later = [r for r in rows if r.slot_at > last_bad.slot_at]
         if not later:
