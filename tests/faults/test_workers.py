@@ -9,12 +9,17 @@ import time
 
 import pytest
 
+from polling.records import RANGE_FROM
+from polling.service import RECONCILE_BUDGET_SECONDS
 from tests.faults.fleets import document
 from tests.faults.harness import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
 
-LATENCY_MS = 120  # long enough that a kill lands while a read is in flight
+LATENCY_MS = 120
+RECONCILE_RUN = re.compile(
+    r"Task pollctl\.reconcile\[[^]]+\] succeeded in ([0-9.]+)s"
+)  # long enough that a kill lands while a read is in flight
 
 
 def bound(rig, interval: float = 1.0, timeout: float = 0.5, requests: int = 2) -> float:
@@ -152,3 +157,39 @@ def test_two_workers_one_restarted_gracefully(rig_factory, free_ports):
     )
     assert row.missed == 0 and row.failed == 0
     assert second.proc.poll() is None
+
+
+def test_an_outage_longer_than_a_range_is_recorded_whole(rig_factory, free_ports):
+    """The only worker gone for 14 s at 0.1 s: 140 slots per gateway, more than a run of
+    single rows (`RANGE_FROM`), are one range row each; every slot accounted for, and
+    each reconcile run within its time budget."""
+    rig = rig_factory()
+    doc = document(free_ports(4), interval=0.1, timeout=0.08)
+    rig.simulate(doc, latency_ms=5)
+    rig.install(doc)
+    worker = rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    time.sleep(2)
+    worker.kill()
+    time.sleep(14)
+    replacement = rig.worker("replacement")
+    back = time.time()
+    wait_until(lambda: rig.polled_since(back), 30, "polling back on every gateway")
+    time.sleep(2)
+    rig.pollctl("stop")
+    rig.check(
+        "13.4 the only worker gone 14 s at 0.1 s (ranges of missed slots)",
+        started=started,
+        stopped=time.time(),
+        fault_end=back,
+        bound=bound(rig, interval=0.1, timeout=0.08),
+    )
+    record = rig.record()
+    for name in rig.gateways:
+        longest = max(r.slots for r in record.rows[name])
+        assert longest > RANGE_FROM, (name, longest)
+    runs = [float(s) for s in RECONCILE_RUN.findall(replacement.output())]
+    assert runs and max(runs) < RECONCILE_BUDGET_SECONDS, runs
