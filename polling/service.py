@@ -19,6 +19,7 @@ from . import configcache
 from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
+from .liveness import Overdue, is_ahead
 from .pipeline import poll_once, retire_chains
 from .plan import PollTarget
 from .records import MissedRun, last_recorded_slots, record_missed_runs
@@ -87,23 +88,6 @@ def named_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGatew
     return gateways
 
 
-def is_overdue(rt: Runtime, gateway: PollTarget, chain: ChainState, now_ms: int) -> bool:
-    """The due slot's poll should have started and finished by now: the chain is dead
-    (its message lost with Redis, or held by a killed worker until the visibility timeout)."""
-    limit = gateway.budget + rt.settings.overdue_grace
-    return now_ms > chain.due_ms + round(1000 * limit)
-
-
-#: Slack past one interval before a chain's next slot counts as too far ahead.
-AHEAD_SLACK_MS = 1000
-
-
-def is_ahead(gateway: PollTarget, chain: ChainState, now_ms: int) -> bool:
-    """The chain's next slot is further ahead than one interval: a clock ahead of the
-    fleet's moved it there (before the fleet clock), and it would poll nothing until then."""
-    return chain.due_ms > now_ms + gateway.grid.interval_ms + AHEAD_SLACK_MS
-
-
 def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> FleetReport:
     """Mark gateways as polling and start a chain for each enabled one without a live chain.
     Naming a gateway also re-enables it if it was disabled (automatically or in its file)."""
@@ -120,6 +104,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
     rt.bump_config()
     live = rt.chains.all()
     now = rt.clock()
+    overdue = Overdue(configcache.fleet(rt), rt.settings.overdue_grace)
     # Reloaded, not patched in memory: set_polling_many stamps polling_since, which tells
     # _start_chain a stop (no missed slots) from a dead chain.
     starts: list[tuple[PollTarget, ChainState | None]] = []
@@ -129,7 +114,7 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             report.skipped[name] = gateway.disabled_reason or "disabled in its configuration"
             continue
         chain = live.get(gateway.id)
-        if chain is not None and not is_overdue(rt, gateway, chain, now):
+        if chain is not None and not overdue(gateway, chain, now):
             report.already.append(name)
             continue
         starts.append((gateway, chain))
@@ -247,6 +232,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         gateways = {g.id: g for g in configcache.fleet(rt)}
         chains = rt.chains.all()
         now = rt.clock()
+        overdue = Overdue(gateways.values(), rt.settings.overdue_grace)
         starts: list[tuple[PollTarget, ChainState | None]] = []
         for gateway in gateways.values():
             chain = chains.get(gateway.id)
@@ -255,7 +241,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
             if chain is None:
                 starts.append((gateway, None))
                 report.started.append(gateway.config.name)
-            elif is_overdue(rt, gateway, chain, now) or is_ahead(gateway, chain, now):
+            elif overdue(gateway, chain, now) or is_ahead(gateway, chain, now):
                 starts.append((gateway, chain))
                 report.restarted.append(gateway.config.name)
         names = _start_in_chunks(rt, enqueue, starts, now, lock, began, report)

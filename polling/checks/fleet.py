@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .. import configcache, service
+from ..liveness import Overdue
 from ..plan import PollTarget
 from ..queries import window_stats
 from ..redisio import as_text
@@ -31,12 +32,13 @@ def check_schedules(ctx: Context) -> CheckResult:
     gateways = _gateways(ctx)
     chains = rt.chains.all()
     now = rt.clock()
+    is_overdue = Overdue(gateways.values(), rt.settings.overdue_grace)
     missing, overdue, stray = [], [], []
     for gateway in gateways.values():
         chain = chains.get(gateway.id)
         if gateway.active and chain is None:
             missing.append(gateway.config.name)
-        elif gateway.active and chain and service.is_overdue(rt, gateway, chain, now):
+        elif gateway.active and chain and is_overdue(gateway, chain, now):
             overdue.append(gateway.config.name)
     for gateway_id in chains:
         owner = gateways.get(gateway_id)
