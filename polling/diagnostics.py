@@ -24,6 +24,7 @@ from .checks.fleet import (
     fix_locks,
     fix_schedules,
 )
+from .checks.records import check_records
 from .checks.services import (
     check_beat,
     check_clocks,
@@ -54,6 +55,7 @@ CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_schedules, fix_schedules),
     (check_locks, fix_locks),
     (check_failures, None),
+    (check_records, None),
     (check_limits, None),
 )
 #: Runs kept in the database.

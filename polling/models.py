@@ -72,6 +72,10 @@ class GatewayRow(Base):
     #: Mirror of the live chain token in Redis, for audits after Redis loses it.
     chain_token: Mapped[str | None] = mapped_column(String(64))
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Poll records the database's unique key refused because their slot already held a
+    #: different record (a second poll of the slot, or a poll of a slot a restart wrote as
+    #: missed). The key was the last guard; anything but 0 is a bug to report.
+    slot_conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -8,11 +8,12 @@ them now or later.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from . import pgwrite
@@ -21,6 +22,8 @@ from .gateways import Point
 from .models import GatewayRow, PollLog, Reading
 from .outcome import Outcome, PollKind
 from .schedule import dt_to_ms, ms_to_dt
+
+log = logging.getLogger(__name__)
 
 #: Integers beyond this lose precision as floats: they are kept as text too.
 EXACT_FLOAT_LIMIT = 2**53
@@ -223,7 +226,9 @@ def record_polls(
         else inserted(session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at"))
     )
     new = {(gateway_id, kind, dt_to_ms(slot_at)) for gateway_id, kind, slot_at in went_in}
-    fresh = [p for p in polls if (p.record.gateway_id, p.record.kind, p.record.slot_ms) in new]
+    fresh = [p for p in polls if _slot_key(p.record) in new]
+    if len(fresh) < len(polls):
+        _count_conflicts(session, [p.record for p in polls if _slot_key(p.record) not in new])
     readings = [x for p in fresh for x in p.readings]
     if fast:
         pgwrite.copy_readings(session, readings)
@@ -240,6 +245,57 @@ def record_polls(
         if reason:
             reasons[gateway_id] = reason
     return reasons
+
+
+def _slot_key(record: PollRecord) -> tuple[int, str, int]:
+    return record.gateway_id, str(record.kind), record.slot_ms
+
+
+def _count_conflicts(session: Session, refused: Sequence[PollRecord]) -> None:
+    """Of the records the unique key refused, count those whose slot holds a different
+    record (not this one written before: a buffer flushed again is harmless)."""
+    held = {
+        (gateway_id, kind, dt_to_ms(_utc(slot_at))): (outcome, started)
+        for gateway_id, kind, slot_at, outcome, started in session.execute(
+            select(
+                PollLog.gateway_id,
+                PollLog.kind,
+                PollLog.slot_at,
+                PollLog.outcome,
+                PollLog.started_at,
+            ).where(
+                tuple_(PollLog.gateway_id, PollLog.kind, PollLog.slot_at).in_(
+                    [(r.gateway_id, str(r.kind), ms_to_dt(r.slot_ms)) for r in refused]
+                )
+            )
+        )
+    }
+    conflicts: dict[int, int] = {}
+    for record in refused:
+        outcome, started = held.get(_slot_key(record), (None, None))
+        if outcome == str(record.outcome) and _same_time(started, record.started_at):
+            continue
+        conflicts[record.gateway_id] = conflicts.get(record.gateway_id, 0) + 1
+        log.error(
+            "gateway #%s slot %s: a %s poll record refused, the slot already holds %s: "
+            "counted in slot_conflicts",
+            record.gateway_id,
+            ms_to_dt(record.slot_ms).isoformat(),
+            record.outcome,
+            outcome,
+        )
+    for gateway_id, n in sorted(conflicts.items()):
+        session.execute(
+            update(GatewayRow)
+            .where(GatewayRow.id == gateway_id)
+            .values(slot_conflicts=GatewayRow.slot_conflicts + n)
+        )
+
+
+def _same_time(a: datetime | None, b: datetime | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(dt_to_ms(_utc(a)) - dt_to_ms(_utc(b))) <= 1
 
 
 def _first_per_slot(polls: Sequence[PollEntry]) -> list[PollEntry]:

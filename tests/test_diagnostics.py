@@ -224,3 +224,32 @@ def test_past_the_bound_records_are_counted_as_lost(runtime, settings):
     ]
     assert buffer.status == "error" and "2 poll records lost" in buffer.message
     down.close()
+
+
+def test_a_second_record_of_a_slot_is_refused_counted_and_reported(runtime):
+    """The unique key keeps one record per slot; one that differs from what the slot holds
+    (a second poll, or a poll of a slot written as missed) is counted, a replay is not."""
+    setup_fleet(runtime, 1)
+    [gid] = runtime.chains.all()
+    slot = runtime.clock() - 5000
+    started = datetime.now(UTC)
+    first = PollRecord(gid, slot, PollKind.SCHEDULED, Outcome.OK, started, started, None)
+    assert saving.save(runtime, [PollEntry(first, [])]) == {}
+    saving.save(runtime, [PollEntry(first, [])])  # the same record again: a replay
+    [records_check] = [
+        r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "records"
+    ]
+    assert records_check.status == "healthy"
+
+    later = started.replace(microsecond=(started.microsecond + 500_000) % 1_000_000)
+    second = dataclasses.replace(first, started_at=later, finished_at=later)
+    saving.save(runtime, [PollEntry(second, [])])
+    saving.save(runtime, [MissedRun.one(gid, slot, 1000, "restart")])  # a gap over it: kept
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(PollLog)) == 1
+    [records_check] = [
+        r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "records"
+    ]
+    assert records_check.status == "warning", records_check
+    assert records_check.details["slot_conflicts"] == {"gw0": 1}
+    assert runtime.buffer.dead_count() == 0

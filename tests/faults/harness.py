@@ -117,6 +117,8 @@ class Row:
     duplicates: int
     recovery: float | None
     bound: float | None
+    #: Records the database's unique keys refused for a slot held otherwise.
+    refused: int = 0
 
 
 SUMMARY: list[Row] = []
@@ -382,6 +384,8 @@ class Rig:
                 recovery = max(recovery, self._recovery(rows, fault_end))
         if fault_end is not None and bound is not None:
             assert recovery <= bound, f"back on schedule after {recovery:.1f} s > {bound:.1f} s"
+        refused = self.slot_conflicts()
+        assert not refused, f"the database refused records of slots held otherwise: {refused}"
         row = Row(
             fault,
             expected,
@@ -391,9 +395,21 @@ class Rig:
             duplicates,
             round(recovery, 1) if fault_end is not None else None,
             bound,
+            sum(refused.values()),
         )
         SUMMARY.append(row)
         return row
+
+    def slot_conflicts(self) -> dict[str, int]:
+        """Per gateway, records the database's unique keys refused because their slot
+        held another record (the last guard should never be the one that caught it)."""
+        with self.runtime.sessions() as session:
+            rows = session.execute(
+                select(GatewayRow.name, GatewayRow.slot_conflicts).where(
+                    GatewayRow.slot_conflicts > 0
+                )
+            )
+            return {name: n for name, n in rows}
 
     def _around(self, name: str, slot: int, rows: list[PollLog]) -> str:
         """The device's reads and the records near a slot, for a failure message."""
@@ -434,7 +450,8 @@ def summary_table(rows: list[Row]) -> str:
         "polled",
         "failed",
         "missed",
-        "duplicates",
+        "duplicates at the device",
+        "refused by the database",
         "recovery s (bound)",
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -442,6 +459,15 @@ def summary_table(rows: list[Row]) -> str:
         recovery = "-" if r.recovery is None else f"{r.recovery:.1f}"
         if r.bound is not None:
             recovery += f" (≤ {r.bound:.0f})"
-        cells = [r.fault, r.expected, r.polled, r.failed, r.missed, r.duplicates, recovery]
+        cells = [
+            r.fault,
+            r.expected,
+            r.polled,
+            r.failed,
+            r.missed,
+            r.duplicates,
+            r.refused,
+            recovery,
+        ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)

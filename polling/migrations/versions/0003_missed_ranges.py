@@ -1,4 +1,4 @@
-"""missed ranges: a poll-log row may stand for a run of missed slots
+"""missed ranges: a poll-log row may stand for a run of missed slots; slot conflicts
 
 Revision ID: 0003
 Revises: 0002
@@ -19,6 +19,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("gateways", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("slot_conflicts", sa.Integer(), server_default="0", nullable=False)
+        )
     with op.batch_alter_table("poll_log", schema=None) as batch_op:
         batch_op.add_column(sa.Column("slots", sa.Integer(), server_default="1", nullable=False))
         batch_op.add_column(
@@ -30,3 +34,5 @@ def downgrade() -> None:
     with op.batch_alter_table("poll_log", schema=None) as batch_op:
         batch_op.drop_column("last_slot_at")
         batch_op.drop_column("slots")
+    with op.batch_alter_table("gateways", schema=None) as batch_op:
+        batch_op.drop_column("slot_conflicts")
