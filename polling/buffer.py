@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
-from redis.exceptions import LockError, WatchError
+from redis.exceptions import LockError, OutOfMemoryError, ResponseError, WatchError
 
 from .keys import Keys
 from .redisio import as_text, script
+
+log = logging.getLogger(__name__)
 
 #: What a flush's writer returns: the reason for each entry (by its index in the batch) it
 #: could not write; it raises only when the database cannot be reached at all.
@@ -52,13 +56,45 @@ class RecordBuffer:
         self.limit = limit
         self._push = script(redis, __package__, "buffer_push.lua")
         self._take = script(redis, __package__, "buffer_take.lua")
+        # Records lost while Redis refused writes (full at `maxmemory` under noeviction):
+        # counted here, added to the lost count once Redis takes writes again.
+        self._guard = threading.Lock()
+        self.unrecorded = 0
+        self._unrecorded_ms: tuple[int, int] | None = None
 
     def push(self, entry: dict, now_ms: int) -> bool:
         """Keep `entry` (with its `id`) for later, once however often it is pushed; False
-        (and counted as lost) when the buffer is full."""
+        (and counted as lost) when the buffer is full, or when Redis is."""
         keys = [self.keys.buffer, self.keys.buffer_lost, self.keys.buffer_ids]
         args = [json.dumps(entry), self.limit, now_ms, entry["id"]]
-        return bool(self._push(keys=keys, args=args))
+        try:
+            self._record_unrecorded()
+            return bool(self._push(keys=keys, args=args))
+        except OutOfMemoryError:
+            with self._guard:
+                self.unrecorded += 1
+                first = self._unrecorded_ms[0] if self._unrecorded_ms else now_ms
+                self._unrecorded_ms = (first, now_ms)
+            log.error(
+                "Redis is full (maxmemory) and refuses writes: a poll record lost, counted "
+                "(%s so far) until Redis takes writes again; give Redis memory",
+                self.unrecorded,
+            )
+            return False
+
+    def _record_unrecorded(self) -> None:
+        """Add the records lost while Redis was full to its lost count."""
+        with self._guard:
+            if not self.unrecorded or self._unrecorded_ms is None:
+                return
+            count, (first, last) = self.unrecorded, self._unrecorded_ms
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hincrby(self.keys.buffer_lost, "count", count)
+            pipe.hsetnx(self.keys.buffer_lost, "first_ms", first)
+            pipe.hset(self.keys.buffer_lost, "last_ms", last)
+            with contextlib.suppress(ResponseError):  # still full (OOM, EXECABORT)
+                pipe.execute()
+                self.unrecorded, self._unrecorded_ms = 0, None
 
     def pending(self) -> int:
         return int(self.redis.llen(self.keys.buffer))

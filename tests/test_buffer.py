@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+import redis
 from sqlalchemy import func, select
 
 from polling import saving, service
+from polling.buffer import Lost, RecordBuffer
 from polling.models import GatewayRow, PollLog, Reading
 from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord, reading_row, to_json
 from polling.repository import delete_gateway
+from tests.faults.harness import RedisServer
 from tests.fleet import fleet
 from tests.test_service import Sent, poll_step, setup_fleet
 
@@ -143,3 +147,31 @@ def state(runtime, gateway_id: int) -> tuple[bool, int]:
     with runtime.sessions() as session:
         row = session.get(GatewayRow, gateway_id)
         return row.enabled, row.consecutive_failures
+
+
+def test_pushes_refused_by_a_full_redis_are_counted_once_it_takes_writes(
+    runtime, free_ports, tmp_path
+):
+    """Redis at `maxmemory` with `noeviction` refuses writes: a record that cannot be
+    buffered is lost, but counted in the process and added to the lost count as soon as
+    Redis takes writes again, so `validate` reports it."""
+    gw = setup_fleet(runtime, fleet(free_ports(1), [1.0]))["gw0"]
+    server = RedisServer(free_ports(1)[0], tmp_path / "full-redis").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        buffer = RecordBuffer(client, runtime.keys, limit=1000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", client.info("memory")["used_memory"] + 256 * 1024)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(10_000):  # fill it to the brim
+                client.set(f"filler:{i}", "x" * 1024)
+        assert not buffer.push(entry(gw, SLOT), 1000)
+        assert not buffer.push(entry(gw, SLOT + 1000), 2000)
+        assert buffer.unrecorded == 2
+        client.config_set("maxmemory", 0)  # room again
+        assert buffer.push(entry(gw, SLOT + 2000), 3000)
+        assert buffer.unrecorded == 0
+        assert buffer.lost() == Lost(2, 1000, 2000)
+        assert buffer.pending() == 1
+    finally:
+        server.stop()
