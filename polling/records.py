@@ -390,7 +390,9 @@ def _count_failures(session: Session, newest: PollRecord, failure_threshold: int
 def record_missed_runs(session: Session, runs: Sequence[MissedRun]) -> int:
     """Account for runs of slots that passed without a poll, for several gateways: a row
     per slot for short runs (one statement), one range row for a run longer than
-    `RANGE_FROM`. Slots already recorded are kept. Returns the slots recorded."""
+    `RANGE_FROM`. Slots already recorded are kept (a long run is split around them). Returns
+    the slots recorded."""
+    runs = [part for run in runs for part in _around_recorded(session, run)]
     missed = {"kind": str(PollKind.SCHEDULED), "outcome": str(Outcome.MISSED)}
     rows = [
         {"gateway_id": run.gateway_id, "slot_at": ms_to_dt(slot), "error": run.why, **missed}
@@ -424,6 +426,34 @@ def record_missed_runs(session: Session, runs: Sequence[MissedRun]) -> int:
     for gateway_id, slot_at in went_in:
         recorded += ranges[(gateway_id, dt_to_ms(_utc(slot_at)))].count
     return recorded
+
+
+def _around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
+    """A long run without the slots its gateway already has a record for (a batch killed
+    after writing its records but before advancing its chains leaves its slots recorded
+    at the start of the gap): one range row must not swallow, or be refused for, them.
+    A short run is written slot by slot, where the unique key keeps what is there."""
+    if run.count <= RANGE_FROM:
+        return [run]
+    held = sorted(
+        dt_to_ms(_utc(slot_at))
+        for slot_at in session.scalars(
+            select(PollLog.slot_at).where(
+                PollLog.gateway_id == run.gateway_id,
+                PollLog.kind == str(PollKind.SCHEDULED),
+                PollLog.slot_at >= ms_to_dt(run.first_ms),
+                PollLog.slot_at <= ms_to_dt(run.last_ms),
+            )
+        )
+    )
+    on_grid = [slot for slot in held if (slot - run.first_ms) % run.interval_ms == 0]
+    parts, first = [], run.first_ms
+    for slot in [*on_grid, run.last_ms + run.interval_ms]:
+        count = (slot - first) // run.interval_ms
+        if count > 0:
+            parts.append(MissedRun(run.gateway_id, first, count, run.interval_ms, run.why))
+        first = max(first, slot + run.interval_ms)
+    return parts
 
 
 def _utc(value: datetime) -> datetime:

@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select, update
 
-from polling import pipeline, queries, service
+from polling import pipeline, queries, saving, service
 from polling.gatewayfile import parse_gateways
 from polling.models import GatewayRow, PollLog, Reading
-from polling.outcome import Outcome
+from polling.outcome import Outcome, PollKind
+from polling.records import PollEntry, PollRecord
 from polling.repository import (
     delete_gateway,
     import_gateways,
@@ -245,6 +246,28 @@ def test_reconcile_starts_missing_and_retires_stray_chains(runtime, simulate, fr
     report = service.reconcile(runtime, sent)
     assert report.started == ["gw0"] and report.retired == ["gw1"]
     assert runtime.chains.get(gateways["gw1"].id) is None
+
+
+def test_a_long_gap_after_a_slot_recorded_but_not_advanced_is_recorded_whole(runtime, one_gateway):
+    """A worker killed between writing a batch's records and advancing its chains: the
+    chain's due slot is already recorded. The gap reconcile records starts there; the slot
+    keeps its record and the rest of the gap is still one range, not dropped whole."""
+    sent = Sent()
+    service.start(runtime, sent, ["gw0"])
+    gateway_id, _, slot = sent.calls[0]
+    at = ms_to_dt(slot)
+    record = PollRecord(gateway_id, slot, PollKind.SCHEDULED, Outcome.OK, at, at)
+    assert saving.save(runtime, [PollEntry(record, [])]) == {}  # recorded, never advanced
+    runtime.clock = lambda: slot + 200_500
+    report = service.reconcile(runtime, sent)
+    assert report.missed == 200
+    ok, gap = poll_rows(runtime)
+    assert (ok.outcome, ok.slot_at) == ("ok", at)
+    assert (gap.slot_at, gap.last_slot_at, gap.slots) == (
+        ms_to_dt(slot + 1000),
+        ms_to_dt(slot + 200_000),
+        200,
+    )
 
 
 def test_reconcile_past_its_budget_leaves_the_rest_to_the_next_run(
