@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from celery import Celery
 
-from polling import diagnostics, migrate, queries, report, service
+from polling import configcache, diagnostics, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
 from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
@@ -31,7 +31,7 @@ from polling.repository import load_gateways as stored_gateways
 from polling.runtime import Runtime
 from polling.saving import flush
 from polling.schedule import ms_to_dt
-from polling.settings import Settings
+from polling.settings import Settings, mask_url
 from polling.simulator import Simulator
 from polling.status import collect_status
 from workers.app import create_app
@@ -78,7 +78,7 @@ def with_runtime(*, migrated: bool = True) -> Callable[[Callable[..., R]], Calla
 @contextmanager
 def _sending(app: Celery, rt: Runtime) -> Iterator[Enqueue]:
     """Collects the chain steps a command starts and sends them, batched, at the end."""
-    sender = step_sender(app, rt.settings)
+    sender = step_sender(app, rt.settings, configcache.names(rt))
     yield sender.add
     sender.send_all()
 
@@ -99,8 +99,11 @@ health = click.Group("health", help="Validate, diagnose, audit.")
 
 @setup.command()
 def config() -> None:
-    """Print the settings in force (POLLING_* variables and .env), secrets masked."""
-    for key, value in _settings().masked().items():
+    """Print the settings in force (POLLING_* variables and the settings file), secrets
+    masked; the first line says which file was read."""
+    settings = _settings()
+    click.echo(f"# settings file: {settings.env_file or 'none (environment and defaults)'}")
+    for key, value in settings.masked().items():
         click.echo(f"{key}={value}")
 
 
@@ -115,7 +118,8 @@ def db() -> None:
 def db_upgrade(rt: Runtime, revision: str) -> None:
     """Create or migrate the schema (Alembic)."""
     migrate.upgrade(rt.engine, revision)
-    click.echo(f"database at revision {migrate.current_revision(rt.engine)}")
+    where = mask_url(rt.engine.url.render_as_string(hide_password=False))
+    click.echo(f"database {where} at revision {migrate.current_revision(rt.engine)}")
 
 
 @db.command("current")

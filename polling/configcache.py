@@ -12,7 +12,7 @@ an old value back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
@@ -81,3 +81,23 @@ def note_fleet(rt: Runtime, count: int, newest: datetime | None) -> None:
     previous = rt.redis.getset(rt.keys.config_seen, seen)
     if previous is None or (previous.decode() if isinstance(previous, bytes) else previous) != seen:
         rt.bump_config()
+
+
+def names(rt: Runtime) -> Callable[[int], str | None]:
+    """A gateway's name by id from what this process already holds (the gateways it
+    polled, the fleet it last read), never a query: for how messages describe themselves."""
+    by_id: dict[int, str] = {}
+    indexed: list[object] = [None]  # the fleet list `by_id` was built from
+
+    def name_of(gateway_id: int) -> str | None:
+        target = rt.known.get(gateway_id)
+        if target is not None:
+            return target.config.name
+        current = rt.fleet[1] if rt.fleet is not None else None
+        if current is not None and current is not indexed[0]:
+            by_id.clear()
+            by_id.update({g.id: g.config.name for g in current})
+            indexed[0] = current
+        return by_id.get(gateway_id)
+
+    return name_of

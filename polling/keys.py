@@ -111,5 +111,12 @@ class Keys:
         return f"{self.prefix}:epoch"
 
     @property
+    def broker(self) -> str:
+        """Prefix of every key kombu and Celery keep in Redis (queues, unacked messages,
+        bindings, control channels): kombu's `global_keyprefix`, so installations sharing
+        one Redis database never consume each other's messages."""
+        return f"{self.prefix}:broker:"
+
+    @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile"

@@ -74,6 +74,8 @@ class Settings:
     clock_skew_max: float = 2.0
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
+    #: The settings file read (empty when none was), for `pollctl config`.
+    env_file: str = field(default="", repr=False, compare=False)
 
     @property
     def max_interval(self) -> float:
@@ -85,20 +87,21 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
     ) -> Settings:
-        """Build settings from `environ` (default `os.environ`), with `env_file`
-        (default `$POLLING_ENV_FILE` or `./.env`) filling in what the environment lacks."""
+        """Build settings from `environ` (default `os.environ`), with a settings file
+        (`env_file`, else see `settings_file`) filling in what the environment lacks."""
         environ = dict(os.environ if environ is None else environ)
-        path = Path(env_file or environ.get(f"{ENV_PREFIX}ENV_FILE", ".env"))
-        values = {**read_env_file(path), **environ}
+        path = Path(env_file) if env_file is not None else settings_file(environ)
+        values = {**(read_env_file(path) if path else {}), **environ}
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
-            if not f.init or f.name == "redis_url_explicit":
+            if not f.init or f.name in ("redis_url_explicit", "env_file"):
                 continue
             raw = values.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
             kwargs[f.name] = _convert(f.name, raw, type(getattr(cls, f.name)))
         kwargs["redis_url_explicit"] = bool(values.get(f"{ENV_PREFIX}REDIS_URL"))
+        kwargs["env_file"] = str(path) if path and path.is_file() else ""
         settings = cls(**kwargs)
         settings.check()
         return settings
@@ -137,7 +140,7 @@ class Settings:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""
         out = {}
         for f in fields(self):
-            if f.name == "redis_url_explicit":
+            if f.name in ("redis_url_explicit", "env_file"):
                 continue
             value = getattr(self, f.name)
             if f.name.endswith("_url"):
@@ -159,12 +162,39 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+#: The file the systemd units read (deploy/): an operator's `pollctl` on the server reads it too.
+SYSTEM_ENV_FILE = Path("/etc/pollctl/pollctl.env")
+
+
+def settings_file(environ: Mapping[str, str]) -> Path | None:
+    """The file named by `POLLING_ENV_FILE` (which must exist), else `./.env`, else
+    `SYSTEM_ENV_FILE`, whichever exists first; None when none does."""
+    named = environ.get(f"{ENV_PREFIX}ENV_FILE")
+    if named:
+        path = Path(named)
+        if not path.exists():
+            raise ConfigError(f"{ENV_PREFIX}ENV_FILE={named}: no such file")
+        if path.is_dir():
+            raise ConfigError(f"{ENV_PREFIX}ENV_FILE={named}: is a directory, not a file")
+        return path
+    return next((p for p in (Path(".env"), SYSTEM_ENV_FILE) if p.is_file()), None)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """`KEY=VALUE` lines of a dotenv file; comments, blanks and `export ` prefixes allowed."""
     if not path.is_file():
         return {}
+    try:
+        text = path.read_text()
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: permission denied (it holds passwords: run as its owner, e.g. "
+            "`sudo -u pollctl pollctl ...`)"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
     values = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

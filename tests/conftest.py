@@ -103,7 +103,6 @@ def runtime(settings: Settings, redis_client: redis.Redis) -> Iterator[Runtime]:
     rt = Runtime.build(settings)
     migrate.upgrade(rt.engine)
     _clean_tables(rt)
-    redis_client.delete("polling", "scheduling", "default", "unacked", "unacked_index")
     yield rt
     for key in redis_client.scan_iter(match=f"{settings.key_prefix}:*"):
         redis_client.delete(key)

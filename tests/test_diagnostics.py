@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from polling import diagnostics, heartbeat, records, saving
+from polling import configcache, diagnostics, heartbeat, records, saving
 from polling.audit import audit
 from polling.checks.base import Context
 from polling.checks.fleet import check_failures, check_locks, check_schedules
@@ -23,7 +23,7 @@ from polling.runtime import Runtime
 from polling.service import start
 from tests.fleet import fleet
 from workers.broker import RedisQueues
-from workers.senders import send_canary, send_poll
+from workers.senders import send_batch, send_canary, send_poll
 
 POINTS = [{"name": "a", "address": 0}]
 
@@ -145,7 +145,7 @@ def test_beat_check_and_audit_count_beats(runtime):
 
 def test_queue_backlog_is_graded_by_the_age_of_the_oldest_message(runtime, celery_app):
     send_canary(celery_app, "nobody-consumes-this", 60)
-    queues = RedisQueues(runtime.redis)
+    queues = RedisQueues(runtime.redis, runtime.keys.broker)
     assert check_queues(Context(runtime, queues=queues)).status == "healthy"
     later = runtime.clock() + 60_000
     runtime.clock = lambda: later
@@ -172,7 +172,7 @@ def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
     [(gid, chain)] = runtime.chains.all().items()
     send_poll(celery_app, gid, "a-replaced-token", chain.due_ms)
     send_poll(celery_app, 424242, "whatever", chain.due_ms)
-    ctx = Context(runtime, queues=RedisQueues(runtime.redis))
+    ctx = Context(runtime, queues=RedisQueues(runtime.redis, runtime.keys.broker))
     result = audit(ctx)
     found = {f.component: f for f in result.results}
     assert found["worker-versions"].status == "error"
@@ -183,7 +183,7 @@ def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
     }
     fixed = audit(ctx, fix=True)
     assert {f.component: f.status for f in fixed.results}["messages"] == "healthy"
-    assert runtime.redis.llen("polling") == 0
+    assert runtime.redis.llen(f"{runtime.keys.broker}polling") == 0
 
 
 def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(runtime, settings):
@@ -253,3 +253,21 @@ def test_a_second_record_of_a_slot_is_refused_counted_and_reported(runtime):
     assert records_check.status == "warning", records_check
     assert records_check.details["slot_conflicts"] == {"gw0": 1}
     assert runtime.buffer.dead_count() == 0
+
+
+def test_a_batch_names_its_gateways_and_slots_for_flower_under_the_broker_prefix(
+    runtime, celery_app
+):
+    """Kombu's keys live under POLLING_KEY_PREFIX too (two installations on one Redis do
+    not share queues), and a poll batch's `argsrepr` names each gateway and slot."""
+    sent = setup_fleet(runtime, 2)
+    configcache.fleet(runtime)  # what a reconcile or start has read
+    send_batch(celery_app, [tuple(step) for step in sent], configcache.names(runtime))
+    [raw] = runtime.redis.lrange(f"{runtime.keys.broker}polling", 0, -1)
+    assert not runtime.redis.exists("polling")
+    shown = json.loads(raw)["headers"]["argsrepr"]
+    (_, _, slot0), (_, _, slot1) = sent
+    assert shown == (
+        f"gw0 {datetime.fromtimestamp(slot0 / 1000, UTC):%H:%M:%S.%f}"[:-3]
+        + f", gw1 {datetime.fromtimestamp(slot1 / 1000, UTC):%H:%M:%S.%f}"[:-3]
+    )

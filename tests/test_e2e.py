@@ -227,4 +227,4 @@ def test_a_message_of_the_removed_single_step_task_is_logged_and_dropped(tmp_pat
     assert client.blpop([Keys(settings.key_prefix).canary(nonce)], timeout=30) is not None
     assert "Received unregistered task of type 'pollctl.poll'" in worker.output()
     assert worker.proc.poll() is None
-    assert client.llen("polling") == 0
+    assert client.llen(f"{Keys(settings.key_prefix).broker}polling") == 0

@@ -1,7 +1,15 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from polling import settings as settings_module
 from polling.errors import ConfigError
 from polling.settings import Settings, mask_url
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_environment_overrides_env_file(tmp_path):
@@ -34,3 +42,50 @@ def test_secrets_are_masked():
 
 def test_max_interval_follows_the_visibility_timeout():
     assert Settings(visibility_timeout=7200).max_interval == 3600
+
+
+def test_the_settings_file_named_must_exist(tmp_path):
+    missing = tmp_path / "nope.env"
+    with pytest.raises(ConfigError, match=f"POLLING_ENV_FILE={missing}: no such file"):
+        Settings.from_env({"POLLING_ENV_FILE": str(missing)})
+    with pytest.raises(ConfigError, match="is a directory"):
+        Settings.from_env({"POLLING_ENV_FILE": str(tmp_path)})
+
+
+def test_the_system_file_is_read_when_there_is_no_local_one(tmp_path, monkeypatch):
+    """On a server the operator's `pollctl` reads the file the units read."""
+    system = tmp_path / "etc" / "pollctl.env"
+    system.parent.mkdir()
+    system.write_text("POLLING_DATABASE_URL=postgresql://pollctl@db/pollctl\n")
+    monkeypatch.setattr(settings_module, "SYSTEM_ENV_FILE", system)
+    monkeypatch.chdir(tmp_path)  # no ./.env here
+    settings = Settings.from_env({})
+    assert settings.database_url == "postgresql://pollctl@db/pollctl"
+    assert settings.env_file == str(system)
+    (tmp_path / ".env").write_text("POLLING_MAX_GAP=2\n")  # a local file wins
+    local = Settings.from_env({})
+    assert (local.max_gap, local.env_file) == (2, ".env")
+    assert local.database_url != settings.database_url
+
+
+def test_config_and_db_upgrade_say_which_file_and_database(tmp_path):
+    env_file = tmp_path / "pollctl.env"
+    database = tmp_path / "here.db"
+    env_file.write_text(f"POLLING_DATABASE_URL=sqlite:///{database}\n")
+    env = {**os.environ, "POLLING_ENV_FILE": str(env_file), "PYTHONPATH": str(ROOT)}
+    env.pop("POLLING_DATABASE_URL", None)
+
+    def pollctl(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", "from cli import main; main()", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+
+    config = pollctl("config")
+    assert config.stdout.splitlines()[0] == f"# settings file: {env_file}"
+    upgraded = pollctl("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.startswith(f"database sqlite:///{database} at revision")
+    env["POLLING_ENV_FILE"] = str(tmp_path / "missing.env")
+    refused = pollctl("db", "upgrade")
+    assert refused.returncode != 0 and "missing.env: no such file" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "pollctl.db").exists()

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 
 from beat_schedule import beat_schedule
+from polling.keys import Keys
 from polling.settings import Settings
 
 from . import hooks
@@ -57,6 +58,8 @@ def create_app(settings: Settings) -> PollctlApp:
             "unacked_restore_throttle": 1,
             # Consume queues in the order declared: polling before scheduling and default.
             "queue_order_strategy": "priority",
+            # POLLING_KEY_PREFIX covers the broker's keys too (see Keys.broker).
+            "global_keyprefix": Keys(settings.key_prefix).broker,
         },
         beat_schedule=beat_schedule(settings),
         beat_scheduler="workers.beat:SingletonScheduler",

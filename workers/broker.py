@@ -29,22 +29,29 @@ UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 
 
-def queue_keys(queue: str) -> list[str]:
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+def queue_keys(queue: str, prefix: str = "") -> list[str]:
+    return [
+        f"{prefix}{queue}" if step == 0 else f"{prefix}{queue}{PRIORITY_SEP}{step}"
+        for step in PRIORITY_STEPS
+    ]
 
 
 class RedisQueues:
-    """A `QueueInspector` over kombu's keys in the broker's Redis."""
+    """A `QueueInspector` over kombu's keys in the broker's Redis, under the installation's
+    broker prefix (kombu's `global_keyprefix`)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
+        self.prefix = prefix
+        self.unacked_key = f"{prefix}{UNACKED}"
+        self.unacked_index_key = f"{prefix}{UNACKED_INDEX}"
 
     def queues(self, now_ms: int) -> list[QueueState]:
         return [self._queue(name, now_ms) for name in QUEUE_NAMES]
 
     def _queue(self, queue: str, now_ms: int) -> QueueState:
         pipe = self.redis.pipeline(transaction=False)
-        for key in queue_keys(queue):
+        for key in queue_keys(queue, self.prefix):
             pipe.llen(key)
             pipe.lindex(key, -1)  # kombu pushes on the left and pops on the right
         replies = pipe.execute()
@@ -55,20 +62,20 @@ class RedisQueues:
         return QueueState(queue, waiting, oldest if waiting else None)
 
     def unacked(self, now_ms: int) -> UnackedState:
-        count = self.redis.hlen(UNACKED)
-        first = self.redis.zrange(UNACKED_INDEX, 0, 0, withscores=True)
+        count = self.redis.hlen(self.unacked_key)
+        first = self.redis.zrange(self.unacked_index_key, 0, 0, withscores=True)
         oldest = max(0.0, now_ms / 1000 - float(first[0][1])) if first else None
         return UnackedState(int(count), oldest if count else None)
 
     def queued_steps(self, chunk: int = 1000) -> Iterator[QueuedStep]:
-        for key in queue_keys(POLLING):
+        for key in queue_keys(POLLING, self.prefix):
             start = 0
             while batch := self.redis.lrange(key, start, start + chunk - 1):
                 for raw in batch:
                     yield from _steps(json.loads(raw), (key, _as_bytes(raw)), held=False)
                 start += chunk
-        for _tag, raw in self.redis.hscan_iter(UNACKED):
-            yield from _steps(json.loads(raw)[0], (UNACKED, _as_bytes(raw)), held=True)
+        for _tag, raw in self.redis.hscan_iter(self.unacked_key):
+            yield from _steps(json.loads(raw)[0], (self.unacked_key, _as_bytes(raw)), held=True)
 
     def remove(self, step: QueuedStep) -> bool:
         if step.held:

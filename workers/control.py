@@ -29,4 +29,6 @@ def check_context(
     """A check context with everything Celery can lend through `app` (asking the workers
     over the broker only for the audit: it takes seconds)."""
     consumers = partial(polling_consumers, app) if ask_workers else None
-    return Context(rt, enqueue, partial(send_canary, app), RedisQueues(rt.redis), consumers)
+    return Context(
+        rt, enqueue, partial(send_canary, app), RedisQueues(rt.redis, rt.keys.broker), consumers
+    )

@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from polling import configcache
 from polling.runtime import Runtime
 from polling.steps import StepSender
 
@@ -36,7 +37,7 @@ def current(app: PollctlApp) -> Process:
     with _guard:
         if _current is None or _current.pid != os.getpid():
             runtime = Runtime.build(app.settings)
-            sender = step_sender(app, app.settings).start()
+            sender = step_sender(app, app.settings, configcache.names(runtime)).start()
             _current = Process(os.getpid(), runtime, sender)
         return _current
 

@@ -3,6 +3,7 @@ builds)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from celery import Celery
@@ -13,12 +14,30 @@ from polling.steps import Step, StepSender
 
 from .queues import CANARY_TASK, POLL_BATCH_TASK, POLLING
 
+#: A gateway's name by id, when known (for how a batch shows in Flower and the logs).
+NameOf = Callable[[int], str | None]
 
-def send_batch(app: Celery, steps: list[Step]) -> None:
+
+def send_batch(app: Celery, steps: list[Step], name_of: NameOf | None = None) -> None:
     """Enqueue a batch of chain steps to start at its first slot (never more than one
-    interval ahead: every step is a chain's next slot)."""
+    interval ahead: every step is a chain's next slot). Its `argsrepr` names each gateway
+    and slot, so an operator finds a gateway's polls in Flower by its name."""
     first = min(slot for _, _, slot in steps)
-    app.send_task(POLL_BATCH_TASK, ([list(s) for s in steps],), eta=ms_to_dt(first), queue=POLLING)
+    app.send_task(
+        POLL_BATCH_TASK,
+        ([list(s) for s in steps],),
+        eta=ms_to_dt(first),
+        queue=POLLING,
+        argsrepr=describe(steps, name_of or (lambda _: None)),
+    )
+
+
+def describe(steps: list[Step], name_of: NameOf) -> str:
+    """`boiler-room 12:00:01.250, #42 12:00:01.300`: each step's gateway and slot (UTC)."""
+    return ", ".join(
+        f"{name_of(gateway_id) or f'#{gateway_id}'} {ms_to_dt(slot):%H:%M:%S.%f}"[:-3]
+        for gateway_id, _, slot in steps
+    )
 
 
 def send_poll(app: Celery, gateway_id: int, token: str, slot_ms: int) -> None:
@@ -31,8 +50,8 @@ def send_canary(app: Celery, nonce: str, ttl: float) -> None:
     app.send_task(CANARY_TASK, (nonce,), queue=POLLING, expires=ttl)
 
 
-def step_sender(app: Celery, settings: Settings) -> StepSender:
+def step_sender(app: Celery, settings: Settings, name_of: NameOf | None = None) -> StepSender:
     """A sender through `app`; for one operation (start, reconcile, a repair), call
     `send_all` at its end."""
     window_ms = round(1000 * settings.batch_window)
-    return StepSender(partial(send_batch, app), window_ms, settings.batch_size)
+    return StepSender(partial(send_batch, app, name_of=name_of), window_ms, settings.batch_size)

@@ -7,7 +7,7 @@ import logging
 
 from celery import Task, shared_task
 
-from polling import diagnostics, pipeline, service
+from polling import configcache, diagnostics, pipeline, service
 
 from . import process
 from .control import check_context
@@ -25,7 +25,8 @@ def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
     if trouble := state.runtime.clock_trouble():
         # Another worker takes the batch; this one stops consuming (see workers.heartbeat).
         log.error("batch of %d steps handed back, not polled: %s", len(steps), trouble)
-        send_batch(self.app, [(int(g), str(t), int(s)) for g, t, s in steps])
+        names = configcache.names(state.runtime)
+        send_batch(self.app, [(int(g), str(t), int(s)) for g, t, s in steps], names)
         return {"handed back": len(steps)}
     result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
     state.sender.put(result.successors)
@@ -38,7 +39,7 @@ def reconcile(self: Task) -> dict[str, int]:
     if trouble := rt.clock_trouble():
         log.error("reconcile refused: %s", trouble)
         return {}
-    steps = step_sender(self.app, rt.settings)
+    steps = step_sender(self.app, rt.settings, configcache.names(rt))
     report = service.reconcile(rt, steps.add)
     steps.send_all()
     if actions := report.repairs():
@@ -56,7 +57,7 @@ def reconcile(self: Task) -> dict[str, int]:
 def diagnose(self: Task) -> str:
     """Every check, with the safe repairs applied and the run recorded."""
     rt = process.current(self.app).runtime
-    steps = step_sender(self.app, rt.settings)
+    steps = step_sender(self.app, rt.settings, configcache.names(rt))
     diagnosis = diagnostics.diagnose(check_context(self.app, rt, steps.add), fix=True)
     steps.send_all()
     for result in diagnosis.results:

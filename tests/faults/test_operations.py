@@ -47,7 +47,9 @@ def test_redelivered_after_the_visibility_timeout_dies_stale(rig_factory, free_p
 
 
 def _held_polls(rig) -> int:
-    return sum(1 for m in RedisQueues(rig.runtime.redis).queued_steps() if m.held)
+    return sum(
+        1 for m in RedisQueues(rig.runtime.redis, rig.runtime.keys.broker).queued_steps() if m.held
+    )
 
 
 def test_stop_with_polls_queued_and_in_flight_then_start(rig_factory, free_ports):
