@@ -226,9 +226,10 @@ def record_polls(
         else inserted(session, PollLog.__table__, rows, ("gateway_id", "kind", "slot_at"))
     )
     new = {(gateway_id, kind, dt_to_ms(slot_at)) for gateway_id, kind, slot_at in went_in}
+    if len(new) < len(polls):
+        refused = [p.record for p in polls if _slot_key(p.record) not in new]
+        new |= _settle_refused(session, refused)
     fresh = [p for p in polls if _slot_key(p.record) in new]
-    if len(fresh) < len(polls):
-        _count_conflicts(session, [p.record for p in polls if _slot_key(p.record) not in new])
     readings = [x for p in fresh for x in p.readings]
     if fast:
         pgwrite.copy_readings(session, readings)
@@ -251,18 +252,22 @@ def _slot_key(record: PollRecord) -> tuple[int, str, int]:
     return record.gateway_id, str(record.kind), record.slot_ms
 
 
-def _count_conflicts(session: Session, refused: Sequence[PollRecord]) -> None:
-    """Of the records the unique key refused, count those whose slot holds a different
-    record (not this one written before: a buffer flushed again is harmless)."""
+def _settle_refused(session: Session, refused: Sequence[PollRecord]) -> set[tuple[int, str, int]]:
+    """The records the unique key refused. One whose slot holds a single `missed` row
+    (written by a restart that took the chain for dead while this poll ran) replaces it:
+    the device served the slot, the guess was wrong. One whose slot holds this very record
+    (a buffer flushed again) is harmless. Any other is counted in `slot_conflicts` (the
+    key was the last guard). Returns the slots whose record was replaced."""
     held = {
-        (gateway_id, kind, dt_to_ms(_utc(slot_at))): (outcome, started)
-        for gateway_id, kind, slot_at, outcome, started in session.execute(
+        (gateway_id, kind, dt_to_ms(_utc(slot_at))): (outcome, started, slots)
+        for gateway_id, kind, slot_at, outcome, started, slots in session.execute(
             select(
                 PollLog.gateway_id,
                 PollLog.kind,
                 PollLog.slot_at,
                 PollLog.outcome,
                 PollLog.started_at,
+                PollLog.slots,
             ).where(
                 tuple_(PollLog.gateway_id, PollLog.kind, PollLog.slot_at).in_(
                     [(r.gateway_id, str(r.kind), ms_to_dt(r.slot_ms)) for r in refused]
@@ -270,10 +275,21 @@ def _count_conflicts(session: Session, refused: Sequence[PollRecord]) -> None:
             )
         )
     }
+    replaced: set[tuple[int, str, int]] = set()
     conflicts: dict[int, int] = {}
     for record in refused:
-        outcome, started = held.get(_slot_key(record), (None, None))
+        outcome, started, slots = held.get(_slot_key(record), (None, None, 1))
         if outcome == str(record.outcome) and _same_time(started, record.started_at):
+            continue
+        if outcome == str(Outcome.MISSED) and slots == 1 and _replace_missed(session, record):
+            log.warning(
+                "gateway #%s slot %s: written as missed while its poll ran; the poll's %s "
+                "record replaces it",
+                record.gateway_id,
+                ms_to_dt(record.slot_ms).isoformat(),
+                record.outcome,
+            )
+            replaced.add(_slot_key(record))
             continue
         conflicts[record.gateway_id] = conflicts.get(record.gateway_id, 0) + 1
         log.error(
@@ -290,6 +306,25 @@ def _count_conflicts(session: Session, refused: Sequence[PollRecord]) -> None:
             .where(GatewayRow.id == gateway_id)
             .values(slot_conflicts=GatewayRow.slot_conflicts + n)
         )
+    return replaced
+
+
+def _replace_missed(session: Session, record: PollRecord) -> bool:
+    """Overwrite the slot's single `missed` row with `record` (compare-and-set on the
+    outcome, so two arriving records cannot both win)."""
+    row = poll_row(record)
+    done = session.execute(
+        update(PollLog)
+        .where(
+            PollLog.gateway_id == record.gateway_id,
+            PollLog.kind == str(record.kind),
+            PollLog.slot_at == ms_to_dt(record.slot_ms),
+            PollLog.outcome == str(Outcome.MISSED),
+            PollLog.slots == 1,
+        )
+        .values({k: v for k, v in row.items() if k not in ("gateway_id", "kind", "slot_at")})
+    )
+    return bool(getattr(done, "rowcount", 0))
 
 
 def _same_time(a: datetime | None, b: datetime | None) -> bool:
@@ -435,6 +470,16 @@ def _around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
     A short run is written slot by slot, where the unique key keeps what is there."""
     if run.count <= RANGE_FROM:
         return [run]
+    # Its first slot is the dead chain's due one, whose poll may still be running: its own
+    # row, which that poll's record can replace (see `_settle_refused`).
+    first = MissedRun.one(run.gateway_id, run.first_ms, run.interval_ms, run.why)
+    rest = MissedRun(
+        run.gateway_id, run.first_ms + run.interval_ms, run.count - 1, run.interval_ms, run.why
+    )
+    return [first, *_split_around_recorded(session, rest)]
+
+
+def _split_around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
     held = sorted(
         dt_to_ms(_utc(slot_at))
         for slot_at in session.scalars(

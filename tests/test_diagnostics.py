@@ -271,3 +271,26 @@ def test_a_batch_names_its_gateways_and_slots_for_flower_under_the_broker_prefix
         f"gw0 {datetime.fromtimestamp(slot0 / 1000, UTC):%H:%M:%S.%f}"[:-3]
         + f", gw1 {datetime.fromtimestamp(slot1 / 1000, UTC):%H:%M:%S.%f}"[:-3]
     )
+
+
+def test_a_poll_in_flight_when_its_slot_was_written_as_missed_replaces_the_guess(runtime):
+    """Redis lost the chain while a poll ran: reconcile wrote the slot as missed (the
+    chain looked dead), then the poll's record arrived. The device served it once; the
+    record is the poll's, with its readings, and no conflict is counted."""
+    setup_fleet(runtime, 1)
+    [gid] = runtime.chains.all()
+    slot = runtime.clock() - 400_000
+    saving.save(runtime, [MissedRun(gid, slot, 300, 1000, "no poll ran: the chain had died")])
+    point = parse_gateways(fleet([1], [1.0], POINTS))[0].points[0]
+    at = datetime.now(UTC)
+    record = PollRecord(gid, slot, PollKind.SCHEDULED, Outcome.OK, at, at, None)
+    reading = reading_row(gid, point, 21.5, slot, PollKind.SCHEDULED, at)
+    assert saving.save(runtime, [PollEntry(record, [reading])]) == {}
+    with runtime.sessions() as session:
+        rows = session.scalars(select(PollLog).order_by(PollLog.slot_at)).all()
+        assert [(r.outcome, r.slots) for r in rows] == [("ok", 1), ("missed", 299)]
+        assert session.scalar(select(func.count()).select_from(Reading)) == 1
+    [records_check] = [
+        r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "records"
+    ]
+    assert records_check.status == "healthy"
