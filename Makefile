@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/pytest -m "not long"
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not long"
 
 test-e2e: $(STAMP)
 	$(BIN)/pytest -m e2e

@@ -68,3 +68,69 @@ def test_every_unit_is_hardened(tmp_path: Path):
         scores[instance] = (float(found.group(1)), found.group(2))
     print("\nexposure:", scores)
     assert all(score <= 2.5 and grade == "OK" for score, grade in scores.values()), scores
+
+
+INSTALL = DEPLOY / "install.sh"
+
+
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_a_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path):
+    prefix = tmp_path / "root"
+    result = install("--dry-run", "--prefix", str(prefix))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for step in ("user pollctl", "virtual environment", "settings", "units in", "systemd"):
+        assert f"==> {step}" in out, out
+    assert "systemctl enable pollctl-worker@1.service" in out
+    assert "dry run: nothing changed" in out
+    assert not prefix.exists()
+
+
+def test_an_unknown_option_is_one_line():
+    result = install("--prefx", "/tmp/x")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "install.sh: unknown option --prefx (see --help)"
+
+
+@pytest.mark.long
+def test_install_into_a_prefix_builds_the_tree_and_keeps_the_settings(tmp_path: Path):
+    """A real install (a virtual environment with pollctl and Flower), run twice: the
+    second run keeps the operator's edited settings file."""
+    first = install("--prefix", str(tmp_path))
+    assert first.returncode == 0, first.stdout + first.stderr
+    venv = tmp_path / "opt" / "pollctl" / ".venv" / "bin"
+    env_file = tmp_path / "etc" / "pollctl" / "pollctl.env"
+    units = tmp_path / "etc" / "systemd" / "system"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o640"
+    assert env_file.read_text() == (DEPLOY / "pollctl.env").read_text()
+    assert sorted(p.name for p in units.iterdir()) == sorted(
+        p.name for p in DEPLOY.iterdir() if p.suffix in (".service", ".timer")
+    )
+    for command in ("pollctl", "celery"):
+        assert (venv / command).is_file()
+    config = subprocess.run(
+        [str(venv / "pollctl"), "config"],
+        env={"POLLING_ENV_FILE": str(env_file), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert config.returncode == 0, config.stderr
+    assert f"# settings file: {env_file}" in config.stdout
+    assert "POLLING_DATABASE_URL=postgresql://pollctl@127.0.0.1:5432/pollctl" in config.stdout
+    flower = subprocess.run(
+        [str(venv / "python"), "-c", "import flower"], capture_output=True, timeout=60
+    )
+    assert flower.returncode == 0, flower.stderr
+
+    env_file.write_text(env_file.read_text() + "POLLING_MAX_GAP=4\n")  # the operator's edit
+    again = install("--prefix", str(tmp_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "kept (it exists" in again.stdout
+    assert env_file.read_text().endswith("POLLING_MAX_GAP=4\n")
