@@ -259,7 +259,7 @@ def _settle_refused(session: Session, refused: Sequence[PollRecord]) -> set[tupl
     (a buffer flushed again) is harmless. Any other is counted in `slot_conflicts` (the
     key was the last guard). Returns the slots whose record was replaced."""
     held = {
-        (gateway_id, kind, dt_to_ms(_utc(slot_at))): (outcome, started, slots)
+        (gateway_id, kind, dt_to_ms(slot_at)): (outcome, started, slots)
         for gateway_id, kind, slot_at, outcome, started, slots in session.execute(
             select(
                 PollLog.gateway_id,
@@ -330,7 +330,7 @@ def _replace_missed(session: Session, record: PollRecord) -> bool:
 def _same_time(a: datetime | None, b: datetime | None) -> bool:
     if a is None or b is None:
         return a is b
-    return abs(dt_to_ms(_utc(a)) - dt_to_ms(_utc(b))) <= 1
+    return abs(dt_to_ms(a) - dt_to_ms(b)) <= 1
 
 
 def _first_per_slot(polls: Sequence[PollEntry]) -> list[PollEntry]:
@@ -459,15 +459,14 @@ def record_missed_runs(session: Session, runs: Sequence[MissedRun]) -> int:
         ("gateway_id", "slot_at"),
     )
     for gateway_id, slot_at in went_in:
-        recorded += ranges[(gateway_id, dt_to_ms(_utc(slot_at)))].count
+        recorded += ranges[(gateway_id, dt_to_ms(slot_at))].count
     return recorded
 
 
 def _around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
-    """A long run without the slots its gateway already has a record for (a batch killed
-    after writing its records but before advancing its chains leaves its slots recorded
-    at the start of the gap): one range row must not swallow, or be refused for, them.
-    A short run is written slot by slot, where the unique key keeps what is there."""
+    """How a long run is written: its first slot (the dead chain's due one) on its own, the
+    rest around the slots already recorded. A short run is written slot by slot, where the
+    unique key keeps what is there."""
     if run.count <= RANGE_FROM:
         return [run]
     # Its first slot is the dead chain's due one, whose poll may still be running: its own
@@ -480,8 +479,11 @@ def _around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
 
 
 def _split_around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
+    """`run` without the slots its gateway already has a record for (a batch killed after
+    writing its records but before advancing its chains leaves its slots recorded at the
+    start of the gap): one range row must not swallow, or be refused for, them."""
     held = sorted(
-        dt_to_ms(_utc(slot_at))
+        dt_to_ms(slot_at)
         for slot_at in session.scalars(
             select(PollLog.slot_at).where(
                 PollLog.gateway_id == run.gateway_id,
@@ -502,6 +504,7 @@ def _split_around_recorded(session: Session, run: MissedRun) -> list[MissedRun]:
 
 
 def _utc(value: datetime) -> datetime:
+    # The typed columns come back aware; an aggregate over them may not on every backend.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
