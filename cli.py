@@ -525,6 +525,26 @@ def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
     run_demo(workdir=workdir, duration=duration, embedded_redis=embedded_redis)
 
 
+@watching.command()
+@click.option("--host", help="Address to listen on [default: POLLING_API_HOST, 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), help="[default: POLLING_API_PORT, 9470]")
+def api(host: str | None, port: int | None) -> None:
+    """Serve health, fleet status and Prometheus metrics over HTTP (`/health`,
+    `/api/polling/...`, `/metrics`); a bearer token when POLLING_API_TOKEN is set. It starts
+    with Redis or the database down, and says so with 503s: a monitor must hear it."""
+    import uvicorn
+
+    from api.app import create_api
+
+    s = _settings()
+    host, port = host or s.api_host, port or s.api_port
+    click.echo(
+        f"pollctl api on http://{host}:{port} (database {mask_url(s.database_url)}, "
+        f"redis {mask_url(s.redis_url)}, token {'required' if s.api_token else 'not set'})"
+    )
+    uvicorn.run(create_api(s), host=host, port=port, log_level="warning", access_log=False)
+
+
 class Pollctl(click.CommandCollection):
     """Every command at the top level; our errors become one line on stderr and exit 1
     instead of a traceback."""

@@ -125,7 +125,13 @@ def health(results: list[CheckResult]) -> Health:
 def record(rt: Runtime, diagnosis: Diagnosis) -> None:
     """Keep what a run found and repaired; older runs beyond KEEP_RUNS are deleted."""
     findings = {r.component: r.message for r in diagnosis.results if r.status != "healthy"}
-    _keep(rt, DiagnosticRun(health=diagnosis.health, findings=findings, repairs=diagnosis.repairs))
+    checks = {r.component: {"status": r.status, "message": r.message} for r in diagnosis.results}
+    _keep(
+        rt,
+        DiagnosticRun(
+            health=diagnosis.health, findings=findings, repairs=diagnosis.repairs, checks=checks
+        ),
+    )
 
 
 def record_reconcile(rt: Runtime, actions: list[str]) -> None:
@@ -150,3 +156,15 @@ def last_runs(rt: Runtime, limit: int = 5) -> list[DiagnosticRun]:
     with rt.sessions() as session:
         query = select(DiagnosticRun).order_by(DiagnosticRun.id.desc()).limit(limit)
         return list(session.scalars(query))
+
+
+def last_full_run(rt: Runtime) -> DiagnosticRun | None:
+    """The newest run of every check (not a reconcile's record of its repairs)."""
+    with rt.sessions() as session:
+        query = (
+            select(DiagnosticRun)
+            .where(DiagnosticRun.checks.is_not(None))
+            .order_by(DiagnosticRun.id.desc())
+            .limit(1)
+        )
+        return session.scalars(query).first()

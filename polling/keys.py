@@ -117,6 +117,10 @@ class Keys:
         one Redis database never consume each other's messages."""
         return f"{self.prefix}:broker:"
 
+    def metrics(self, name: str) -> str:
+        """Hash of fleet-wide counters every worker adds to (see polling/counters.py)."""
+        return f"{self.prefix}:metrics:{name}"
+
     @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile"

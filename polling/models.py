@@ -166,3 +166,6 @@ class DiagnosticRun(Base):
     findings: Mapped[dict] = mapped_column(JSON)
     #: Repairs applied: component -> list of actions.
     repairs: Mapped[dict] = mapped_column(JSON)
+    #: Every check: component -> {"status", "message"}; None on a reconcile's record of its
+    #: repairs (the health API answers from the newest run that has them).
+    checks: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)

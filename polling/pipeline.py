@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import configcache, saving
+from . import configcache, counters, saving
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
@@ -65,6 +65,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     ledger = account(begun, served, rt.clock())
     disabled = saving.save(rt, ledger.entries)
     successors = _advance(rt, begun, ledger, disabled, held, tally)
+    counters.count_dropped(rt.redis, rt.keys, tally)
     return BatchResult(tally, successors)
 
 

@@ -2,7 +2,8 @@
 while the database is unreachable; and when the database refuses the batch (a gateway
 deleted while its poll ran, a bad buffered entry), each entry on its own, so one entry's
 fault never costs the others their records: an entry refused alone is kept aside as a dead
-letter with the reason (`pollctl buffer show`)."""
+letter with the reason (`pollctl buffer show`). What is saved is counted for `/metrics`
+wherever it goes (`counters`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
+from . import counters
 from .buffer import Refusals
 from .db import is_unreachable
 from .records import Entry, from_json, to_json, write
@@ -28,6 +30,7 @@ def save(rt: Runtime, entries: Sequence[Entry]) -> Disabled:
     flushed)."""
     if not entries:
         return {}
+    counters.count_records(rt.redis, rt.keys, entries)
     try:
         disabled, refused = _write(rt, entries)
     except DBAPIError as exc:  # only when unreachable: the rest is refused per entry

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from . import configcache
+from . import configcache, counters
 from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
@@ -172,6 +172,7 @@ def _start_chains(
         missed = record_missed_runs(session, runs)
         tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
+    counters.count_records(rt.redis, rt.keys, runs)
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
         enqueue(gateway.id, token, first)
     return missed, active

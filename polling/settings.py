@@ -72,6 +72,11 @@ class Settings:
     #: tolerates: past it, a worker stops consuming `polling` and reconcile refuses to run
     #: there (Celery's ETA timing uses the host's clock); validate warns from 0.5 s.
     clock_skew_max: float = 2.0
+    #: `pollctl api` listens here (localhost: put a proxy with TLS in front to expose it).
+    api_host: str = "127.0.0.1"
+    api_port: int = 9470
+    #: When set, every API path but /health wants `Authorization: Bearer <token>`.
+    api_token: str = ""
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
     #: The settings file read (empty when none was), for `pollctl config`.
@@ -133,6 +138,8 @@ class Settings:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
         if self.clock_skew_max <= 0:
             raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
+        if not 0 < self.api_port < 65536:
+            raise ConfigError("POLLING_API_PORT must be between 1 and 65535")
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
 
@@ -145,6 +152,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name.endswith("_url"):
                 value = mask_url(value)
+            elif f.name.endswith("_token") and value:
+                value = "***"
             out[ENV_PREFIX + f.name.upper()] = str(value)
         return out
 

@@ -112,7 +112,7 @@ def runtime(settings: Settings, redis_client: redis.Redis) -> Iterator[Runtime]:
 
 def _clean_tables(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
-        for table in ("readings", "poll_log", "points", "gateways"):
+        for table in ("readings", "poll_log", "points", "gateways", "diagnostic_runs"):
             conn.execute(text(f"DELETE FROM {table}"))
 
 

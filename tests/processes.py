@@ -56,7 +56,12 @@ class CeleryProcess:
 
 class Worker(CeleryProcess):
     def __init__(
-        self, env: dict[str, str], log: Path, concurrency: int = 8, preamble: str = ""
+        self,
+        env: dict[str, str],
+        log: Path,
+        concurrency: int = 8,
+        preamble: str = "",
+        queues: str = "polling,scheduling,default",
     ) -> None:
         self.hostname = f"e2e-{uuid.uuid4().hex[:8]}@localhost"
         self.settings = Settings.from_env({**os.environ, **env})
@@ -64,7 +69,7 @@ class Worker(CeleryProcess):
             [
                 "worker",
                 "-Q",
-                "polling,scheduling,default",
+                queues,
                 "--pool",
                 "threads",
                 "--concurrency",
@@ -98,3 +103,44 @@ class Beat(CeleryProcess):
         schedule = log.with_suffix(".schedule")
         args = ["beat", "--loglevel", "INFO", "-s", str(schedule)]
         super().__init__(args, env, log, preamble)
+
+
+class ApiProcess:
+    """`pollctl api` on a loopback port, as an operator's unit runs it."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._handle = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from cli import main; main()", "api", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until `/health` answers."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"api exited:\n{self.log.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"api not answering in {timeout} s")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._handle.close()

@@ -1,0 +1,147 @@
+"""The JSON documents the API serves, built from shared state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from polling import counters, diagnostics, heartbeat, queries
+from polling.healthview import FleetHealth, fleet_health
+from polling.models import DiagnosticRun, GatewayRow, Reading
+from polling.queueview import QueueInspector
+from polling.runtime import Runtime
+from polling.schedule import ms_to_dt
+from polling.status import collect_status, live_chains
+from workers.queues import POLLING
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with `Z`, as monitors parse it."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def now_utc(rt: Runtime) -> datetime:
+    return ms_to_dt(rt.clock())
+
+
+def health(rt: Runtime) -> FleetHealth:
+    run = diagnostics.last_full_run(rt)
+    period = rt.settings.diagnostics_seconds
+    if run is None:
+        return fleet_health(None, None, now_utc(rt), period)
+    return fleet_health(run.checks, run.ran_at, now_utc(rt), period)
+
+
+def diagnostics_runs(rt: Runtime, limit: int) -> dict:
+    """The newest runs, newest first: what each found and repaired."""
+    return {"runs": [_run_json(run) for run in diagnostics.last_runs(rt, limit)]}
+
+
+def _run_json(run: DiagnosticRun) -> dict:
+    return {
+        "id": run.id,
+        "ran_at": iso(run.ran_at),
+        "health": run.health,
+        # A reconcile's record of its repairs has no checks: it ran none.
+        "kind": "diagnostics" if run.checks is not None else "reconcile",
+        "checks": run.checks,
+        "findings": run.findings,
+        "repairs": run.repairs,
+    }
+
+
+def queue_status(rt: Runtime, queues: QueueInspector) -> dict:
+    """Per queue: depth, how long its oldest message has been due, and consumers; what
+    workers hold unacknowledged; live and overdue chains."""
+    now = rt.clock()
+    workers = heartbeat.live_workers(rt.redis, rt.keys)
+    chains, overdue = live_chains(rt)
+    unacked = queues.unacked(now)
+    return {
+        "queues": [
+            {
+                "name": q.name,
+                "waiting": q.waiting,
+                "oldest_age_s": q.oldest_age,
+                "consumers": consumers(workers, q.name),
+            }
+            for q in queues.queues(now)
+        ],
+        "unacked": {"count": unacked.count, "oldest_age_s": unacked.oldest_age},
+        "chains": {"live": len(chains), "overdue": len(overdue)},
+        "workers": [
+            {
+                "name": w.name,
+                "host": w.host,
+                "queues": list(w.queues),
+                "polls": w.polls,
+                "clock_skew_ms": w.skew_ms,
+            }
+            for w in workers
+        ],
+    }
+
+
+def consumers(workers: list[heartbeat.ProcessInfo], queue: str) -> int:
+    """Live workers consuming `queue` (a worker that paused `polling`, its clock off, not)."""
+    if queue == POLLING:
+        return sum(w.polls for w in workers)
+    return sum(queue in w.queues for w in workers)
+
+
+def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
+    """Each gateway's status (as `pollctl status --json`), with its newest ok poll and its
+    success rate over the health window; with `name`, that gateway only."""
+    statuses = [s for s in collect_status(rt) if name is None or s.name == name]
+    if not statuses:
+        return []
+    window = rt.settings.health_window
+    since = now_utc(rt) - timedelta(seconds=window)
+    last_ok = counters.read_counters(rt.redis, rt.keys).last_ok
+    with rt.sessions() as session:
+        ids: dict[str, int] = {
+            n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
+        }
+        stats = queries.window_stats(session, since)
+    out = []
+    for status in statuses:
+        gateway_id = ids[status.name]
+        stat = stats.get(gateway_id)
+        polled = stat.polled if stat else 0
+        ok = stat.outcomes.get("ok", 0) if stat else 0
+        ok_ms = last_ok.get(gateway_id)
+        data = status.as_json()
+        for key in ("last_slot", "next_due"):
+            data[key] = iso(getattr(status, key))
+        data["last_ok_at"] = iso(ms_to_dt(ok_ms)) if ok_ms else None
+        data["success_rate"] = round(ok / polled, 4) if polled else None
+        data["window_s"] = window
+        out.append(data)
+    return out
+
+
+def latest_readings(rt: Runtime, name: str) -> list[dict]:
+    """The gateway's readings of its newest slot that has any."""
+    with rt.sessions() as session:
+        gateway_id = session.scalar(select(GatewayRow.id).where(GatewayRow.name == name))
+        newest = session.scalar(
+            select(func.max(Reading.slot_at)).where(Reading.gateway_id == gateway_id)
+        )
+        if newest is None:
+            return []
+        rows = session.scalars(
+            select(Reading)
+            .where(Reading.gateway_id == gateway_id, Reading.slot_at == newest)
+            .order_by(Reading.point)
+        )
+        return [
+            {
+                "point": r.point,
+                "value": r.text if r.text is not None else r.value,
+                "unit": r.unit,
+                "slot_at": iso(r.slot_at),
+                "read_at": iso(r.read_at),
+            }
+            for r in rows
+        ]
