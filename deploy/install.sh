@@ -37,7 +37,7 @@ VENV="$OPT/.venv"
 ETC="$PREFIX/etc/pollctl"
 ENV_FILE="$ETC/pollctl.env"
 UNITS="$PREFIX/etc/systemd/system"
-ENABLE=(pollctl-worker@1.service pollctl-scheduler.service pollctl-beat.service pollctl-validate.timer)
+ENABLE=(pollctl-worker@1.service pollctl-scheduler.service pollctl-beat.service pollctl-api.service pollctl-validate.timer)
 
 step() { printf '==> %s\n' "$*"; }
 run() {

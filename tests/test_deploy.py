@@ -19,6 +19,7 @@ UNITS = {
     "pollctl-scheduler.service": "pollctl-scheduler.service",
     "pollctl-beat.service": "pollctl-beat.service",
     "pollctl-flower.service": "pollctl-flower.service",
+    "pollctl-api.service": "pollctl-api.service",
     "pollctl-validate.service": "pollctl-validate.service",
 }
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)")
