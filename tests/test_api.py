@@ -5,6 +5,7 @@ with its counts checked against the poll log."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -173,3 +174,23 @@ def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_lo
     wait_until(lambda: get(f"{api.url}/api/polling/health")[0] == 503, 40, "health critical (503)")
     _, health = get_json(f"{api.url}/api/polling/health")
     assert health["components"]["workers"]["health"] == "critical"
+
+
+def test_api_starts_with_the_database_down_and_answers_503_naming_it(tmp_path, free_ports):
+    from tests.conftest import REDIS_URL
+
+    env = {
+        "POLLING_REDIS_URL": REDIS_URL,
+        "POLLING_DATABASE_URL": "postgresql://pollctl:pw@127.0.0.1:1/pollctl",
+        "POLLING_KEY_PREFIX": f"api{time.time_ns()}",
+    }
+    api = ApiProcess(env, tmp_path / "api.log", free_ports(1)[0])
+    try:
+        api.wait_ready()
+        code, body = get(f"{api.url}/api/polling/health", token=None)
+        answer = json.loads(body)
+        assert code == 503 and answer["health"] == "critical"
+        assert answer["error"].startswith("database postgresql://pollctl:***@127.0.0.1:1/pollctl")
+        assert get(f"{api.url}/metrics", token=None)[0] == 503
+    finally:
+        api.stop()
