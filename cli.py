@@ -7,6 +7,8 @@ import csv
 import functools
 import io
 import json
+import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 import click
 from celery import Celery
 
-from polling import configcache, diagnostics, migrate, queries, report, service
+from polling import configcache, diagnostics, logsetup, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
 from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
@@ -542,7 +544,9 @@ def api(host: str | None, port: int | None) -> None:
         f"pollctl api on http://{host}:{port} (database {mask_url(s.database_url)}, "
         f"redis {mask_url(s.redis_url)}, token {'required' if s.api_token else 'not set'})"
     )
-    uvicorn.run(create_api(s), host=host, port=port, log_level="warning", access_log=False)
+    logsetup.configure(logging.INFO, s.log_format)
+    # Our logging for uvicorn's lines too (log_config=None), without one line per request.
+    uvicorn.run(create_api(s), host=host, port=port, log_config=None, access_log=False)
 
 
 class Pollctl(click.CommandCollection):
@@ -550,6 +554,11 @@ class Pollctl(click.CommandCollection):
     instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Warnings and errors of the modules a command runs (its output is on stdout).
+        log_format = os.environ.get("POLLING_LOG_FORMAT", "auto")
+        logsetup.configure(
+            logging.WARNING, log_format if log_format in logsetup.FORMATS else "auto"
+        )
         try:
             return super().invoke(ctx)
         except PollingError as exc:

@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import configcache, counters, saving
 from .accounting import Begun, Ledger, Served, account, poll_entry
@@ -52,6 +52,8 @@ class BatchResult:
     outcomes: Counter[Outcome]
     #: The successors to send: (gateway id, token, next slot) of every chain advanced.
     successors: list[Step]
+    #: Gateway name -> error, of each failed poll (for the batch's log line).
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
@@ -64,9 +66,31 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)
     ledger = account(begun, served, rt.clock())
     disabled = saving.save(rt, ledger.entries)
+    for index, (target, _) in enumerate(loaded):
+        if begun[index].gateway_id in disabled:
+            log.warning(
+                "gateway %s auto-disabled: %s",
+                target.config.name,
+                disabled[target.id],
+                extra=_fields(target, begun[index]),
+            )
     successors = _advance(rt, begun, ledger, disabled, held, tally)
     counters.count_dropped(rt.redis, rt.keys, tally)
-    return BatchResult(tally, successors)
+    failed = {
+        loaded[i][0].config.name: s.error or ""
+        for i, s in served.items()
+        if s.outcome is Outcome.FAILED
+    }
+    return BatchResult(tally, successors, failed)
+
+
+def _fields(target: PollTarget, step: Begun) -> dict[str, object]:
+    """What every line about one poll carries (see polling/logsetup.py)."""
+    return {
+        "gateway": target.config.name,
+        "slot": ms_to_dt(step.slot_ms).isoformat(),
+        "token": step.token,
+    }
 
 
 Loaded = list[tuple[PollTarget, Step]]
@@ -104,9 +128,10 @@ def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoint
     outcomes, states = rt.chains.begin(claims, locks)
     begun = []
     for (target, (gateway_id, token, slot)), outcome in zip(loaded, outcomes, strict=True):
+        step = Begun(gateway_id, token, slot, target.grid, outcome)
         if outcome in (Outcome.STALE, Outcome.MOVED, Outcome.DUPLICATE):
-            log.info("poll of gateway %s slot %s dropped: %s", gateway_id, slot, outcome)
-        begun.append(Begun(gateway_id, token, slot, target.grid, outcome))
+            log.debug("poll dropped: %s", outcome, extra=_fields(target, step))
+        begun.append(step)
     return begun, list(zip(locks, states, strict=True))
 
 
@@ -222,7 +247,7 @@ async def _serve_endpoint(
             late = f"poll task started {(now - step.slot_ms) / 1000:.1f} s after the slot began"
             served[index] = Served(Outcome.MISSED, error=late)
             continue
-        served[index] = await _poll(rt, targets[index])
+        served[index] = await _poll(rt, targets[index], step)
 
 
 async def _take_lock(
@@ -237,9 +262,11 @@ async def _take_lock(
         await asyncio.sleep(LOCK_RETRY_S)
 
 
-async def _poll(rt: Runtime, target: PollTarget) -> Served:
-    """One read of every request of the gateway, within its budget, decoded."""
+async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> Served:
+    """One read of every request of the gateway, within its budget, decoded (`step`: the
+    chain step it serves, none for a manual poll)."""
     config = target.config
+    fields = _fields(target, step) if step else {"gateway": config.name}
     started = ms_to_dt(rt.clock())
     try:
         read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
@@ -250,14 +277,15 @@ async def _poll(rt: Runtime, target: PollTarget) -> Served:
                 f"no answer from {config.host}:{config.port} within {target.budget:.1f} s"
             ) from None
         values = decode_answers(target.requests, answers)
+        log.debug("poll ok: %d values", len(values), extra=fields)
         return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values)
     except ModbusError as exc:
         error = str(exc)
     except Exception as exc:
         # Whatever a device or library does, the slot is recorded and the chain goes on.
-        log.exception("unexpected error polling %s", config.name)
+        log.exception("unexpected error polling %s", config.name, extra=fields)
         error = f"unexpected error: {type(exc).__name__}: {exc}"
-    log.info("poll of %s failed: %s", config.name, error)
+    log.debug("poll failed: %s", error, extra=fields)
     return Served(Outcome.FAILED, started, ms_to_dt(rt.clock()), error=error)
 
 

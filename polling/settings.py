@@ -77,6 +77,8 @@ class Settings:
     api_port: int = 9470
     #: When set, every API path but /health wants `Authorization: Bearer <token>`.
     api_token: str = ""
+    #: Log lines: auto (JSON unless stderr is a terminal), json or text.
+    log_format: str = "auto"
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
     #: The settings file read (empty when none was), for `pollctl config`.
@@ -138,6 +140,8 @@ class Settings:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
         if self.clock_skew_max <= 0:
             raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError("POLLING_LOG_FORMAT must be auto, json or text")
         if not 0 < self.api_port < 65536:
             raise ConfigError("POLLING_API_PORT must be between 1 and 65535")
         if self.gc_refreeze_seconds < 0:

@@ -4,10 +4,11 @@ to the step sender. Shared tasks: they belong to whichever app `create_app` buil
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task, shared_task
 
-from polling import configcache, diagnostics, pipeline, service
+from polling import configcache, diagnostics, logsetup, pipeline, service
 
 from . import process
 from .control import check_context
@@ -28,9 +29,30 @@ def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
         names = configcache.names(state.runtime)
         send_batch(self.app, [(int(g), str(t), int(s)) for g, t, s in steps], names)
         return {"handed back": len(steps)}
-    result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
-    state.sender.put(result.successors)
+    started = time.monotonic()
+    with logsetup.bound(task_id=self.request.id):
+        result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
+        state.sender.put(result.successors)
+        log.info("%s", _batch_line(len(steps), result, time.monotonic() - started))
     return {str(outcome): n for outcome, n in result.outcomes.items()}
+
+
+#: Failed gateways named in a batch's line, at most (the rest are counted).
+NAMED_FAILURES = 5
+
+
+def _batch_line(size: int, result: pipeline.BatchResult, elapsed_s: float) -> str:
+    """One INFO line per batch (per-poll lines are DEBUG): journald holds up at 1,000
+    polls/s, and a failing gateway is still named."""
+    counts = ", ".join(f"{n} {o}" for o, n in sorted(result.outcomes.items()))
+    line = f"batch of {size} steps in {elapsed_s * 1000:.0f} ms: {counts or 'nothing to do'}"
+    if result.failed:
+        names = sorted(result.failed)
+        more = len(names) - NAMED_FAILURES
+        line += f"; failed: {', '.join(names[:NAMED_FAILURES])}" + (
+            f" and {more} more" if more > 0 else ""
+        )
+    return line
 
 
 @shared_task(name=RECONCILE_TASK, ignore_result=True, bind=True)
