@@ -536,7 +536,7 @@ def api(host: str | None, port: int | None) -> None:
     with Redis or the database down, and says so with 503s: a monitor must hear it."""
     import uvicorn
 
-    from api.app import create_api
+    from webapi.app import create_api
 
     s = _settings()
     host, port = host or s.api_host, port or s.api_port
