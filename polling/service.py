@@ -100,6 +100,12 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
         for gateway in gateways:
             if explicit and not gateway.enabled:
                 reenable(session, gateway.id)
+                log.warning(
+                    "gateway %s re-enabled by the operator (was: %s)",
+                    gateway.config.name,
+                    gateway.disabled_reason or "disabled in its configuration",
+                    extra={"gateway": gateway.config.name},
+                )
         set_polling_many(session, [g.id for g in gateways], on=True)
     rt.bump_config()
     live = rt.chains.all()
