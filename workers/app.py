@@ -12,7 +12,7 @@ from beat_schedule import beat_schedule
 from polling.keys import Keys
 from polling.settings import Settings
 
-from . import hooks
+from . import hooks, transport
 from .queues import DEFAULT, QUEUES, ROUTES
 
 
@@ -23,7 +23,9 @@ class PollctlApp(Celery):
 
 
 def create_app(settings: Settings) -> PollctlApp:
-    """The app for `settings`, with pollctl's process hooks wired (`workers.hooks`)."""
+    """The app for `settings`, with pollctl's process hooks wired (`workers.hooks`) and
+    its Redis transport (`workers.transport`) behind `redis://`."""
+    transport.install()
     app = PollctlApp(
         "pollctl", broker=settings.redis_url, include=["workers.tasks"], set_as_current=False
     )
@@ -47,8 +49,6 @@ def create_app(settings: Settings) -> PollctlApp:
         # Keep reconnecting through a Redis outage of any length (the default gives up after
         # 100 tries, about 45 minutes, and the worker exits).
         broker_connection_max_retries=None,
-        # The Redis transport without its crash on connection loss (see workers/transport.py).
-        broker_transport="workers.transport:Transport",
         broker_transport_options={
             # Unacked (and ETA) messages come back after this; intervals are capped below it.
             "visibility_timeout": settings.visibility_timeout,

@@ -13,6 +13,8 @@ both):
 Here both are skipped with a warning. The messages stay in kombu's `unacked` hash, which
 workers sweep after the visibility timeout, and die stale then: reconcile has replaced
 their chains long before. On a healthy connection (a warm shutdown) nothing changes.
+
+`install` puts it behind kombu's `redis` alias, so the broker URL stays `redis://...`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+from kombu import transport as kombu_transport
 from kombu.transport import redis
 
 log = logging.getLogger(__name__)
@@ -61,3 +64,18 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """Make `redis://` and `rediss://` broker URLs use this transport in this process.
+
+    Named under kombu's own alias rather than by Celery's `broker_transport` setting: a
+    transport named by its class path becomes the scheme of the connection's URL
+    (`workers.transport:Transport://...`), and Flower picks its broker client from that
+    scheme, so `/broker` and `/api/queues/length` answered "'redis' broker is not
+    supported" (flower/utils/broker.py, `Broker.__new__`)."""
+    for scheme in ("redis", "rediss"):
+        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        # kombu caches the class per alias: a connection made earlier in this process may
+        # have resolved kombu's own already.
+        kombu_transport._transport_cache.pop(scheme, None)
