@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
+from .urls import check_database_url, check_redis_url
 
 ENV_PREFIX = "POLLING_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -114,6 +115,8 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        check_redis_url("POLLING_REDIS_URL", self.redis_url, mask_url(self.redis_url))
+        check_database_url("POLLING_DATABASE_URL", self.database_url, mask_url(self.database_url))
         if self.reconcile_seconds <= 0:
             raise ConfigError("POLLING_RECONCILE_SECONDS must be > 0")
         if self.failure_threshold < 1:

@@ -89,3 +89,38 @@ def test_config_and_db_upgrade_say_which_file_and_database(tmp_path):
     assert refused.returncode != 0 and "missing.env: no such file" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert not (tmp_path / "pollctl.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "said"),
+    [
+        ("POLLING_REDIS_URL", "garbage", "POLLING_REDIS_URL=garbage: not a Redis URL"),
+        ("POLLING_REDIS_URL", "http://host", "scheme http:// is not Redis's"),
+        ("POLLING_REDIS_URL", "redis://:pw@/0", "POLLING_REDIS_URL=redis://:***@/0: no host"),
+        ("POLLING_REDIS_URL", "redis://h:99999/0", "Port out of range"),
+        ("POLLING_REDIS_URL", "redis://h/abc", "database 'abc' is not a number"),
+        ("POLLING_DATABASE_URL", "garbage", "POLLING_DATABASE_URL=garbage: not a database URL"),
+        ("POLLING_DATABASE_URL", "mysql://u:pw@h/db", "mysql://u:***@h/db: mysql is not supported"),
+        ("POLLING_DATABASE_URL", "postgresql+asyncpg://u@h/db", "driver asyncpg is not"),
+        ("POLLING_DATABASE_URL", "postgresql://u@h", "no database name"),
+    ],
+)
+def test_a_bad_url_is_one_line_naming_the_variable_and_the_accepted_forms(
+    tmp_path, variable, url, said
+):
+    env = {**os.environ, "POLLING_ENV_FILE": os.devnull, variable: url, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", "from cli import main; main()", "db", "upgrade"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and said in line and "(expected " in line, line
+    assert "pw" not in line
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://:pw@r.example:6380/2", "unix:///run/redis.sock?db=1"],
+)
+def test_good_redis_urls_pass(url):
+    assert Settings.from_env({"POLLING_REDIS_URL": url}, env_file="/nonexistent").redis_url == url
