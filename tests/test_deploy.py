@@ -49,6 +49,9 @@ def root(tmp_path: Path) -> Path:
     for command in ("celery", "pollctl"):
         (bin_dir / command).write_text("#!/bin/sh\n")
         (bin_dir / command).chmod(0o755)
+    # pollctl-flower checks its login in a shell first.
+    (tmp_path / "bin").mkdir()
+    shutil.copy(bin_dir / "celery", tmp_path / "bin" / "sh")
     return tmp_path
 
 
