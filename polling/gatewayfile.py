@@ -3,7 +3,9 @@ gateway, point and field), and turned into `Gateway`s."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +45,35 @@ def load_gateways(
 ) -> list[Gateway]:
     """Read and validate a whole gateways file; raise ConfigError naming every fault."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a gateways file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            "save it as UTF-8"
+        ) from None
     try:
         document = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {at}not valid YAML") from None
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     return parse_gateways(
         document, source=str(path), max_interval=max_interval, min_interval=min_interval
     )
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line N: not valid YAML: <the parser's reason>`."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    reason = getattr(exc, "problem", None) or ""
+    context = getattr(exc, "context", None)
+    why = f"{context}, {reason}" if context and reason else reason or context or ""
+    return f"{at}not valid YAML" + (f": {why}" if why else "")
 
 
 def parse_gateways(
@@ -133,13 +151,14 @@ def _gateway(
     if not isinstance(entry, dict):
         errors.add(f"gateways[{index}]", "expected a mapping")
         return None
-    name = entry.get("name")
-    if not isinstance(name, str) or not name.strip():
-        errors.add(f"gateways[{index}]: field 'name'", "is required (a non-empty string)")
+    name = _name(entry, f"gateways[{index}]", errors)
+    if name is None:
         return None
     f = _Fields(entry, f"gateway '{name}'", errors)
     f.unknown(GATEWAY_FIELDS)
     host = f.get("host", (str,), required=True)
+    if host is not None and (why := host_problem(host)):
+        f.bad("host", why)
     port = f.integer("port", 1, 65535, default=502)
     device_id = f.integer("device_id", 0, 255, default=1)
     enabled = f.get("enabled", (bool,), default=True)
@@ -179,6 +198,18 @@ def _gateway(
     )
 
 
+def _name(entry: dict, where: str, errors: _Errors) -> str | None:
+    """The entry's name, or None (reported) when it has none or it is not a string."""
+    name = entry.get("name")
+    if name is not None and not isinstance(name, str):
+        errors.add(f"{where}: field 'name'", f"expected a string, got {name!r}")
+    elif name is None or not name.strip():
+        errors.add(f"{where}: field 'name'", "is required (a non-empty string)")
+    else:
+        return name
+    return None
+
+
 def _points(entries: Any, gateway: str, errors: _Errors) -> tuple[Point, ...]:
     if not isinstance(entries, list) or not entries:
         errors.add(f"gateway '{gateway}': field 'points'", "expected a non-empty list")
@@ -203,9 +234,8 @@ def _point(entry: Any, index: int, gateway: str, errors: _Errors) -> Point | Non
     if not isinstance(entry, dict):
         errors.add(where, "expected a mapping")
         return None
-    name = entry.get("name")
-    if not isinstance(name, str) or not name.strip():
-        errors.add(f"{where}: field 'name'", "is required (a non-empty string)")
+    name = _name(entry, where, errors)
+    if name is None:
         return None
     f = _Fields(entry, f"gateway '{gateway}': point '{name}'", errors)
     f.unknown(POINT_FIELDS)
@@ -242,6 +272,29 @@ def _point(entry: Any, index: int, gateway: str, errors: _Errors) -> Point | Non
         if last > MAX_ADDRESS:
             f.bad("address", f"{address} + {point.width} registers runs past {MAX_ADDRESS}")
     return point
+
+
+#: One DNS label: letters, digits and inner hyphens (underscores too: many site networks
+#: name devices so), at most 63 characters.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a DNS name, or None when it is one."""
+    if not host.strip():
+        return "is empty: expected an IP address or a DNS name"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{host!r} is not an IP address or a DNS name"
+    if labels[-1].isdigit():
+        return f"{host!r} is not a valid IP address"
+    return None
 
 
 def _unit(f: _Fields) -> str | None:

@@ -97,6 +97,12 @@ def _with(gateway_changes=None, point_changes=None, extra_gateway=None):
         (_with(point_changes={"name": "label"}), "point 'label': duplicate name"),
         (_with(extra_gateway=GOOD["gateways"][0]), "gateway 'boiler-room': duplicate name"),
         ({"gateways": [{"host": "x"}]}, "gateways[0]: field 'name': is required"),
+        ({"gateways": [{"name": 12}]}, "gateways[0]: field 'name': expected a string, got 12"),
+        (_with(point_changes={"name": 7}), "points[0]: field 'name': expected a string, got 7"),
+        (_with({"host": ""}), "field 'host': is empty: expected an IP address or a DNS name"),
+        (_with({"host": "not a host!!"}), "'not a host!!' is not an IP address or a DNS name"),
+        (_with({"host": "-meter.site"}), "is not an IP address or a DNS name"),
+        (_with({"host": "10.0.0.300"}), "'10.0.0.300' is not a valid IP address"),
         ({"gateway": []}, "expected a top-level 'gateways:' list"),
     ],
 )
@@ -127,5 +133,33 @@ def test_unreadable_and_malformed_files(tmp_path):
         load_gateways(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("gateways: [\n  - name: x\n   host: y\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+: not valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: line 2, column 3: not valid YAML: while parsing a flow node"
+    ):
         load_gateways(bad)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.12", "fe80::1", "meter-7.site.local", "plc_3", "gw."])
+def test_hosts_are_ip_addresses_or_dns_names(host):
+    (gateway,) = parse_gateways(_with({"host": host}))
+    assert gateway.host == host
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("gateways:\n  - name: café\n".encode("latin-1"), "line 2: not UTF-8 text (byte 0xe9)"),
+        (bytes(range(256)), "line 2: not UTF-8 text (byte 0x80)"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, content, said):
+    path = tmp_path / "site.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_gateways(path)
+    assert str(info.value) == f"{path}: {said}; save it as UTF-8"
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a gateways file"):
+        load_gateways(tmp_path)
