@@ -392,10 +392,14 @@ def diagnose(as_json: bool, history: int) -> None:
 @health.command()
 @click.option("--fix", is_flag=True, help="Remove leftover keys and stale waiting messages.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--verbose", is_flag=True, help="Every check's details, keys expiring on their own included."
+)
 @with_runtime()
-def audit(rt: Runtime, fix: bool, as_json: bool) -> None:
+def audit(rt: Runtime, fix: bool, as_json: bool, verbose: bool) -> None:
     """Look for what could poll a gateway twice from outside: extra beats, workers on other
-    code or configuration, stray Celery processes, leftover keys, stale queued polls."""
+    code or configuration, stray Celery processes, leftover keys, stale queued polls. Keys
+    and messages a normal stop leaves, which go on their own, are not findings."""
     app = create_app(rt.settings)
     result = audit_fleet(check_context(app, rt, ask_workers=True), fix=fix)
     code = diagnostics.exit_code(result.results)
@@ -405,7 +409,7 @@ def audit(rt: Runtime, fix: bool, as_json: bool) -> None:
     else:
         click.echo(
             report.render(
-                result.results, result.repairs, verbose=False, headline=f"audit: {health}"
+                result.results, result.repairs, verbose=verbose, headline=f"audit: {health}"
             )
         )
     sys.exit(code)

@@ -20,7 +20,8 @@ from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord, reading_row
 from polling.repository import import_gateways
 from polling.runtime import Runtime
-from polling.service import start
+from polling.chains import StepClaim
+from polling.service import start, stop
 from tests.fleet import fleet
 from workers.broker import RedisQueues
 from workers.senders import send_batch, send_canary, send_poll
@@ -184,6 +185,26 @@ def test_audit_finds_other_code_and_stale_messages_and_removes_the_waiting_ones(
     fixed = audit(ctx, fix=True)
     assert {f.component: f.status for f in fixed.results}["messages"] == "healthy"
     assert runtime.redis.llen(f"{runtime.keys.broker}polling") == 0
+
+
+def test_after_a_normal_stop_audit_is_clean_and_only_keys_that_never_expire_are_findings(
+    runtime,
+):
+    setup_fleet(runtime, 2)
+    (gid, chain), (other, _) = runtime.chains.all().items()
+    # A poll claimed its slot (with the TTL every claim gets), then the fleet was stopped.
+    runtime.chains.begin([StepClaim(gid, chain.token, chain.due_ms, 600_000)], [])
+    stop(runtime)
+    runtime.clock = lambda: chain.due_ms + 5_000  # the slot has ended
+    keys = {f.component: f for f in audit(Context(runtime)).results}["keys"]
+    assert keys.status == "healthy", keys
+    assert keys.details["expiring_claims"] == 1
+    # A claim that never expires (an old release, a hand-made key) is a finding.
+    runtime.redis.set(runtime.keys.claim(other, chain.due_ms), "x")
+    keys = {f.component: f for f in audit(Context(runtime)).results}["keys"]
+    assert keys.status == "warning" and keys.details["claims"] == [
+        runtime.keys.claim(other, chain.due_ms)
+    ]
 
 
 def test_records_go_to_the_buffer_while_the_database_is_down_and_flush_in_order(runtime, settings):
