@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,33 @@ class Beat(CeleryProcess):
         super().__init__(args, env, log, preamble)
 
 
+class Flower(CeleryProcess):
+    """`celery -A workers.app flower` on a loopback port, as pollctl-flower.service runs it
+    (its login, if any, from `FLOWER_BASIC_AUTH` in `env`)."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(["flower", f"--port={port}", "--address=127.0.0.1"], env, log)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until `/healthcheck` (the one page without a login) answers."""
+        wait_http(f"{self.url}/healthcheck", self.proc, self.log, timeout)
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until `url` answers 200, or `proc` exits (with its log in the error)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not answering in {timeout} s")
+
+
 class ApiProcess:
     """`pollctl api` on a loopback port, as an operator's unit runs it."""
 
@@ -122,18 +150,7 @@ class ApiProcess:
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Until `/health` answers."""
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"api exited:\n{self.log.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"api not answering in {timeout} s")
+        wait_http(f"{self.url}/health", self.proc, self.log, timeout)
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:
