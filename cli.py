@@ -35,7 +35,9 @@ from polling.saving import flush
 from polling.schedule import ms_to_dt
 from polling.settings import Settings, mask_url
 from polling.simulator import Simulator
-from polling.status import collect_status
+from polling.status import collect_status, polling_consumed
+from polling.timefmt import iso_z, local
+from polling.values import cell, shown
 from workers.app import create_app
 from workers.control import check_context
 from workers.senders import step_sender
@@ -83,10 +85,6 @@ def _sending(app: Celery, rt: Runtime) -> Iterator[Enqueue]:
     sender = step_sender(app, rt.settings, configcache.names(rt))
     yield sender.add
     sender.send_all()
-
-
-def _when(dt: datetime | None) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if dt else "-"
 
 
 # The commands by concern; `main` serves them all at the top level (`pollctl start`).
@@ -191,6 +189,14 @@ def gateway_delete(rt: Runtime, name: str) -> None:
 # -- running ---------------------------------------------------------------------------------
 
 
+NO_POLLING_WORKER = (
+    "no worker consumes the polling queue (systemctl start pollctl-worker@1, or "
+    "`celery -A workers.app worker -Q polling`)"
+)
+#: Gateway names a summary line lists before it counts the rest.
+SHOWN_NAMES = 10
+
+
 def _names(gateways: tuple[str, ...]) -> list[str] | None:
     return list(gateways) if gateways else None
 
@@ -208,6 +214,8 @@ def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
         click.echo(f"already polling {name}")
     for name, reason in report.skipped.items():
         click.echo(f"not started {name}: {reason}")
+    if (report.started or report.already) and not polling_consumed(rt):
+        click.echo(f"warning: {NO_POLLING_WORKER}: the chains wait until one starts", err=True)
 
 
 @running.command()
@@ -216,7 +224,15 @@ def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
 def stop(rt: Runtime, gateways: tuple[str, ...]) -> None:
     """Stop polling; returns once no poll of these gateways is in flight."""
     report = service.stop(rt, _names(gateways))
-    click.echo(f"stopped {len(report.stopped)} gateways")
+    if not report.stopped:
+        click.echo("nothing was polling")
+        return
+    shown = ", ".join(report.stopped[:SHOWN_NAMES])
+    more = len(report.stopped) - SHOWN_NAMES
+    click.echo(
+        f"stopped {len(report.stopped)} gateways: {shown}"
+        + (f" and {more} more" if more > 0 else "")
+    )
 
 
 @running.command()
@@ -239,7 +255,8 @@ def poll_now(rt: Runtime, name: str) -> None:
     outcome = service.poll_now(rt, name)
     click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
     for point, value in outcome.values:
-        click.echo(f"  {point.name} = {value}")
+        unit = f" {point.unit}" if point.unit else ""
+        click.echo(f"  {point.name} = {cell(shown(point, value))}{unit}")
     if outcome.outcome != "ok":
         sys.exit(1)
 
@@ -257,14 +274,16 @@ def status(rt: Runtime, detailed: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
+    if any(s.polling == "waiting" for s in statuses):
+        click.echo(f"warning: {NO_POLLING_WORKER}: nothing is being polled", err=True)
     headers = ["gateway", "enabled", "polling", "last_poll", "outcome", "next_due", "ok", "failed"]
     headers += ["consec_fail"]
     if detailed:
         headers += ["skipped", "missed", "note"]
     rows: list[list[object]] = []
     for s in statuses:
-        row: list[object] = [s.name, "yes" if s.enabled else "NO", s.polling, _when(s.last_slot)]
-        row += [s.last_outcome or "-", _when(s.next_due), s.ok, s.failed, s.consecutive_failures]
+        row: list[object] = [s.name, "yes" if s.enabled else "NO", s.polling, local(s.last_slot)]
+        row += [s.last_outcome or "-", local(s.next_due), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
             row += [s.skipped, s.missed, note]
@@ -303,29 +322,42 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
 def readings(
     rt: Runtime, name: str, point: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
-    """Readings of one gateway, newest first."""
+    """Readings of one gateway, newest first; the same columns in every format."""
     since_dt = parse_since(since)
-    service.select_gateways(rt, [name])  # an unknown name is an error, not an empty table
+    (target,) = service.select_gateways(rt, [name])  # an unknown name is an error
+    points = {p.name: p for p in target.config.points}
+    if point is not None and point not in points:
+        raise ConfigError(
+            f"gateway {name} has no point {point!r} (its points: {', '.join(sorted(points))})"
+        )
     with rt.sessions() as session:
         rows = queries.readings(session, name, point=point, since=since_dt, limit=limit)
+    headers = ["gateway", "point", "slot_at", "read_at", "value", "unit", "kind"]
+    values = [shown(points.get(r.point), r.value) for r in rows]
     if fmt == "json":
-        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        documents = [
+            dict(zip(headers, (*_reading_cells(r, iso_z), v, r.unit, r.kind), strict=True))
+            for r, v in zip(rows, values, strict=True)
+        ]
+        click.echo(json.dumps(documents, indent=2))
         return
-    headers = ["gateway", "point", "slot_at", "read_at", "value", "unit"]
+    timefmt = iso_z if fmt == "csv" else local
+    cells = [
+        (*_reading_cells(r, timefmt), cell(v), r.unit or "", r.kind)
+        for r, v in zip(rows, values, strict=True)
+    ]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(headers)
-        writer.writerows(
-            (r.gateway, r.point, r.slot_at.isoformat(), r.read_at.isoformat(), r.value, r.unit)
-            for r in rows
-        )
+        writer.writerows(cells)
         click.echo(out.getvalue(), nl=False)
         return
-    cells = [
-        (r.gateway, r.point, _when(r.slot_at), _when(r.read_at), r.value, r.unit) for r in rows
-    ]
     click.echo(table(headers, cells))
+
+
+def _reading_cells(row: queries.ReadingRow, timefmt: Callable[[datetime], object]) -> tuple:
+    return row.gateway, row.point, timefmt(row.slot_at), timefmt(row.read_at)
 
 
 def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
@@ -385,7 +417,7 @@ def diagnose(as_json: bool, history: int) -> None:
         click.echo(f"\nrecent diagnostics runs by beat ({len(runs)}):")
         for run in runs:
             repaired = "; ".join(a for acts in run.repairs.values() for a in acts) or "nothing"
-            click.echo(f"  {_when(run.ran_at)}  {run.health:9} repaired: {repaired}")
+            click.echo(f"  {local(run.ran_at)}  {run.health:9} repaired: {repaired}")
     sys.exit(diagnosis.exit_code)
 
 
@@ -426,16 +458,16 @@ def buffer() -> None:
 def _letter_row(letter: DeadLetter, names: dict[int, str]) -> list[str]:
     entry = letter.entry
     if not isinstance(entry, dict):
-        return [_when(ms_to_dt(letter.at_ms)), "?", "?", "?", letter.reason]
+        return [local(ms_to_dt(letter.at_ms)), "?", "?", "?", letter.reason]
     record = entry.get("record", entry)
     gateway_id = record.get("gateway_id")
     slots = [record["slot_ms"]] if "slot_ms" in record else entry.get("slots", [])
-    slot = _when(ms_to_dt(slots[0])) if slots else "-"
+    slot = local(ms_to_dt(slots[0])) if slots else "-"
     if len(slots) > 1:
         slot += f" (+{len(slots) - 1})"
     name = names.get(gateway_id, f"#{gateway_id}")
     what = entry.get("type", "?") + (f" {record['outcome']}" if "outcome" in record else "")
-    return [_when(ms_to_dt(letter.at_ms)), name, what, slot, letter.reason]
+    return [local(ms_to_dt(letter.at_ms)), name, what, slot, letter.reason]
 
 
 @buffer.command("show")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from .timefmt import iso_z
+
 Health = Literal["healthy", "degraded", "critical"]
 #: A check's status as an outside monitor's health.
 HEALTH_OF: dict[str, Health] = {"healthy": "healthy", "warning": "degraded", "error": "critical"}
@@ -31,7 +33,7 @@ class FleetHealth:
     def as_json(self, now: datetime) -> dict:
         return {
             "health": self.health,
-            "ran_at": self.ran_at.isoformat().replace("+00:00", "Z") if self.ran_at else None,
+            "ran_at": iso_z(self.ran_at),
             "age_s": round((now - self.ran_at).total_seconds(), 1) if self.ran_at else None,
             "components": {
                 name: {"health": c.health, "message": c.message}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from .chains import ChainState
 from .models import GatewayRow, PollLog, Reading
 from .schedule import dt_to_ms, ms_to_dt
+from .timefmt import iso_z
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class GatewayStatus:
     name: str
     enabled: bool
     disabled_reason: str | None
-    #: yes (live chain) | overdue (chain stopped advancing) | no
+    #: yes (live chain) | waiting (live chain, but no worker consumes `polling`) |
+    #: overdue (chain stopped advancing) | no
     polling: str
     interval: float
     last_slot: datetime | None
@@ -34,14 +36,15 @@ class GatewayStatus:
     def as_json(self) -> dict:
         data = asdict(self)
         for key in ("last_slot", "next_due"):
-            data[key] = data[key].isoformat() if data[key] else None
+            data[key] = iso_z(data[key])
         return data
 
 
 def gateway_statuses(
-    session: Session, chains: dict[int, ChainState], overdue: set[int]
+    session: Session, chains: dict[int, ChainState], overdue: set[int], *, consumed: bool = True
 ) -> list[GatewayStatus]:
-    """Counts come from the poll log (scheduled polls only), one grouped query."""
+    """Counts come from the poll log (scheduled polls only), one grouped query. Without a
+    worker consuming `polling` (`consumed` false), a live chain is only waiting."""
     counts: dict[int, dict[str, int]] = {}
     grouped = (
         select(PollLog.gateway_id, PollLog.outcome, func.sum(PollLog.slots))
@@ -56,7 +59,7 @@ def gateway_statuses(
         chain = chains.get(row.id)
         last = latest.get(row.id)
         c = counts.get(row.id, {})
-        polling = "no" if chain is None else ("overdue" if row.id in overdue else "yes")
+        polling = _polling(chain is not None, row.id in overdue, consumed)
         out.append(
             GatewayStatus(
                 name=row.name,
@@ -76,6 +79,14 @@ def gateway_statuses(
             )
         )
     return out
+
+
+def _polling(chain: bool, overdue: bool, consumed: bool) -> str:
+    if not chain:
+        return "no"
+    if not consumed:
+        return "waiting"
+    return "overdue" if overdue else "yes"
 
 
 def _latest_polls(session: Session) -> dict[int, PollLog]:
@@ -101,15 +112,10 @@ class ReadingRow:
     point: str
     slot_at: datetime
     read_at: datetime
+    #: As stored: a float, or text for strings and wide integers (see `values.shown`).
     value: float | str | None
     unit: str | None
     kind: str
-
-    def as_json(self) -> dict:
-        data = asdict(self)
-        data["slot_at"] = self.slot_at.isoformat()
-        data["read_at"] = self.read_at.isoformat()
-        return data
 
 
 def readings(

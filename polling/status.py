@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import configcache, queries
+from . import configcache, heartbeat, queries
 from .chains import ChainState
 from .liveness import Overdue
 from .runtime import Runtime
@@ -10,8 +10,14 @@ from .runtime import Runtime
 
 def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
     chains, overdue = live_chains(rt)
+    consumed = polling_consumed(rt)
     with rt.sessions() as session:
-        return queries.gateway_statuses(session, chains, overdue)
+        return queries.gateway_statuses(session, chains, overdue, consumed=consumed)
+
+
+def polling_consumed(rt: Runtime) -> bool:
+    """Whether a live worker consumes `polling` (by the heartbeats): else chains only wait."""
+    return any(w.polls for w in heartbeat.live_workers(rt.redis, rt.keys))
 
 
 def live_chains(rt: Runtime) -> tuple[dict[int, ChainState], set[int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -80,32 +81,54 @@ def test_unreachable_services_give_one_line_naming_the_url(pollctl):
 
 
 def test_start_status_poll_now_readings_stop(pollctl, gateways_file, simulate, free_ports):
-    document = fleet(free_ports(2), [1, 2], [{"name": "a", "address": 0, "unit": "kW"}])
+    points = [
+        {"name": "a", "address": 0, "unit": "kW"},
+        {"name": "on", "register": "coil", "address": 1},
+    ]
+    document = fleet(free_ports(2), [1, 2], points)
     simulate(document)
     pollctl("gateway", "import", str(gateways_file(document)))
-    assert pollctl("start", "--gateway", "gw0").output.strip() == "started gw0"
-    statuses = {s["name"]: s for s in json.loads(pollctl("status", "--json").output)}
-    assert statuses["gw0"]["polling"] == "yes" and statuses["gw1"]["polling"] == "no"
-    assert statuses["gw0"]["next_due"] is not None
+    started = pollctl("start", "--gateway", "gw0")
+    assert started.stdout.strip() == "started gw0"
+    # No worker runs here: start says the chains wait, and status that nothing polls.
+    assert "warning: no worker consumes the polling queue" in started.stderr
+    listed = pollctl("status", "--json")
+    statuses = {s["name"]: s for s in json.loads(listed.stdout)}
+    assert statuses["gw0"]["polling"] == "waiting" and statuses["gw1"]["polling"] == "no"
+    assert statuses["gw0"]["next_due"].endswith("Z")
+    shown = pollctl("status")
+    assert "nothing is being polled" in shown.stderr
+    (gw0,) = [line for line in shown.stdout.splitlines() if line.startswith("gw0")]
+    assert re.search(r"waiting +- +- +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", gw0)
 
-    out = pollctl("poll-now", "--gateway", "gw1").output
-    assert out.startswith("gw1: ok") and "  a = " in out
-    rows = json.loads(pollctl("readings", "--gateway", "gw1", "--format", "json").output)
-    assert [(r["gateway"], r["point"], r["unit"], r["kind"]) for r in rows] == [
-        ("gw1", "a", "kW", "manual")
-    ]
-    text = pollctl("readings", "--gateway", "gw1", "--format", "csv", "--since", "10m").output
+    out = pollctl("poll-now", "--gateway", "gw1").stdout
+    assert out.startswith("gw1: ok") and re.search(r"  a = \d+ kW", out)
+    assert re.search(r"  on = (true|false)$", out, re.M)
+    rows = json.loads(pollctl("readings", "--gateway", "gw1", "--format", "json").stdout)
+    assert {(r["point"], r["unit"], r["kind"]) for r in rows} == {
+        ("a", "kW", "manual"),
+        ("on", None, "manual"),
+    }
+    assert {type(r["value"]) for r in rows} == {int, bool}
+    assert all(r["slot_at"].endswith("Z") for r in rows)
+    headers = ["gateway", "point", "slot_at", "read_at", "value", "unit", "kind"]
+    assert list(rows[0]) == headers
+    text = pollctl("readings", "--gateway", "gw1", "--format", "csv", "--since", "10m").stdout
     header, *data = list(csv.reader(io.StringIO(text)))
-    assert header == ["gateway", "point", "slot_at", "read_at", "value", "unit"]
-    assert len(data) == 1
-    table = pollctl("readings", "--gateway", "gw1", "--point", "a", "--limit", "5").output
+    assert header == headers and len(data) == 2
+    assert {row[4] for row in data if row[1] == "on"} <= {"true", "false"}
+    table = pollctl("readings", "--gateway", "gw1", "--point", "a", "--limit", "5").stdout
     header_line, _, row = table.splitlines()
     assert header_line.split() == header and row.split()[0:2] == ["gw1", "a"]
-    assert row.split()[-1] == "kW"
-    assert "gw1" in pollctl("status", "--detailed").output
+    assert row.split()[-2:] == ["kW", "manual"]
+    unknown = pollctl("readings", "--gateway", "gw1", "--point", "nosuch", code=1)
+    assert unknown.stderr == "error: gateway gw1 has no point 'nosuch' (its points: a, on)\n"
+    assert "gw1" in pollctl("status", "--detailed").stdout
 
-    assert pollctl("stop").output.strip() == "stopped 2 gateways"
-    statuses = {s["name"]: s for s in json.loads(pollctl("status", "--json").output)}
+    # Stop counts what was polling: gw0 only; a second stop finds nothing.
+    assert pollctl("stop").stdout.strip() == "stopped 1 gateways: gw0"
+    assert pollctl("stop").stdout.strip() == "nothing was polling"
+    statuses = {s["name"]: s for s in json.loads(pollctl("status", "--json").stdout)}
     assert statuses["gw0"]["polling"] == "no"
 
 

@@ -43,5 +43,5 @@ def test_no_run_recorded_is_critical_and_says_why():
 def test_json_names_the_run_time_in_utc_with_z():
     ran = NOW - timedelta(seconds=4)
     data = fleet_health({"redis": check("healthy")}, ran, NOW, period_s=30).as_json(NOW)
-    assert data["ran_at"] == "2026-12-04T11:59:56Z" and data["age_s"] == 4.0
+    assert data["ran_at"] == "2026-12-04T11:59:56.000Z" and data["age_s"] == 4.0
     assert data["components"]["redis"] == {"health": "healthy", "message": "m"}

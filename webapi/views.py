@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -13,12 +13,8 @@ from polling.queueview import QueueInspector
 from polling.runtime import Runtime
 from polling.schedule import ms_to_dt
 from polling.status import collect_status, live_chains
+from polling.timefmt import iso_z
 from workers.queues import POLLING
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with `Z`, as monitors parse it."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def now_utc(rt: Runtime) -> datetime:
@@ -41,7 +37,7 @@ def diagnostics_runs(rt: Runtime, limit: int) -> dict:
 def _run_json(run: DiagnosticRun) -> dict:
     return {
         "id": run.id,
-        "ran_at": iso(run.ran_at),
+        "ran_at": iso_z(run.ran_at),
         "health": run.health,
         # A reconcile's record of its repairs has no checks: it ran none.
         "kind": "diagnostics" if run.checks is not None else "reconcile",
@@ -113,8 +109,8 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
         ok_ms = last_ok.get(gateway_id)
         data = status.as_json()
         for key in ("last_slot", "next_due"):
-            data[key] = iso(getattr(status, key))
-        data["last_ok_at"] = iso(ms_to_dt(ok_ms)) if ok_ms else None
+            data[key] = iso_z(getattr(status, key))
+        data["last_ok_at"] = iso_z(ms_to_dt(ok_ms)) if ok_ms else None
         data["success_rate"] = round(ok / polled, 4) if polled else None
         data["window_s"] = window
         out.append(data)
@@ -140,8 +136,8 @@ def latest_readings(rt: Runtime, name: str) -> list[dict]:
                 "point": r.point,
                 "value": r.text if r.text is not None else r.value,
                 "unit": r.unit,
-                "slot_at": iso(r.slot_at),
-                "read_at": iso(r.read_at),
+                "slot_at": iso_z(r.slot_at),
+                "read_at": iso_z(r.read_at),
             }
             for r in rows
         ]
