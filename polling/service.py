@@ -185,15 +185,19 @@ def _start_chains(
 
 
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:
-    """Retire the chains and wait for polls in flight: nothing polls once this returns."""
+    """Retire the chains and wait for polls in flight: nothing polls once this returns.
+    `stopped` names the gateways that were polling (started, or with a live chain)."""
     report = FleetReport()
-    gateways = select_gateways(rt, names)
+    stored = named_gateways(rt, names)
+    gateways = [PollTarget.of(g, rt.settings) for g in stored]
+    live = rt.chains.all()
     with rt.sessions() as session, session.begin():
         set_polling_many(session, [g.id for g in gateways], on=False)
     rt.bump_config()
-    for gateway in gateways:
+    for gateway, row in zip(gateways, stored, strict=True):
         rt.chains.retire(gateway.id)
-        report.stopped.append(gateway.config.name)
+        if row.polling or gateway.id in live:
+            report.stopped.append(gateway.config.name)
     for endpoint in {(g.config.host, g.config.port): g for g in gateways}.values():
         _wait_for_endpoint(rt, endpoint)
     return report
