@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 from celery import Celery
+from sqlalchemy import func, select
 
 from polling import configcache, diagnostics, logsetup, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
@@ -27,6 +28,7 @@ from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways
 from polling.gateways import Gateway
+from polling.models import Reading
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
@@ -176,14 +178,29 @@ def gateway_list(rt: Runtime) -> None:
 
 @gateway.command("delete")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
 @with_runtime()
-def gateway_delete(rt: Runtime, name: str) -> None:
-    """Stop and delete a gateway, with its poll log and readings."""
+def gateway_delete(rt: Runtime, name: str, yes: bool) -> None:
+    """Stop and delete a gateway, with its poll log and readings (asks first)."""
+    (target,) = service.select_gateways(rt, [name])  # an unknown name is an error
+    with rt.sessions() as session:
+        readings = session.scalar(
+            select(func.count()).select_from(Reading).where(Reading.gateway_id == target.id)
+        )
+    if not yes:
+        _confirm(f"delete gateway {name} with its {readings} readings and its poll log?")
     service.stop(rt, [name])
     with rt.sessions() as session, session.begin():
         delete_gateway(session, name)
     rt.bump_config()
-    click.echo(f"deleted {name}")
+    click.echo(f"deleted {name} and its {readings} readings")
+
+
+def _confirm(question: str) -> None:
+    """Ask on a terminal; elsewhere (a script, a pipe) there is no one to ask: --yes."""
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question.rstrip('?')}: not on a terminal, so add --yes")
+    click.confirm(question, abort=True)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -513,7 +530,7 @@ def buffer_drop(rt: Runtime, yes: bool) -> None:
         click.echo("no refused records")
         return
     if not yes:
-        click.confirm(f"drop {count} refused records for good?", abort=True)
+        _confirm(f"drop {count} refused records for good?")
     click.echo(f"dropped {rt.buffer.drop_dead()} refused records")
 
 

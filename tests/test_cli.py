@@ -211,3 +211,65 @@ def test_simulate_serves_a_file_until_its_duration(pollctl, env, gateways_file, 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def run_on_a_terminal(env: dict, args: list[str], answer: str) -> tuple[int, str]:
+    """`pollctl ARGS` with a pseudo-terminal for stdin and stdout, typing `answer` once it
+    asks; returns the exit code and what the terminal showed."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    controller, terminal = pty.openpty()
+    command = [sys.executable, "-c", "from cli import main; main()", *args]
+    proc = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, **env, "PYTHONPATH": str(root)},
+        cwd=root,
+    )
+    os.close(terminal)
+    shown = b""
+    while b"[y/N]" not in shown:
+        chunk = os.read(controller, 1024)
+        assert chunk, shown
+        shown += chunk
+    os.write(controller, answer.encode() + b"\n")
+    while True:
+        try:
+            chunk = os.read(controller, 1024)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return proc.wait(30), shown.decode(errors="replace")
+
+
+def test_gateway_delete_asks_on_a_terminal_and_wants_yes_elsewhere(
+    pollctl, env, runtime, gateways_file, free_ports, simulate
+):
+    document = fleet(
+        free_ports(2), [1, 1], [{"name": "a", "address": 0}, {"name": "b", "address": 1}]
+    )
+    simulate(document)
+    pollctl("gateway", "import", str(gateways_file(document)))
+    pollctl("poll-now", "--gateway", "gw0")  # two readings
+    refused = pollctl("gateway", "delete", "gw0", code=1)
+    assert refused.stderr == (
+        "error: delete gateway gw0 with its 2 readings and its poll log: not on a terminal, "
+        "so add --yes\n"
+    )
+    code, shown = run_on_a_terminal(env, ["gateway", "delete", "gw0"], "n")
+    assert code == 1 and "delete gateway gw0 with its 2 readings and its poll log? [y/N]" in shown
+    assert counts(runtime)[0] == 2
+    code, shown = run_on_a_terminal(env, ["gateway", "delete", "gw0"], "y")
+    assert code == 0 and "deleted gw0 and its 2 readings" in shown
+    assert pollctl("gateway", "delete", "gw1", "--yes").stdout == "deleted gw1 and its 0 readings\n"
+    assert counts(runtime)[0] == 0

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from polling import configcache, diagnostics, heartbeat, records, saving
 from polling.audit import audit
+from polling.chains import StepClaim
 from polling.checks.base import Context
 from polling.checks.fleet import check_failures, check_locks, check_schedules
 from polling.checks.services import check_beat, check_queues, check_workers
@@ -20,7 +21,6 @@ from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord, reading_row
 from polling.repository import import_gateways
 from polling.runtime import Runtime
-from polling.chains import StepClaim
 from polling.service import start, stop
 from tests.fleet import fleet
 from workers.broker import RedisQueues
