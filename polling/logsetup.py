@@ -27,6 +27,9 @@ FORMATS = ("auto", "json", "text")
 FIELDS = ("gateway", "slot", "token", "task_id", "task")
 #: Celery's lines per task (received, succeeded): a batch writes its own line instead.
 PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+#: pymodbus warns on every failed connect and retry ("Failed to connect ..."): our own poll
+#: line says the same once, with the gateway; its errors still show.
+QUIET_LIBRARIES = ("pymodbus",)
 
 # The default is never mutated (`bound` sets a new dict), so sharing it is safe.
 _context: ContextVar[dict[str, object]] = ContextVar("pollctl_log_context", default={})  # noqa: B039
@@ -87,9 +90,11 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(level)
     numeric = root.getEffectiveLevel()
-    quiet = numeric if numeric < logging.INFO else max(numeric, logging.WARNING)
+    debugging = numeric < logging.INFO
     for name in PER_TASK_LOGGERS:
-        logging.getLogger(name).setLevel(quiet)
+        logging.getLogger(name).setLevel(numeric if debugging else max(numeric, logging.WARNING))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(numeric if debugging else max(numeric, logging.ERROR))
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -273,3 +273,12 @@ def test_gateway_delete_asks_on_a_terminal_and_wants_yes_elsewhere(
     assert code == 0 and "deleted gw0 and its 2 readings" in shown
     assert pollctl("gateway", "delete", "gw1", "--yes").stdout == "deleted gw1 and its 0 readings\n"
     assert counts(runtime)[0] == 0
+
+
+def test_poll_now_on_a_dead_device_is_our_one_line_without_library_noise(
+    pollctl, gateways_file, free_ports
+):
+    pollctl("gateway", "import", str(gateways_file(fleet(free_ports(1), [1]))))  # no device
+    result = pollctl("poll-now", "--gateway", "gw0", code=1)
+    assert result.stdout.startswith("gw0: failed: ")
+    assert result.stderr == ""  # pymodbus's "Failed to connect ..." warnings stay out

@@ -20,7 +20,7 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    for name in logsetup.PER_TASK_LOGGERS:
+    for name in (*logsetup.PER_TASK_LOGGERS, *logsetup.QUIET_LIBRARIES):
         logging.getLogger(name).setLevel(logging.NOTSET)
 
 
