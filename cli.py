@@ -28,7 +28,7 @@ from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways
 from polling.gateways import Gateway
-from polling.models import Reading
+from polling.models import GatewayRow, Reading
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
@@ -89,6 +89,14 @@ def _sending(app: Celery, rt: Runtime) -> Iterator[Enqueue]:
     sender.send_all()
 
 
+NO_POLLING_WORKER = (
+    "no worker consumes the polling queue (systemctl start pollctl-worker@1, or "
+    "`celery -A workers.app worker -Q polling`)"
+)
+#: Gateway names a summary line lists before it counts the rest.
+SHOWN_NAMES = 10
+
+
 # The commands by concern; `main` serves them all at the top level (`pollctl start`).
 setup = click.Group("setup", help="Settings, schema and gateways.")
 running = click.Group("running", help="Start, stop and poll; simulate and demo.")
@@ -138,23 +146,95 @@ def gateway() -> None:
 
 @gateway.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-def gateway_import(path: str) -> None:
-    """Upsert the gateways of a YAML file by name; the whole file is checked first."""
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also delete stored gateways the file no longer has, with their readings (asks).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be created, updated, deleted.")
+@click.option("--yes", is_flag=True, help="Do not ask before pruning.")
+def gateway_import(path: str, prune: bool, dry_run: bool, yes: bool) -> None:
+    """Upsert the gateways of a YAML file by name; the whole file is checked first.
+
+    Example: pollctl gateway import /etc/pollctl/gateways.yaml --prune --dry-run
+    """
     settings = _settings()
     gateways = load_gateways(
         path, max_interval=settings.max_interval, min_interval=settings.min_interval
     )
-    _import(gateways, path)
+    _import(gateways, path, prune=prune, dry_run=dry_run, yes=yes)
 
 
 @with_runtime()
-def _import(rt: Runtime, gateways: list[Gateway], path: str) -> None:
+def _import(
+    rt: Runtime, gateways: list[Gateway], path: str, *, prune: bool, dry_run: bool, yes: bool
+) -> None:
+    with rt.sessions() as session:
+        stored = set(session.scalars(select(GatewayRow.name)))
+    names = {g.name for g in gateways}
+    new, gone = names - stored, sorted(stored - names)
+    if not gateways:
+        if prune and stored:
+            raise ConfigError(f"{path} has no gateways: --prune would delete all {len(stored)}")
+        click.echo(f"warning: {path} has no gateways: nothing imported", err=True)
+        return
+    verb = "would import" if dry_run else "imported"
+    summary = (
+        f"{len(gateways)} gateways from {path} ({len(new)} new, {len(names) - len(new)} updated)"
+    )
+    if dry_run:
+        click.echo(f"{verb} {summary}")
+        if prune:
+            click.echo(
+                f"would delete {_listed(gone)} not in the file" if gone else "would delete none"
+            )
+        _note_kept(gone, prune)
+        return
+    if prune and gone and not yes:
+        readings = _readings_of(rt, gone)
+        _confirm(f"delete {_listed(gone)} not in {path}, with their {readings} readings?")
     with rt.sessions() as session, session.begin():
-        created, updated = import_gateways(session, gateways)
+        import_gateways(session, gateways)
     rt.bump_config()
-    click.echo(f"imported {len(gateways)} gateways from {path} ({created} new, {updated} updated)")
-    if created:
+    click.echo(f"{verb} {summary}")
+    if prune and gone:
+        service.stop(rt, gone)
+        with rt.sessions() as session, session.begin():
+            for name in gone:
+                delete_gateway(session, name)
+        rt.bump_config()
+        click.echo(f"deleted {_listed(gone)} not in the file")
+    _note_kept(gone, prune)
+    if new:
         click.echo("new gateways are not polled until `pollctl start`")
+
+
+def _note_kept(gone: list[str], prune: bool) -> None:
+    if gone and not prune:
+        click.echo(
+            f"note: {_listed(gone)} stored but not in the file: kept "
+            "(--prune deletes them; --dry-run shows what it would do)"
+        )
+
+
+def _listed(names: list[str]) -> str:
+    """`3 gateways (a, b, c)`, the names cut at SHOWN_NAMES."""
+    more = len(names) - SHOWN_NAMES
+    shown = ", ".join(names[:SHOWN_NAMES]) + (f" and {more} more" if more > 0 else "")
+    return f"{len(names)} gateway{'s' if len(names) != 1 else ''} ({shown})"
+
+
+def _readings_of(rt: Runtime, names: list[str]) -> int:
+    with rt.sessions() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Reading)
+                .join(GatewayRow, GatewayRow.id == Reading.gateway_id)
+                .where(GatewayRow.name.in_(names))
+            )
+            or 0
+        )
 
 
 @gateway.command("list")
@@ -204,14 +284,6 @@ def _confirm(question: str) -> None:
 
 
 # -- running ---------------------------------------------------------------------------------
-
-
-NO_POLLING_WORKER = (
-    "no worker consumes the polling queue (systemctl start pollctl-worker@1, or "
-    "`celery -A workers.app worker -Q polling`)"
-)
-#: Gateway names a summary line lists before it counts the rest.
-SHOWN_NAMES = 10
 
 
 def _names(gateways: tuple[str, ...]) -> list[str] | None:

@@ -47,6 +47,40 @@ def test_import_is_an_upsert_by_name(pollctl, runtime, gateways_file, free_ports
     assert counts(runtime) == (2, 3)
 
 
+def test_reimporting_a_smaller_file_keeps_or_prunes_what_it_no_longer_has(
+    pollctl, runtime, gateways_file, free_ports
+):
+    document = fleet(free_ports(3), [1, 1, 1], [{"name": "a", "address": 0}])
+    pollctl("gateway", "import", str(gateways_file(document)))
+    smaller = {"gateways": document["gateways"][:1]}
+    path = str(gateways_file(smaller, "smaller.yaml"))
+    kept = pollctl("gateway", "import", path)
+    assert "note: 2 gateways (gw1, gw2) stored but not in the file: kept" in kept.stdout
+    planned = pollctl("gateway", "import", path, "--prune", "--dry-run")
+    assert planned.stdout.splitlines()[:2] == [
+        f"would import 1 gateways from {path} (0 new, 1 updated)",
+        "would delete 2 gateways (gw1, gw2) not in the file",
+    ]
+    assert counts(runtime)[0] == 3
+    refused = pollctl("gateway", "import", path, "--prune", code=1)  # not a terminal
+    assert "not on a terminal, so add --yes" in refused.stderr and counts(runtime)[0] == 3
+    pruned = pollctl("gateway", "import", path, "--prune", "--yes")
+    assert "deleted 2 gateways (gw1, gw2) not in the file" in pruned.stdout
+    assert counts(runtime)[0] == 1
+
+
+def test_an_empty_file_is_a_warning_and_never_prunes_everything(
+    pollctl, runtime, gateways_file, free_ports
+):
+    pollctl("gateway", "import", str(gateways_file(fleet(free_ports(1), [1]))))
+    empty = str(gateways_file({"gateways": []}, "empty.yaml"))
+    warned = pollctl("gateway", "import", empty)
+    assert warned.stderr == f"warning: {empty} has no gateways: nothing imported\n"
+    refused = pollctl("gateway", "import", empty, "--prune", "--yes", code=1)
+    assert refused.stderr == f"error: {empty} has no gateways: --prune would delete all 1\n"
+    assert counts(runtime)[0] == 1
+
+
 def test_a_bad_file_is_refused_whole_and_nothing_changes(
     pollctl, runtime, gateways_file, free_ports
 ):
