@@ -124,3 +124,22 @@ def test_a_bad_url_is_one_line_naming_the_variable_and_the_accepted_forms(
 )
 def test_good_redis_urls_pass(url):
     assert Settings.from_env({"POLLING_REDIS_URL": url}, env_file="/nonexistent").redis_url == url
+
+
+@pytest.mark.parametrize("role", [["worker", "-Q", "polling"], ["beat"]])
+def test_a_celery_process_with_a_bad_url_refuses_to_start_with_the_same_line(tmp_path, role):
+    env = {
+        **os.environ,
+        "POLLING_ENV_FILE": os.devnull,
+        "POLLING_REDIS_URL": "redis://:pw@/0",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "celery", "-A", "workers.app", *role]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: POLLING_REDIS_URL=redis://:***@/0: no host (expected redis://[:PASSWORD@]HOST"
+        "[:PORT][/DB], rediss://... (TLS) or unix:///PATH?db=N)"
+    ]

@@ -4,11 +4,13 @@ asked for, never as a side effect of an import."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 
 from beat_schedule import beat_schedule
+from polling.errors import ConfigError
 from polling.keys import Keys
 from polling.settings import Settings
 
@@ -74,6 +76,13 @@ def create_app(settings: Settings) -> PollctlApp:
 def __getattr__(name: str) -> Any:
     # Celery's command line (`-A workers.app`) looks up `app` here (PEP 562).
     if name == "app":
-        built = globals()["app"] = create_app(Settings.from_env())
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            # A worker, beat or Flower with bad settings must not start (or retry a URL
+            # that can never work): the same one line the CLI gives, and exit 1.
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        built = globals()["app"] = create_app(settings)
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
