@@ -8,12 +8,18 @@ STAMP := $(VENV)/.installed
 .PHONY: help install bench demo test test-fast test-e2e test-faults test-long lint format typecheck clean
 
 help:
-	@echo "make demo       run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
-	@echo "make test       create the environment and run the suite (all but the long outages)"
-	@echo "make test-fast  the suite without the slow end-to-end tests"
+	@echo "make demo         run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
+	@echo "make test         create the environment and run the suite (all but the long tests)"
+	@echo "make test-fast    the suite without the slow end-to-end tests"
+	@echo "make test-e2e     only the end-to-end tests (real worker, beat, API and Flower processes)"
 	@echo "make test-faults  the whole fault suite, long outages included, with its summary"
-	@echo "make test-long  only the long outages (CI runs it after make test)"
-	@echo "make lint | format | typecheck | clean"
+	@echo "make test-long    only the long tests (CI runs them after make test)"
+	@echo "make bench        the benchmark against a naive setup and an asyncio floor (BENCH_ARGS=...)"
+	@echo "make install      create .venv and install pollctl with its dev and demo extras"
+	@echo "make lint         ruff check and format check"
+	@echo "make format       ruff format and fix"
+	@echo "make typecheck    mypy"
+	@echo "make clean        remove the environment and build output"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

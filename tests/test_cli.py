@@ -316,3 +316,36 @@ def test_poll_now_on_a_dead_device_is_our_one_line_without_library_noise(
     result = pollctl("poll-now", "--gateway", "gw0", code=1)
     assert result.stdout.startswith("gw0: failed: ")
     assert result.stderr == ""  # pymodbus's "Failed to connect ..." warnings stay out
+
+
+def test_status_filters_by_gateway_and_state(pollctl, gateways_file, free_ports):
+    pollctl("gateway", "import", str(gateways_file(fleet(free_ports(3), [1, 1, 1]))))
+    pollctl("start", "--gateway", "gw1")
+    named = json.loads(pollctl("status", "--json", "--gateway", "gw2", "--gateway", "gw0").stdout)
+    assert [s["name"] for s in named] == ["gw0", "gw2"]
+    waiting = json.loads(pollctl("status", "--json", "--state", "waiting").stdout)
+    assert [s["name"] for s in waiting] == ["gw1"]
+    stopped = pollctl("status", "--state", "stopped").stdout
+    assert [line.split()[0] for line in stopped.splitlines()[2:]] == ["gw0", "gw2"]
+    unknown = pollctl("status", "--gateway", "nosuch", code=1)
+    assert unknown.stderr == "error: unknown gateway: nosuch\n"
+
+
+def test_shell_completion_offers_gateway_names_from_the_database(
+    pollctl, env, gateways_file, free_ports
+):
+    import os
+    import subprocess
+    import sys
+
+    pollctl("gateway", "import", str(gateways_file(fleet(free_ports(3), [1, 1, 1]))))
+    completing = {
+        **os.environ,
+        **env,
+        "_POLLCTL_COMPLETE": "bash_complete",
+        "COMP_WORDS": "pollctl status --gateway gw",
+        "COMP_CWORD": "3",
+    }
+    command = [sys.executable, "-c", "from cli import main; main(prog_name='pollctl')"]
+    result = subprocess.run(command, env=completing, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["plain,gw0", "plain,gw1", "plain,gw2"], result.stderr
