@@ -3,13 +3,13 @@ gateway, point and field), and turned into `Gateway`s."""
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from . import codec
 from .errors import ConfigError
@@ -22,58 +22,101 @@ from .gateways import (
     Gateway,
     Point,
 )
+from .gatewaystream import NotAList, Progress, read_entries
 
 
 class _Errors:
-    """Collects every problem of a file so one run reports them all."""
+    """Collects every problem of a file so one run reports them all (the first hundred,
+    then a count: a generated file can be wrong ten thousand times)."""
+
+    SHOWN = 100
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: list[str] = []
+        self.count = 0
 
     def add(self, where: str, message: str) -> None:
-        self.lines.append(f"{self.source}: {where}: {message}")
+        self.count += 1
+        if self.count <= self.SHOWN:
+            self.lines.append(f"{self.source}: {where}: {message}")
 
-
-#: libyaml's safe loader when PyYAML has it: the pure-Python one spent over a minute
-#: on a file of 10,000 gateways.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    def raise_any(self) -> None:
+        if self.count > self.SHOWN:
+            self.lines.append(f"{self.source}: and {self.count - self.SHOWN} more faults")
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
 
 
 def load_gateways(
     path: str | Path, *, max_interval: float | None = None, min_interval: float = 0.001
 ) -> list[Gateway]:
     """Read and validate a whole gateways file; raise ConfigError naming every fault."""
-    path = Path(path)
+    batches = stream_gateways(path, max_interval=max_interval, min_interval=min_interval)
+    return [gateway for batch in batches for gateway in batch]
+
+
+def stream_gateways(
+    path: str | Path,
+    *,
+    max_interval: float | None = None,
+    min_interval: float = 0.001,
+    batch: int = 500,
+    progress: Progress | None = None,
+) -> Iterator[list[Gateway]]:
+    """The file's gateways, validated, `batch` at a time, in the memory of one batch. Every
+    fault is raised at the end, after the last batch, as one ConfigError naming them all:
+    a caller that writes batches does so in one transaction, and rolls it back."""
+    path = _readable(Path(path))
+    errors = _Errors(str(path))
+    limits = (min_interval, max_interval)
+    seen: set[str] = set()
+    pending: list[Gateway] = []
+    try:
+        for index, entry in enumerate(read_entries(path, progress)):
+            gateway = _gateway(entry, index, errors, limits)
+            if gateway is None:
+                continue
+            if gateway.name in seen:
+                errors.add(f"gateway '{gateway.name}'", "duplicate name")
+            seen.add(gateway.name)
+            pending.append(gateway)
+            if len(pending) >= batch:
+                yield pending
+                pending = []
+    except NotAList:
+        raise ConfigError(f"{path}: expected a top-level 'gateways:' list") from None
+    if pending:
+        yield pending
+    errors.raise_any()
+
+
+def _readable(path: Path) -> Path:
+    """`path` if it is a file of UTF-8 text; else one line saying what it is instead."""
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a gateways file")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    line += chunk[: exc.start].count(b"\n")
+                    raise ConfigError(
+                        f"{path}: line {line}: not UTF-8 text (byte 0x{chunk[exc.start]:02x}); "
+                        "save it as UTF-8"
+                    ) from None
+                line += chunk.count(b"\n")
+            decoder.decode(b"", final=True)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+    except UnicodeDecodeError:
         raise ConfigError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
-            "save it as UTF-8"
+            f"{path}: line {line}: not UTF-8 text (cut short); save it as UTF-8"
         ) from None
-    try:
-        document = yaml.load(text, Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
-    return parse_gateways(
-        document, source=str(path), max_interval=max_interval, min_interval=min_interval
-    )
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """`line N: not valid YAML: <the parser's reason>`."""
-    mark = getattr(exc, "problem_mark", None)
-    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    reason = getattr(exc, "problem", None) or ""
-    context = getattr(exc, "context", None)
-    why = f"{context}, {reason}" if context and reason else reason or context or ""
-    return f"{at}not valid YAML" + (f": {why}" if why else "")
+    return path
 
 
 def parse_gateways(
@@ -90,8 +133,7 @@ def parse_gateways(
     limits = (min_interval, max_interval)
     parsed = [_gateway(entry, i, errors, limits) for i, entry in enumerate(entries)]
     gateways = _unique(parsed, errors, "gateway '{}'")
-    if errors.lines:
-        raise ConfigError("\n".join(errors.lines))
+    errors.raise_any()
     return gateways
 
 

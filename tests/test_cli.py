@@ -247,9 +247,9 @@ def test_simulate_serves_a_file_until_its_duration(pollctl, env, gateways_file, 
         proc.wait(10)
 
 
-def run_on_a_terminal(env: dict, args: list[str], answer: str) -> tuple[int, str]:
-    """`pollctl ARGS` with a pseudo-terminal for stdin and stdout, typing `answer` once it
-    asks; returns the exit code and what the terminal showed."""
+def run_on_a_terminal(env: dict, args: list[str], answer: str | None) -> tuple[int, str]:
+    """`pollctl ARGS` with a pseudo-terminal for stdin, stdout and stderr, typing `answer`
+    once it asks (None: it asks nothing); returns the exit code and what it showed."""
     import os
     import pty
     import subprocess
@@ -269,11 +269,12 @@ def run_on_a_terminal(env: dict, args: list[str], answer: str) -> tuple[int, str
     )
     os.close(terminal)
     shown = b""
-    while b"[y/N]" not in shown:
+    while answer is not None and b"[y/N]" not in shown:
         chunk = os.read(controller, 1024)
         assert chunk, shown
         shown += chunk
-    os.write(controller, answer.encode() + b"\n")
+    if answer is not None:
+        os.write(controller, answer.encode() + b"\n")
     while True:
         try:
             chunk = os.read(controller, 1024)
@@ -349,3 +350,13 @@ def test_shell_completion_offers_gateway_names_from_the_database(
     command = [sys.executable, "-c", "from cli import main; main(prog_name='pollctl')"]
     result = subprocess.run(command, env=completing, capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == ["plain,gw0", "plain,gw1", "plain,gw2"], result.stderr
+
+
+def test_a_large_import_shows_progress_on_a_terminal(env, runtime, gateways_file, free_ports):
+    document = fleet(list(range(1000, 1300)), [10] * 300, [{"name": "a", "address": 0}])
+    path = gateways_file(document)
+    code, shown = run_on_a_terminal(env, ["gateway", "import", str(path)], None)
+    assert code == 0, shown
+    assert f"checking {path.name}" in shown and f"importing {path.name}" in shown
+    assert "100%" in shown and "imported 300 gateways" in shown
+    assert counts(runtime) == (300, 300)

@@ -21,7 +21,9 @@ def commands(group: click.Command = main, path: tuple[str, ...] = ()):
     if isinstance(group, click.Group | click.CommandCollection):
         ctx = click.Context(group)
         for name in group.list_commands(ctx):
-            yield from commands(group.get_command(ctx, name), (*path, name))
+            command = group.get_command(ctx, name)
+            assert command is not None
+            yield from commands(command, (*path, name))
     else:
         yield path, group
 

@@ -163,3 +163,65 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, content, 
 def test_a_directory_is_named_as_one(tmp_path):
     with pytest.raises(ConfigError, match="is a directory, not a gateways file"):
         load_gateways(tmp_path)
+
+
+def _file_of(tmp_path, n: int):
+    import yaml
+
+    document = {
+        "gateways": [
+            {
+                "name": f"gw{i}",
+                "host": "10.0.0.1",
+                "interval": 10,
+                "points": [
+                    {"name": f"p{j}", "address": 2 * j, "type": "float32"} for j in range(10)
+                ],
+            }
+            for i in range(n)
+        ]
+    }
+    path = tmp_path / f"fleet{n}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_streaming_a_file_costs_the_memory_of_a_batch_not_of_the_file(tmp_path):
+    import tracemalloc
+
+    from polling.gatewayfile import stream_gateways
+
+    peaks = {}
+    for n in (200, 2000):
+        path = _file_of(tmp_path, n)
+        tracemalloc.start()
+        seen = sum(len(batch) for batch in stream_gateways(path, batch=100))
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert seen == n
+    assert peaks[2000] < 2 * peaks[200], peaks  # ten times the file, not ten times the memory
+
+
+def test_anchors_aliases_and_merge_keys_work_across_entries(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "meter: &meter\n  port: 1502\n  interval: 10\n  points: &points\n"
+        "    - {name: v, address: 0, type: float32, unit: V}\n"
+        "gateways:\n"
+        "  - {<<: *meter, name: a, host: 10.0.0.1}\n"
+        "  - {name: b, host: 10.0.0.2, interval: 5, points: *points}\n"
+    )
+    a, b = load_gateways(path)
+    assert (a.port, a.interval, [p.name for p in a.points]) == (1502, 10.0, ["v"])
+    assert (b.port, b.interval, b.points[0].unit) == (502, 5.0, "V")
+
+
+def test_a_fault_late_in_a_stream_is_raised_after_the_batches(tmp_path):
+    from polling.gatewayfile import stream_gateways
+
+    path = _file_of(tmp_path, 250)
+    path.write_text(path.read_text().replace("name: gw240", "name: gw1"))  # a duplicate
+    batches = stream_gateways(path, batch=100)
+    assert [len(next(batches)), len(next(batches))] == [100, 100]
+    with pytest.raises(ConfigError, match="gateway 'gw1': duplicate name"):
+        list(batches)
