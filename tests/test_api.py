@@ -140,6 +140,12 @@ def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_lo
         "failed polls of the gateway without a device",
     )
     service.stop(runtime)  # nothing polls once it returns: the record is final
+    # The worker's journal: one JSON object per line (not a terminal), one INFO line per
+    # batch with its task id, the failing gateway named.
+    lines = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    batches = [line for line in lines if line["message"].startswith("batch of ")]
+    assert batches and all(line["task_id"] and line["level"] == "INFO" for line in batches)
+    assert any("failed: gw2" in line["message"] for line in batches)
     with runtime.sessions() as session:
         names = dict(session.execute(select(GatewayRow.id, GatewayRow.name)).all())
         logged = Counter()

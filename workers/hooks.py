@@ -1,5 +1,6 @@
 """pollctl's hooks into a Celery process's life, wired in one place by `create_app`:
 
+setup_logging         pollctl's log lines (polling/logsetup.py) instead of Celery's
 before_task_publish   every message is stamped with when it was sent
 worker_process_init   a prefork child builds its own state and freezes its GC
 worker_ready          the main process builds its state (a threads or solo pool runs
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from celery.signals import (
     before_task_publish,
+    setup_logging,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutting_down,
 )
 
+from polling import logsetup
 from polling.fleetclock import FleetClock
 
 from . import process
@@ -62,6 +65,11 @@ def wire(app: PollctlApp) -> None:
         for thread in _threads:
             thread.stop()
 
+    def configure_logging(loglevel: Any = None, **_: Any) -> None:
+        # Connected, this replaces Celery's own set-up: our lines (JSON off a terminal).
+        logsetup.configure(loglevel or "INFO", settings.log_format)
+
+    setup_logging.connect(configure_logging, weak=False, dispatch_uid="pollctl-logging")
     before_task_publish.connect(stamp_sent_at, weak=False, dispatch_uid="pollctl-sent-at")
     worker_process_init.connect(child_started, weak=False, dispatch_uid="pollctl-child")
     worker_process_shutdown.connect(child_stopping, weak=False, dispatch_uid="pollctl-child-end")
