@@ -132,6 +132,13 @@ def test_install_into_a_prefix_builds_the_tree_and_keeps_the_settings(tmp_path: 
         [str(venv / "python"), "-c", "import flower"], capture_output=True, timeout=60
     )
     assert flower.returncode == 0, flower.stderr
+    # The installed units verify against the installed tree (its real celery and pollctl),
+    # beside the system's own units and shell.
+    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    shutil.copy("/bin/sh", tmp_path / "bin" / "sh")
+    verified = analyze("verify", f"--root={tmp_path}", *UNITS, "pollctl-validate.timer", cwd=units)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
 
     env_file.write_text(env_file.read_text() + "POLLING_MAX_GAP=4\n")  # the operator's edit
     again = install("--prefix", str(tmp_path))
