@@ -61,11 +61,20 @@ def reconcile(self: Task) -> dict[str, int]:
     if trouble := rt.clock_trouble():
         log.error("reconcile refused: %s", trouble)
         return {}
+    began = time.monotonic()
     steps = step_sender(self.app, rt.settings, configcache.names(rt))
     report = service.reconcile(rt, steps.add)
     steps.send_all()
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
+    log.info(
+        "reconcile in %.3f s: %d started, %d restarted, %d retired, %d missed slots recorded",
+        time.monotonic() - began,
+        len(report.started),
+        len(report.restarted),
+        len(report.retired),
+        report.missed,
+    )
     return {
         "started": len(report.started),
         "restarted": len(report.restarted),

@@ -18,7 +18,8 @@ from tests.faults.harness import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
 
-BATCH_RUN = re.compile(r"Task pollctl\.poll_batch\[[^]]+\] succeeded")
+#: A worker's line per poll batch (workers/tasks.py).
+BATCH_RUN = re.compile(r"batch of \d+ steps in ")
 
 
 def test_a_worker_ahead_and_beat_behind_cost_no_slot(rig_factory, free_ports, tmp_path):
