@@ -157,3 +157,40 @@ def test_an_interval_below_what_the_device_can_serve_is_reported(rig_factory, fr
     rig.pollctl("stop")
     row = rig.check("8 interval below what the device serves", started=started, stopped=time.time())
     assert row.failed + row.missed > 0  # the slots it could not serve are on the record
+
+
+def test_a_gateway_deleted_while_its_batch_reads_costs_the_others_nothing(rig_factory, free_ports):
+    """Finding 6: `gateway delete` while reads are in flight. The delete waits for the poll
+    of the gateway in flight (its endpoint lock), so the batch records whole: every other
+    gateway keeps every slot, nothing is put aside, and the deleted device is not read
+    once the delete has returned."""
+    rig = rig_factory()
+    doc = document(free_ports(6))
+    sim = rig.simulate(doc, latency_ms=150)
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 15, "every gateway polled")
+    port = rig.gateways["gw0"].port
+    wait_until(
+        lambda: any(p == port for _, p, _, _ in list(sim.traffic.reads)[-3:]),
+        5,
+        "a read of gw0 just served",
+    )
+    rig.pollctl("gateway", "delete", "gw0", "--yes")
+    deleted = time.time()
+    time.sleep(4)
+    rig.pollctl("stop")
+    rest = [name for name in rig.gateways if name != "gw0"]
+    row = rig.check(
+        "13.6 a gateway deleted while its batch reads",
+        started=started,
+        stopped=time.time(),
+        names=rest,
+    )
+    assert row.missed == 0 and row.failed == 0
+    assert rig.runtime.buffer.dead_count() == 0
+    late = [at for at, p, _, _ in list(sim.traffic.reads) if p == port and at > deleted]
+    assert late == [], f"gw0's device read {len(late)} times after the delete returned"

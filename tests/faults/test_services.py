@@ -120,3 +120,31 @@ def test_postgresql_unreachable_for_60_seconds(rig_factory, free_ports, proxies)
         during = [r for r in rows if down + 2 < r.slot_at.timestamp() < back - 2]
         assert len(during) >= 55 and all(r.outcome == "ok" for r in during), name
     assert row.missed == 0 and rig.runtime.buffer.lost().count == 0
+
+
+@pytest.mark.long
+def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_server, free_ports):
+    """Finding 3: Redis loses everything while a 60 s gateway's poll is in flight (a slow
+    device: the read takes 2 s). The restart's chain must not poll that slot again: the
+    device sees one poll per slot, and the slot is recorded once."""
+    rig = rig_factory()
+    doc = document(free_ports(2), interval=60.0, timeout=5.0)
+    sim = rig.simulate(doc, latency_ms=1000)  # two requests: about 2 s a poll
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: sim.traffic.in_flight > 0, 70, "a read in flight")
+    redis_server.kill()
+    redis_server.start()  # empty: no persistence
+    back = time.time()
+    # The next slot of each gateway, polled by the chain reconcile started.
+    wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled on each gateway")
+    rig.pollctl("stop")
+    row = rig.check(
+        "3c Redis restarted while a 60 s gateway's poll reads",
+        started=started,
+        stopped=time.time(),
+    )
+    assert row.duplicates == 0

@@ -158,6 +158,7 @@ def test_two_workers_one_restarted_gracefully(rig_factory, free_ports):
     assert second.proc.poll() is None
 
 
+@pytest.mark.long
 def test_an_outage_longer_than_a_range_is_recorded_whole(rig_factory, free_ports):
     """The only worker gone for 14 s at 0.1 s: 140 slots per gateway, more than a run of
     single rows (`RANGE_FROM`), are one range row each; every slot accounted for, and
