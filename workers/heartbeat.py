@@ -64,6 +64,12 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
 
+    def set_aside(self) -> frozenset[str]:
+        """The queues this worker does not consume on purpose now: `polling` while its
+        clock is past the bound (the systemd watchdog goes on feeding: a restart would not
+        fix a clock)."""
+        return frozenset({POLLING}) if self._paused else frozenset()
+
     def _run(self) -> None:
         s = self.settings
         client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)

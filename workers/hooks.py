@@ -4,19 +4,26 @@ setup_logging         pollctl's log lines (polling/logsetup.py) instead of Celer
 before_task_publish   every message is stamped with when it was sent
 worker_process_init   a prefork child builds its own state and freezes its GC
 worker_ready          the main process builds its state (a threads or solo pool runs
-                      tasks there), starts the heartbeat and freezes its GC
+                      tasks there), starts the heartbeat and freezes its GC; under
+                      systemd, tells it READY=1 and starts the watchdog
+task_received         under systemd: a message arrived (the watchdog's evidence)
 worker_shutting_down  held successors go to the broker, and those of batches still
                       running as they end; the threads stop
 worker_process_shutdown  a prefork child sends what it holds before it exits
+
+and, under systemd (NOTIFY_SOCKET), a consumer bootstep that samples the consumer on its
+event loop for the watchdog (`workers/watchdog.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import (
     before_task_publish,
     setup_logging,
+    task_received,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -25,21 +32,24 @@ from celery.signals import (
 
 from polling import logsetup
 from polling.fleetclock import FleetClock
+from polling.keys import Keys
 
 from . import process
 from .gcfreeze import GcFreeze
 from .heartbeat import Heartbeat, stamp_sent_at, stamp_with
+from .watchdog import Watchdog, broker_queues
 
 if TYPE_CHECKING:
     from .app import PollctlApp
 
-#: What this process started and stops at shutdown (heartbeat, GC freeze).
-_threads: list[Heartbeat | GcFreeze] = []
+#: What this process started and stops at shutdown (heartbeat, GC freeze, watchdog).
+_threads: list[Heartbeat | GcFreeze | Watchdog] = []
 
 
 def wire(app: PollctlApp) -> None:
     """Connect the hooks (once per process: a second app replaces nothing)."""
     settings = app.settings
+    watchdog = _watchdog(app)
 
     def child_started(**_: Any) -> None:
         stamp_with(process.current(app).runtime.clock)
@@ -49,8 +59,7 @@ def wire(app: PollctlApp) -> None:
         clock = process.current(app).runtime.clock
         stamp_with(clock)
         queues = tuple(sorted(sender.app.amqp.queues.consume_from))
-        if isinstance(clock, FleetClock):
-            _threads.append(Heartbeat(app, clock, sender.hostname, queues).start())
+        _threads.extend(_watchers(app, clock, sender.hostname, queues, watchdog))
         _freeze_gc()
 
     def _freeze_gc() -> None:
@@ -75,3 +84,36 @@ def wire(app: PollctlApp) -> None:
     worker_process_shutdown.connect(child_stopping, weak=False, dispatch_uid="pollctl-child-end")
     worker_ready.connect(ready, weak=False, dispatch_uid="pollctl-ready")
     worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid="pollctl-shutdown")
+
+
+def _watchdog(app: PollctlApp) -> Watchdog | None:
+    """Under systemd, the watchdog with its evidence wired: a consumer bootstep sampling
+    the event loop, and every message's arrival."""
+    watchdog = Watchdog.from_env()
+    if watchdog is not None:
+        app.steps["consumer"].add(watchdog.consumption.step())
+        received = watchdog.consumption.received
+        task_received.connect(received, weak=False, dispatch_uid="pollctl-received")
+    return watchdog
+
+
+def _watchers(
+    app: PollctlApp,
+    clock: Callable[[], int],
+    hostname: str,
+    queues: tuple[str, ...],
+    watchdog: Watchdog | None,
+) -> list[Heartbeat | Watchdog]:
+    """The heartbeat (on a fleet clock) and, under systemd, the watchdog, started on the
+    queues the worker was started with; the heartbeat tells the watchdog which of them it
+    leaves on purpose (polling, while the clock is off)."""
+    heartbeat = None
+    if isinstance(clock, FleetClock):
+        heartbeat = Heartbeat(app, clock, hostname, queues).start()
+    started: list[Heartbeat | Watchdog] = [heartbeat] if heartbeat is not None else []
+    if watchdog is not None:
+        settings = app.settings
+        read = broker_queues(settings.redis_url, Keys(settings.key_prefix).broker, clock)
+        aside = heartbeat.set_aside if heartbeat is not None else frozenset
+        started.append(watchdog.start(frozenset(queues), aside, read))
+    return started
