@@ -156,6 +156,25 @@ def test_without_notify_socket_a_worker_is_left_as_it_was(monkeypatch):
     assert not any("LoopSampler" in getattr(s, "name", str(s)) for s in app.steps["consumer"])
 
 
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+@pytest.mark.parametrize("unit", ["pollctl-worker@.service", "pollctl-scheduler.service"])
+def test_worker_units_are_watched_by_systemd(unit: str):
+    """Ready on READY=1, restarted when unfed for WatchdogSec; only the main process (the
+    `celery worker` systemd started, where the watchdog's thread runs) is listened to.
+    tests/test_deploy.py verifies and scores the units."""
+    settings = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / unit).read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "main"
+    assert float(settings["WatchdogSec"]) >= 10  # half of it: the longest pause of a loop
+    assert settings["Restart"] == "always"
+
+
 # A real worker under a stand-in for systemd.
 
 #: WatchdogSec=2: the worker judges every 0.5 s and starves the watchdog once evidence
