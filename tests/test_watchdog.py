@@ -3,8 +3,8 @@ consumes its queues. The rules are a table over `judge`; then a real `celery wor
 polling` with NOTIFY_SOCKET pointing at a datagram socket this test reads, as systemd's
 would: READY=1, WATCHDOG=1 while it consumes, none once its polling consumer is cancelled
 or its event loop blocks (its heartbeat going on), and again when it consumes again. A
-worker whose clock is off stands aside from polling and goes on feeding it (a restart
-would not fix a clock)."""
+worker whose clock is off stands aside from polling, and one whose broker went away
+reconnects: both go on feeding it (a restart would fix neither)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from polling.keys import Keys
 from polling.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.faketime import SLEEP_SHIM, skewed
+from tests.faults.harness import RedisServer
 from tests.processes import Worker
 from workers.app import create_app
 from workers.consumption import Consumption, Evidence, LoopSample, Verdict, judge
@@ -339,3 +340,31 @@ def test_a_worker_whose_clock_is_off_stands_aside_and_is_not_restarted(
     notify.wait_for("WATCHDOG=1", 4, count=6)  # fed for 3 s: longer than WatchdogSec
     assert not canary_answers(worker, redis_client, 1.5)
     assert "not polling: this host's clock is 30." in worker.output()
+
+
+@pytest.fixture
+def private_broker(free_ports, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to take away (listed before `start_worker`, it outlives
+    the worker)."""
+    broker = RedisServer(free_ports(1)[0], tmp_path / "redis").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_worker_whose_broker_went_away_is_not_restarted(
+    private_broker: RedisServer, start_worker, notify: Notifications
+):
+    worker = start_worker(POLLING_REDIS_URL=private_broker.url)
+    notify.wait_for("READY=1", 30)
+    notify.wait_for("STATUS=consuming polling", 5)
+
+    private_broker.kill()  # its consumer reconnects: its loop stops; a restart would not help
+    notify.wait_for("STATUS=reconnecting to the broker", 10)
+    notify.wait_for("WATCHDOG=1", 4, count=6)  # fed for 3 s: longer than WatchdogSec
+
+    private_broker.start()
+    notify.wait_for("STATUS=consuming polling", 30)
+    notify.wait_for("WATCHDOG=1", 3, count=2)
+    assert worker.proc.poll() is None
