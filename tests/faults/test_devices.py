@@ -140,3 +140,51 @@ def _poll_through_faults(rig, ports, proxies, other_master: socket.socket) -> No
         assert outcomes[:first_ok].count("failed") >= 3, (name, outcomes)
         assert set(outcomes[first_ok:]) == {"ok"}, (name, outcomes)
     assert faulted < reenabled
+
+
+@pytest.mark.long
+def test_a_slow_but_healthy_queue_behind_one_bridge_is_not_taken_for_dead(rig_factory, free_ports):
+    """Finding 7 (a slow poll behind a shared endpoint): five devices behind one RTU bridge
+    (one TCP endpoint, one request at a time), each poll about 0.2 s, so the last of a
+    round can wait about 0.8 s behind the others (within its 1 s timeout, which bounds the
+    wait for the endpoint). End to end, nothing is skipped, restarted or polled twice. (The
+    rule that a gateway's overdue limit includes its wait behind the others is proven by
+    tests/test_liveness.py, where the wait can exceed one gateway's budget.)"""
+    rig = rig_factory()
+    [port] = free_ports(1)
+    doc = {
+        "gateways": [
+            {
+                "name": f"bridge-dev{i}",
+                "host": "127.0.0.1",
+                "port": port,
+                "device_id": i + 1,
+                "interval": 2.0,
+                "timeout": 1.0,
+                # Apart in the register space: the device side counts polls by address.
+                "points": [{**p, "address": p["address"] + 10 * i} for p in POINTS],
+            }
+            for i in range(5)
+        ]
+    }
+    rig.simulate(doc, latency_ms=100)  # two requests a poll
+    rig.install(doc)
+    worker = rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 20, "every device behind the bridge polled")
+    time.sleep(12)
+    rig.pollctl("stop")
+    row = rig.check(
+        "7 five devices behind one bridge, a slow but healthy queue",
+        started=started,
+        stopped=time.time(),
+    )
+    assert row.missed == 0 and row.failed == 0
+    restarts = [
+        line
+        for line in worker.output().splitlines()
+        if '"reconcile in' in line and "0 restarted" not in line
+    ]
+    assert restarts == [], restarts[:3]
