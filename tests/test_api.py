@@ -72,6 +72,7 @@ def started(tmp_path):
         proc.stop()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_log(
     runtime, env, simulate, free_ports, started, celery_app, tmp_path
 ):

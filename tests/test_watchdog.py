@@ -330,7 +330,7 @@ def test_the_watchdog_is_fed_only_while_the_worker_consumes_polling(
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_worker_whose_clock_is_off_stands_aside_and_is_not_restarted(
     start_worker, notify: Notifications, redis_client: redis.Redis
 ):
@@ -352,7 +352,7 @@ def private_broker(free_ports, tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_worker_whose_broker_went_away_is_not_restarted(
     private_broker: RedisServer, start_worker, notify: Notifications
 ):
