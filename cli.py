@@ -45,6 +45,7 @@ from polling.timefmt import iso_z, local
 from polling.values import cell, shown
 from workers.app import create_app
 from workers.control import check_context
+from workers.heartbeat import stamp_with
 from workers.senders import step_sender
 
 
@@ -56,6 +57,7 @@ def _runtime(*, migrated: bool = True) -> Runtime:
     """A runtime whose Redis and database answer (and, by default, are migrated)."""
     rt = Runtime.build(_settings())
     rt.check()
+    stamp_with(rt.clock)  # messages this command sends say when on the fleet's clock
     if migrated and not migrate.is_at_head(rt.engine):
         raise ServiceUnavailable(
             f"database {rt.engine.url.render_as_string()} is not migrated: run `pollctl db upgrade`"
@@ -598,6 +600,7 @@ def _diagnose(*, fix: bool) -> diagnostics.Diagnosis:
         rt = Runtime.build(_settings())
     except PollingError as exc:
         return diagnostics.Diagnosis([CheckResult("config", "error", str(exc))])
+    stamp_with(rt.clock)
     app = create_app(rt.settings)
     with _sending(app, rt) as enqueue:
         return diagnostics.diagnose(check_context(app, rt, enqueue), fix=fix)
