@@ -27,9 +27,11 @@ FORMATS = ("auto", "json", "text")
 FIELDS = ("gateway", "slot", "token", "task_id", "task")
 #: Celery's lines per task (received, succeeded): a batch writes its own line instead.
 PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
-#: pymodbus warns on every failed connect and retry ("Failed to connect ..."): our own poll
-#: line says the same once, with the gateway; its errors still show.
-QUIET_LIBRARIES = ("pymodbus",)
+#: Libraries quieter than the rest, and their least level shown (below DEBUG everything
+#: shows). pymodbus warns on every failed connect and retry ("Failed to connect ..."): our
+#: own poll line says the same once, with the gateway. Alembic says "Context impl ..." at
+#: INFO each time diagnostics read the schema's revision (every 30 s).
+QUIET_LIBRARIES = {"pymodbus": logging.ERROR, "alembic": logging.WARNING}
 
 # The default is never mutated (`bound` sets a new dict), so sharing it is safe.
 _context: ContextVar[dict[str, object]] = ContextVar("pollctl_log_context", default={})  # noqa: B039
@@ -93,8 +95,8 @@ def configure(
     debugging = numeric < logging.INFO
     for name in PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(numeric if debugging else max(numeric, logging.WARNING))
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(numeric if debugging else max(numeric, logging.ERROR))
+    for name, least in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(numeric if debugging else max(numeric, least))
 
 
 def _is_terminal(stream: TextIO) -> bool:

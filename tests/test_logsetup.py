@@ -76,5 +76,7 @@ def test_lines_logged_on_the_modbus_loop_carry_the_callers_context(restore_loggi
 def test_celerys_per_task_lines_are_quiet_at_info_and_shown_at_debug(restore_logging):
     logsetup.configure(logging.INFO, "text", io.StringIO())
     assert logging.getLogger("celery.app.trace").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("alembic.runtime.migration").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("pymodbus.logging").getEffectiveLevel() == logging.ERROR
     logsetup.configure(logging.DEBUG, "text", io.StringIO())
     assert logging.getLogger("celery.app.trace").getEffectiveLevel() == logging.DEBUG
