@@ -139,10 +139,12 @@ def _start_chains(
     """Issue a new token for each gateway and send its chain's first step (see
     `Grid.starting`); with an old chain (restart), the slots it left unpolled are recorded
     as missed. A gateway that was polling (not in `fresh`) never starts in a slot that
-    began before Redis's state did: its poll of that slot may be in flight under claims
-    Redis lost. A few statements and one Redis round trip for the lot, so starting ten
-    thousand chains takes seconds. Gateways stopped or disabled since `starts` was read
-    are left alone. Returns the missed slots recorded and the gateways started."""
+    began before Redis's state did, and, when its chain is missing, never in the slot in
+    progress: Redis lost the chain (a restart, a failover or a partial rollback that kept
+    the epoch), and a poll of that slot may be in flight under claims it lost. A few
+    statements and one Redis round trip for the lot, so starting ten thousand chains takes
+    seconds. Gateways stopped or disabled since `starts` was read are left alone. Returns
+    the missed slots recorded and the gateways started."""
     if not starts:
         return 0, set()
     born = rt.chains.epoch_born(now)
@@ -157,7 +159,8 @@ def _start_chains(
             grid = gateway.grid
             # A chain too far ahead: its slots are not the fleet clock's, start afresh.
             old = None if chain is not None and is_ahead(gateway, chain, now) else chain
-            first = grid.starting(now, not_before_ms=0 if gateway.id in fresh else born)
+            not_before = 0 if gateway.id in fresh else (now if chain is None else born)
+            first = grid.starting(now, not_before_ms=not_before)
             last = old.last_ms if old else None
             if old is not None and last is None and grid.is_slot(old.due_ms):
                 last = old.due_ms - grid.interval_ms  # it died before accounting for any slot

@@ -148,3 +148,34 @@ def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_ser
         stopped=time.time(),
     )
     assert row.duplicates == 0
+
+
+@pytest.mark.long
+def test_a_chain_lost_alone_while_its_long_interval_poll_reads(rig_factory, free_ports):
+    """Finding 3, a partial rollback (AOF everysec, a failover to an async replica): one
+    chain's keys are gone while its 60 s gateway's slow poll reads, and Redis's epoch is
+    kept, so nothing says Redis restarted. The chain reconcile starts must not poll that
+    slot again: the device sees one poll per slot. (Before the fix the row failed whenever
+    reconcile ran before the poll had recorded: the new chain took the slot in progress.)"""
+    rig = rig_factory()
+    doc = document(free_ports(1), interval=60.0, timeout=5.0)
+    sim = rig.simulate(doc, latency_ms=1000)  # two requests: about 2 s a poll
+    rig.install(doc)
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: sim.traffic.in_flight > 0, 70, "a read in flight")
+    rt = rig.runtime
+    [(gateway_id, chain)] = rt.chains.all().items()
+    lost = [rt.keys.chain(gateway_id), rt.keys.claim(gateway_id, chain.due_ms)]
+    rt.redis.delete(*lost, *rt.redis.keys(rt.keys.locks_pattern))
+    back = time.time()
+    wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled")
+    rig.pollctl("stop")
+    row = rig.check(
+        "3d one chain lost (partial rollback) while its 60 s poll reads",
+        started=started,
+        stopped=time.time(),
+    )
+    assert row.duplicates == 0
