@@ -343,11 +343,8 @@ def gateway_delete(rt: Runtime, name: str, yes: bool) -> None:
     """Stop and delete a gateway, with its poll log and readings.
 
     Says how many readings go and asks first (on a terminal; elsewhere it wants --yes)."""
-    (target,) = service.select_gateways(rt, [name])  # an unknown name is an error
-    with rt.sessions() as session:
-        readings = session.scalar(
-            select(func.count()).select_from(Reading).where(Reading.gateway_id == target.id)
-        )
+    service.select_gateways(rt, [name])  # an unknown name is an error
+    readings = _readings_of(rt, [name])
     if not yes:
         _confirm(f"delete gateway {name} with its {readings} readings and its poll log?")
     service.stop(rt, [name])

@@ -13,12 +13,14 @@ a counter reset, which Prometheus's `rate()` already handles.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
+from redis.commands.core import Script
 
 from .keys import Keys
 from .outcome import Outcome, PollKind
@@ -91,9 +93,7 @@ def count_records(redis_client: redis.Redis, keys: Keys, entries: Sequence[Entry
     if last_ok:
         # A late batch must not move a newer ok back: a max, in one script.
         pairs = [x for pair in last_ok.items() for x in pair]
-        redis_client.register_script(_KEEP_MAX)(
-            keys=[keys.metrics("last_ok")], args=pairs, client=pipe
-        )
+        _keep_max(redis_client)(keys=[keys.metrics("last_ok")], args=pairs, client=pipe)
     _execute(pipe)
 
 
@@ -115,6 +115,12 @@ def _execute(pipe: redis.client.Pipeline) -> None:
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("metrics counters not updated: %s", exc)
+
+
+@functools.cache
+def _keep_max(redis_client: redis.Redis) -> Script:
+    """The script, registered once per client (not hashed again on every batch)."""
+    return redis_client.register_script(_KEEP_MAX)
 
 
 _KEEP_MAX = """

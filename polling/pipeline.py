@@ -66,7 +66,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)
     ledger = account(begun, served, rt.clock())
     disabled = saving.save(rt, ledger.entries)
-    for index, (target, _) in enumerate(loaded):
+    for index, (target, _) in enumerate(loaded if disabled else ()):
         if begun[index].gateway_id in disabled:
             log.warning(
                 "gateway %s auto-disabled: %s",
@@ -82,6 +82,11 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
         if s.outcome is Outcome.FAILED
     }
     return BatchResult(tally, successors, failed)
+
+
+def _poll_fields(target: PollTarget, step: Begun | None) -> dict[str, object]:
+    """`_fields`, or the gateway alone for a manual poll (no chain step)."""
+    return _fields(target, step) if step else {"gateway": target.config.name}
 
 
 def _fields(target: PollTarget, step: Begun) -> dict[str, object]:
@@ -266,7 +271,6 @@ async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> S
     """One read of every request of the gateway, within its budget, decoded (`step`: the
     chain step it serves, none for a manual poll)."""
     config = target.config
-    fields = _fields(target, step) if step else {"gateway": config.name}
     started = ms_to_dt(rt.clock())
     try:
         read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
@@ -277,15 +281,17 @@ async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> S
                 f"no answer from {config.host}:{config.port} within {target.budget:.1f} s"
             ) from None
         values = decode_answers(target.requests, answers)
-        log.debug("poll ok: %d values", len(values), extra=fields)
+        if log.isEnabledFor(logging.DEBUG):  # the fields cost a per-poll format otherwise
+            log.debug("poll ok: %d values", len(values), extra=_poll_fields(target, step))
         return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values)
     except ModbusError as exc:
         error = str(exc)
     except Exception as exc:
         # Whatever a device or library does, the slot is recorded and the chain goes on.
-        log.exception("unexpected error polling %s", config.name, extra=fields)
+        log.exception("unexpected error polling %s", config.name, extra=_poll_fields(target, step))
         error = f"unexpected error: {type(exc).__name__}: {exc}"
-    log.debug("poll failed: %s", error, extra=fields)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("poll failed: %s", error, extra=_poll_fields(target, step))
     return Served(Outcome.FAILED, started, ms_to_dt(rt.clock()), error=error)
 
 

@@ -17,17 +17,16 @@ from workers.app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class CeleryProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, preamble: str = "") -> None:
-        """`preamble`: Python run in the process before Celery starts (see tests/faketime)."""
+class ChildProcess:
+    """`python -c CODE ARGS` from the project's root, its output in `log`; stopped by PID."""
+
+    def __init__(self, code: str, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._handle = log.open("ab")
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        start = f"{preamble}from celery.__main__ import main\nmain()\n"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", start, "-A", "workers.app", *args],
+            [sys.executable, "-c", code, *args],
             cwd=ROOT,
-            env=full_env,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             stdout=self._handle,
             stderr=subprocess.STDOUT,
         )
@@ -53,6 +52,13 @@ class CeleryProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class CeleryProcess(ChildProcess):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, preamble: str = "") -> None:
+        """`preamble`: Python run in the process before Celery starts (see tests/faketime)."""
+        start = f"{preamble}from celery.__main__ import main\nmain()\n"
+        super().__init__(start, ["-A", "workers.app", *args], env, log)
 
 
 class Worker(CeleryProcess):
@@ -133,31 +139,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
     raise TimeoutError(f"{url} not answering in {timeout} s")
 
 
-class ApiProcess:
+class ApiProcess(ChildProcess):
     """`pollctl api` on a loopback port, as an operator's unit runs it."""
 
     def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self._handle = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli import main; main()", "api", "--port", str(port)],
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__("from cli import main; main()", ["api", "--port", str(port)], env, log)
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Until `/health` answers."""
         wait_http(f"{self.url}/health", self.proc, self.log, timeout)
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._handle.close()

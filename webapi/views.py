@@ -108,8 +108,6 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
         ok = stat.outcomes.get("ok", 0) if stat else 0
         ok_ms = last_ok.get(gateway_id)
         data = status.as_json()
-        for key in ("last_slot", "next_due"):
-            data[key] = iso_z(getattr(status, key))
         data["last_ok_at"] = iso_z(ms_to_dt(ok_ms)) if ok_ms else None
         data["success_rate"] = round(ok / polled, 4) if polled else None
         data["window_s"] = window

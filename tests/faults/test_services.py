@@ -122,20 +122,27 @@ def test_postgresql_unreachable_for_60_seconds(rig_factory, free_ports, proxies)
     assert row.missed == 0 and rig.runtime.buffer.lost().count == 0
 
 
-@pytest.mark.long
-def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_server, free_ports):
-    """Finding 3: Redis loses everything while a 60 s gateway's poll is in flight (a slow
-    device: the read takes 2 s). The restart's chain must not poll that slot again: the
-    device sees one poll per slot, and the slot is recorded once."""
-    rig = rig_factory()
-    doc = document(free_ports(2), interval=60.0, timeout=5.0)
-    sim = rig.simulate(doc, latency_ms=1000)  # two requests: about 2 s a poll
+def _a_long_interval_poll_reading(rig, ports: list[int]) -> float:
+    """60 s gateways on slow devices (two requests: about 2 s a poll), started; returns
+    the start time once a read is in flight."""
+    doc = document(ports, interval=60.0, timeout=5.0)
+    sim = rig.simulate(doc, latency_ms=1000)
     rig.install(doc)
     rig.worker()
     rig.beat()
     rig.pollctl("start")
     started = time.time()
     wait_until(lambda: sim.traffic.in_flight > 0, 70, "a read in flight")
+    return started
+
+
+@pytest.mark.long
+def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_server, free_ports):
+    """Finding 3: Redis loses everything while a 60 s gateway's poll is in flight (a slow
+    device: the read takes 2 s). The restart's chain must not poll that slot again: the
+    device sees one poll per slot, and the slot is recorded once."""
+    rig = rig_factory()
+    started = _a_long_interval_poll_reading(rig, free_ports(2))
     redis_server.kill()
     redis_server.start()  # empty: no persistence
     back = time.time()
@@ -158,14 +165,7 @@ def test_a_chain_lost_alone_while_its_long_interval_poll_reads(rig_factory, free
     slot again: the device sees one poll per slot. (Before the fix the row failed whenever
     reconcile ran before the poll had recorded: the new chain took the slot in progress.)"""
     rig = rig_factory()
-    doc = document(free_ports(1), interval=60.0, timeout=5.0)
-    sim = rig.simulate(doc, latency_ms=1000)  # two requests: about 2 s a poll
-    rig.install(doc)
-    rig.worker()
-    rig.beat()
-    rig.pollctl("start")
-    started = time.time()
-    wait_until(lambda: sim.traffic.in_flight > 0, 70, "a read in flight")
+    started = _a_long_interval_poll_reading(rig, free_ports(1))
     rt = rig.runtime
     [(gateway_id, chain)] = rt.chains.all().items()
     lost = [rt.keys.chain(gateway_id), rt.keys.claim(gateway_id, chain.due_ms)]
