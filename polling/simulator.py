@@ -12,7 +12,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -132,6 +132,9 @@ class Traffic:
     reads: deque[tuple[float, int, int, int]] = field(default_factory=lambda: deque(maxlen=500_000))
     #: Requests being answered right now (device latency makes this non-zero for a while).
     in_flight: int = 0
+    #: While set and not released, every request waits for it: a device that answers only
+    #: when a test says, so a fault lands at a chosen point of a poll, not by timing.
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -193,9 +196,11 @@ async def _action(
     block = FUNCTION_BLOCK.get(function_code)
     if block is not None:
         device.refresh(block, registers, current_tick(tick_seconds))
-    if latency:
+    if latency or traffic.gate is not None:
         traffic.in_flight += 1
         try:
+            if traffic.gate is not None:
+                await traffic.gate.wait()
             await asyncio.sleep(latency)
         finally:
             traffic.in_flight -= 1
@@ -281,6 +286,36 @@ class Simulator:
             self._ready.set()
         finally:
             self._loop.close()
+
+    def hold(self) -> None:
+        """Requests from now on wait, unanswered, until `release` (they count as in flight)."""
+        self._in_loop(lambda: setattr(self.traffic, "gate", asyncio.Event()))
+
+    def release(self) -> None:
+        """Answer the held requests and stop holding."""
+
+        def open_gate() -> None:
+            gate, self.traffic.gate = self.traffic.gate, None
+            if gate is not None:
+                gate.set()
+
+        self._in_loop(open_gate)
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        """Run `action` on the simulator's loop and wait until it ran."""
+        if self._loop is None:
+            raise RuntimeError("the simulator is not running")
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(10):
+            raise RuntimeError("the simulator's loop did not answer")
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:

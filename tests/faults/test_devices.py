@@ -177,7 +177,7 @@ def test_a_slow_but_healthy_queue_behind_one_bridge_is_not_taken_for_dead(rig_fa
     time.sleep(12)
     rig.pollctl("stop")
     row = rig.check(
-        "7 five devices behind one bridge, a slow but healthy queue",
+        "13.7 five devices behind one bridge, a slow but healthy queue",
         started=started,
         stopped=time.time(),
     )

@@ -160,16 +160,30 @@ def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_ser
 @pytest.mark.long
 def test_a_chain_lost_alone_while_its_long_interval_poll_reads(rig_factory, free_ports):
     """Finding 3, a partial rollback (AOF everysec, a failover to an async replica): one
-    chain's keys are gone while its 60 s gateway's slow poll reads, and Redis's epoch is
-    kept, so nothing says Redis restarted. The chain reconcile starts must not poll that
-    slot again: the device sees one poll per slot. (Before the fix the row failed whenever
-    reconcile ran before the poll had recorded: the new chain took the slot in progress.)"""
+    chain's keys are gone while its 60 s gateway's poll reads, and Redis's epoch is kept, so
+    nothing says Redis restarted. Redis has been up an hour, so the slot in progress began
+    after its epoch did. The device holds the read until reconcile has started a new
+    chain, the order that broke it: before the fix that chain took the slot in progress
+    and the device saw the slot polled twice. It must see one poll per slot."""
     rig = rig_factory()
-    started = _a_long_interval_poll_reading(rig, free_ports(1))
+    doc = document(free_ports(1), interval=60.0, timeout=20.0)
+    sim = rig.simulate(doc)
+    sim.hold()
+    rig.install(doc)
     rt = rig.runtime
+    rt.chains.epoch_born(int((time.time() - 3600) * 1000))  # Redis's state began an hour ago
+    rig.worker()
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: sim.traffic.in_flight > 0, 70, "a read held at the device")
     [(gateway_id, chain)] = rt.chains.all().items()
     lost = [rt.keys.chain(gateway_id), rt.keys.claim(gateway_id, chain.due_ms)]
     rt.redis.delete(*lost, *rt.redis.keys(rt.keys.locks_pattern))
+    rig.pollctl("reconcile")
+    assert gateway_id in rt.chains.all(), "reconcile started a new chain"
+    assert not rig.record().rows, "the held poll has not recorded yet"
+    sim.release()
     back = time.time()
     wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled")
     rig.pollctl("stop")
