@@ -72,6 +72,13 @@ class GatewayRow(Base):
     #: Mirror of the live chain token in Redis, for audits after Redis loses it.
     chain_token: Mapped[str | None] = mapped_column(String(64))
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the newest successful poll finished (kept by the batch write).
+    last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Set while the failure threshold keeps it disabled: when recovery probes it next
+    #: (a circuit breaker's half-open state), and the delay that doubles after each failed
+    #: probe. An operator's `enabled: false` or `pollctl stop` clears it: never probed.
+    next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    probe_delay_s: Mapped[float | None] = mapped_column(Float)
     #: Poll records the database's unique key refused because their slot already held a
     #: different record (a second poll of the slot, or a poll of a slot a restart wrote as
     #: missed). The key was the last guard; anything but 0 is a bug to report.

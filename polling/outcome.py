@@ -37,7 +37,9 @@ RECORDED = frozenset({Outcome.OK, Outcome.FAILED, Outcome.SKIPPED, Outcome.MISSE
 
 
 class PollKind(StrEnum):
-    """The poll log's `kind`: a chain's slot, or a poll an operator asked for."""
+    """The poll log's `kind`: a chain's slot, a poll an operator asked for, or recovery's
+    probe of a gateway its failures disabled (outside slot accounting, like manual)."""
 
     SCHEDULED = "scheduled"
     MANUAL = "manual"
+    PROBE = "probe"

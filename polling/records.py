@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, ScalarSelect, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from . import pgwrite
@@ -235,6 +235,7 @@ def record_polls(
         pgwrite.copy_readings(session, readings)
     else:
         insert_ignoring_conflicts(session, Reading.__table__, readings)
+    _keep_last_ok(session, [p.record for p in fresh if p.record.outcome == Outcome.OK])
     counted = [p.record for p in fresh if p.record.kind == PollKind.SCHEDULED]
     _recount_healthy(session, sorted({r.gateway_id for r in counted if r.outcome == Outcome.OK}))
     newest_failure = {
@@ -389,6 +390,28 @@ def _recount_healthy(session: Session, healthy: list[int]) -> None:
             consecutive_failures=_failures_since_last_ok(table.c.id),
             updated_at=table.c.updated_at,
         )
+    )
+
+
+def _keep_last_ok(session: Session, oks: Sequence[PollRecord]) -> None:
+    """Each gateway's `last_ok_at`: the newest finish among `oks`, never moved back (a
+    buffered record flushed late is older). One executemany for the batch."""
+    newest: dict[int, datetime] = {}
+    for r in oks:
+        at = r.finished_at or r.started_at
+        if at is not None and (r.gateway_id not in newest or at > newest[r.gateway_id]):
+            newest[r.gateway_id] = at
+    if not newest:
+        return
+    table = GatewayRow.__table__
+    session.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(
+            table.c.id == bindparam("gid"),
+            or_(table.c.last_ok_at.is_(None), table.c.last_ok_at < bindparam("at")),
+        )
+        .values(last_ok_at=bindparam("at"), updated_at=table.c.updated_at),
+        [{"gid": g, "at": at} for g, at in sorted(newest.items())],  # one lock order
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .colour import ColourRules
 from .errors import ConfigError
 from .urls import check_database_url, check_redis_url
 
@@ -31,6 +32,15 @@ class Settings:
     overdue_grace: float = 10.0
     #: Consecutive failed polls after which a gateway is disabled.
     failure_threshold: int = 5
+    #: A gateway the failure threshold disabled is probed after this, then after twice
+    #: the delay each time a probe fails, up to `recovery_max`; 0 turns recovery off.
+    recovery_first: float = 60.0
+    recovery_max: float = 3600.0
+    #: A gateway's colour (polling/colour.py): RED after this many intervals without a
+    #: success, YELLOW after `colour_yellow_intervals` or a failure rate above the share.
+    colour_red_intervals: float = 10.0
+    colour_yellow_intervals: float = 2.0
+    colour_yellow_failure_rate: float = 0.25
     #: Largest run of unwanted registers read to merge two requests into one.
     max_gap: int = 8
     max_registers: int = 125
@@ -84,6 +94,12 @@ class Settings:
     redis_url_explicit: bool = field(default=False, repr=False, compare=False)
     #: The settings file read (empty when none was), for `pollctl config`.
     env_file: str = field(default="", repr=False, compare=False)
+
+    @property
+    def colour_rules(self) -> ColourRules:
+        return ColourRules(
+            self.colour_red_intervals, self.colour_yellow_intervals, self.colour_yellow_failure_rate
+        )
 
     @property
     def max_interval(self) -> float:
@@ -147,6 +163,12 @@ class Settings:
             raise ConfigError("POLLING_LOG_FORMAT must be auto, json or text")
         if not 0 < self.api_port < 65536:
             raise ConfigError("POLLING_API_PORT must be between 1 and 65535")
+        if self.recovery_first < 0 or self.recovery_max < self.recovery_first:
+            raise ConfigError("POLLING_RECOVERY_MAX must be >= POLLING_RECOVERY_FIRST >= 0")
+        if not 0 < self.colour_yellow_intervals <= self.colour_red_intervals:
+            raise ConfigError(
+                "POLLING_COLOUR_YELLOW_INTERVALS must be > 0 and <= POLLING_COLOUR_RED_INTERVALS"
+            )
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
 
