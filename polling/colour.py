@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from .models import GatewayRow
+
 
 class Colour(StrEnum):
     GREY = "grey"  # stopped, or disabled by the operator: nobody expects polls
@@ -44,6 +46,24 @@ class GatewayState:
     #: failed / polled over the recent window; None when nothing was polled in it.
     failure_rate: float | None = None
     critical_alert: bool = False
+
+
+def state_of(
+    row: GatewayRow, failure_rate: float | None = None, critical_alert: bool = False
+) -> GatewayState:
+    """The state of a stored gateway. The failure threshold marks a gateway it disabled
+    with a probe delay (recovery's breaker, set even when recovery is off); the operator's
+    `enabled: false` and `pollctl stop` clear it."""
+    return GatewayState(
+        polling=row.polling,
+        enabled=row.enabled,
+        disabled_by_failures=not row.enabled and row.probe_delay_s is not None,
+        interval_s=row.interval_s,
+        last_ok_at=row.last_ok_at,
+        polling_since=row.polling_since,
+        failure_rate=failure_rate,
+        critical_alert=critical_alert,
+    )
 
 
 def colour_of(state: GatewayState, now: datetime, rules: ColourRules | None = None) -> Colour:

@@ -30,6 +30,10 @@ class Keys:
         gateway_id, slot_ms = key.removeprefix(f"{self.prefix}:claim:").split(":", 1)
         return int(gateway_id), int(slot_ms)
 
+    def live(self, topic: str) -> str:
+        """Pub/sub channel of the live feed (`/ws`): `gateways.NAME`, `global` or `alerts`."""
+        return f"{self.prefix}:live:{topic}"
+
     def endpoint_lock(self, host: str, port: int) -> str:
         """Held around every Modbus exchange with one TCP endpoint."""
         return f"{self.prefix}:lock:{host}:{port}"
