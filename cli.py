@@ -27,11 +27,13 @@ from polling import configcache, diagnostics, logsetup, migrate, queries, report
 from polling.audit import audit as audit_fleet
 from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
+from polling.colour import Colour
 from polling.db import make_engine
 from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways, stream_gateways
 from polling.models import GatewayRow, Reading
+from polling.queries import GatewayStatus
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
 from polling.repository import load_gateways as stored_gateways
@@ -41,7 +43,7 @@ from polling.schedule import ms_to_dt
 from polling.settings import Settings, mask_url
 from polling.simulator import Simulator
 from polling.status import STATES, collect_status, in_state, polling_consumed, summary
-from polling.timefmt import iso_z, local
+from polling.timefmt import iso_z, local, span
 from polling.values import cell, shown
 from workers.app import create_app
 from workers.control import check_context
@@ -466,13 +468,26 @@ def poll_now(rt: Runtime, name: str) -> None:
     type=click.Choice(STATES),
     help="Only gateways in this state (repeatable); failing: its newest poll failed.",
 )
+@click.option(
+    "--colour",
+    "colours",
+    multiple=True,
+    type=click.Choice([c.value for c in Colour]),
+    help="Only gateways of this colour (repeatable): grey, red, yellow, green.",
+)
 @click.option("--detailed", is_flag=True, help="Add counts of skipped and missed slots, errors.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, times in UTC with Z.")
 @with_runtime()
 def status(
-    rt: Runtime, gateways: tuple[str, ...], states: tuple[str, ...], detailed: bool, as_json: bool
+    rt: Runtime,
+    gateways: tuple[str, ...],
+    states: tuple[str, ...],
+    colours: tuple[str, ...],
+    detailed: bool,
+    as_json: bool,
 ) -> None:
-    """Per gateway: enabled, polling, last poll and outcome, next due, counts.
+    """Per gateway: colour, enabled, polling, last poll and outcome, last success, next
+    due, counts; a gateway its failures disabled shows its breaker and next probe.
 
     On a terminal, a summary line comes first and a long table goes through a pager."""
     if gateways:
@@ -482,25 +497,43 @@ def status(
         for s in collect_status(rt)
         if (not gateways or s.name in gateways)
         and (not states or any(in_state(s, x) for x in states))
+        and (not colours or s.colour in colours)
     ]
     if as_json:
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
     if any(s.polling == "waiting" for s in statuses):
         click.echo(f"warning: {NO_POLLING_WORKER}: nothing is being polled", err=True)
-    headers = ["gateway", "enabled", "polling", "last_poll", "outcome", "next_due", "ok", "failed"]
-    headers += ["consec_fail"]
+    headers = ["gateway", "colour", "enabled", "polling", "last_poll", "outcome", "last_ok"]
+    headers += ["next_due", "ok", "failed", "consec_fail"]
     if detailed:
         headers += ["skipped", "missed", "note"]
+    now = ms_to_dt(rt.clock())
     rows: list[list[object]] = []
     for s in statuses:
-        row: list[object] = [s.name, "yes" if s.enabled else "NO", s.polling, local(s.last_slot)]
-        row += [s.last_outcome or "-", local(s.next_due), s.ok, s.failed, s.consecutive_failures]
+        row: list[object] = [s.name, s.colour.upper(), "yes" if s.enabled else "NO", s.polling]
+        row += [local(s.last_slot), s.last_outcome or "-", _last_ok(s, now)]
+        row += [_next_due(s), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
             row += [s.skipped, s.missed, note]
         rows.append(row)
     _page(table(headers, rows), summary(statuses))
+
+
+def _last_ok(s: GatewayStatus, now: datetime) -> str:
+    """The last success, with `offline for 3 h` once it is over two intervals old."""
+    if s.last_ok_at is None:
+        return "never"
+    offline = s.offline_s(now)
+    return local(s.last_ok_at) + (f" (offline for {span(offline)})" if offline else "")
+
+
+def _next_due(s: GatewayStatus) -> str:
+    """The next slot; for a gateway its failures disabled, the breaker's next probe."""
+    if s.breaker == "open":
+        return f"probe {local(s.next_probe_at)}" if s.next_probe_at else "breaker open"
+    return local(s.next_due)
 
 
 def _page(text: str, headline: str) -> None:

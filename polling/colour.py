@@ -68,9 +68,11 @@ def state_of(
 
 def colour_of(state: GatewayState, now: datetime, rules: ColourRules | None = None) -> Colour:
     rules = rules or ColourRules()
-    if state.disabled_by_failures or (state.polling and state.critical_alert):
+    if not state.polling:
+        return Colour.GREY
+    if state.disabled_by_failures or state.critical_alert:
         return Colour.RED
-    if not state.polling or not state.enabled:
+    if not state.enabled:
         return Colour.GREY
     since = _newest(state.last_ok_at, state.polling_since)
     age = (now - since).total_seconds() / state.interval_s if since else 0.0

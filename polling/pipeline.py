@@ -33,6 +33,7 @@ from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
 from .errors import GatewayTimeout, ModbusError
+from .events import publish_transition
 from .outcome import Outcome, PollKind
 from .plan import PollTarget
 from .repository import set_chain_tokens
@@ -74,6 +75,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
                 disabled[target.id],
                 extra=_fields(target, begun[index]),
             )
+            publish_transition(rt, target.config.name, "disabled", error=disabled[target.id])
     successors = _advance(rt, begun, ledger, disabled, held, tally)
     counters.count_dropped(rt.redis, rt.keys, tally)
     failed = {
@@ -354,11 +356,11 @@ def retire_chains(rt: Runtime, chains: Sequence[tuple[int, str]]) -> None:
 # -- a manual poll ---------------------------------------------------------------------------
 
 
-def poll_once(rt: Runtime, target: PollTarget) -> Served:
-    """One poll outside the schedule, recorded with kind 'manual' at the time it was asked
-    for: it waits its turn for the endpoint lock (at most the gateway's timeout, else it is
-    recorded as skipped), holds it until recorded, and does not count towards the failure
-    threshold."""
+def poll_once(rt: Runtime, target: PollTarget, kind: PollKind = PollKind.MANUAL) -> Served:
+    """One poll outside the schedule, recorded with `kind` (manual, or recovery's probe)
+    at the time it was asked for: it waits its turn for the endpoint lock (at most the
+    gateway's timeout, else it is recorded as skipped), holds it until recorded, and does
+    not count towards the failure threshold."""
     slot_ms = rt.clock()
     host, port = target.endpoint
     ttl_ms = round(1000 * (target.budget + target.config.timeout + 1))
@@ -368,7 +370,7 @@ def poll_once(rt: Runtime, target: PollTarget) -> Served:
         served = rt.modbus.run(
             _poll_locked(rt, target, lock, deadline_ms), timeout=ttl_ms / 1000 + 60
         )
-        saving.save(rt, [poll_entry(target.id, slot_ms, PollKind.MANUAL, served)])
+        saving.save(rt, [poll_entry(target.id, slot_ms, kind, served)])
     finally:
         rt.chains.release([lock])
     return served

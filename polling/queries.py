@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from .chains import ChainState
+from .colour import Colour, colour_of, state_of
 from .models import GatewayRow, PollLog, Reading
 from .schedule import dt_to_ms, ms_to_dt
+from .settings import Settings
 from .timefmt import iso_z
 
 
@@ -32,19 +34,46 @@ class GatewayStatus:
     skipped: int
     missed: int
     consecutive_failures: int
+    #: When the newest successful poll (of any kind) finished.
+    last_ok_at: datetime | None = None
+    #: grey | red | yellow | green (polling/colour.py)
+    colour: str = Colour.GREY.value
+    #: closed, or open: disabled by its failures (recovery probes it at `next_probe_at`).
+    breaker: str = "closed"
+    next_probe_at: datetime | None = None
 
     def as_json(self) -> dict:
         data = asdict(self)
-        for key in ("last_slot", "next_due"):
+        for key in ("last_slot", "next_due", "last_ok_at", "next_probe_at"):
             data[key] = iso_z(data[key])
         return data
 
+    def offline_s(self, now: datetime) -> float | None:
+        """Seconds since the last success, once that is over two intervals (None before,
+        or when it never succeeded)."""
+        if self.last_ok_at is None:
+            return None
+        age = (now - self.last_ok_at).total_seconds()
+        return age if age > 2 * self.interval else None
+
 
 def gateway_statuses(
-    session: Session, chains: dict[int, ChainState], overdue: set[int], *, consumed: bool = True
+    session: Session,
+    chains: dict[int, ChainState],
+    overdue: set[int],
+    *,
+    consumed: bool = True,
+    now: datetime | None = None,
+    settings: Settings | None = None,
+    critical: frozenset[int] | set[int] = frozenset(),
 ) -> list[GatewayStatus]:
     """Counts come from the poll log (scheduled polls only), one grouped query. Without a
-    worker consuming `polling` (`consumed` false), a live chain is only waiting."""
+    worker consuming `polling` (`consumed` false), a live chain is only waiting. The
+    colour is judged at `now` on the failure rate over the health window; `critical`
+    holds the gateways with an open critical alert."""
+    settings = settings or Settings()
+    now = now or datetime.now(UTC)
+    rates = failure_rates(session, now - timedelta(seconds=settings.health_window))
     counts: dict[int, dict[str, int]] = {}
     grouped = (
         select(PollLog.gateway_id, PollLog.outcome, func.sum(PollLog.slots))
@@ -76,9 +105,36 @@ def gateway_statuses(
                 skipped=c.get("skipped", 0),
                 missed=c.get("missed", 0),
                 consecutive_failures=row.consecutive_failures,
+                last_ok_at=row.last_ok_at,
+                colour=colour_of(
+                    state_of(row, rates.get(row.id), row.id in critical),
+                    now,
+                    settings.colour_rules,
+                ).value,
+                breaker="open" if not row.enabled and row.probe_delay_s is not None else "closed",
+                next_probe_at=row.next_probe_at,
             )
         )
     return out
+
+
+def failure_rates(session: Session, since: datetime) -> dict[int, float]:
+    """failed / polled per gateway over its scheduled slots since `since` and since it
+    last started (a restart or a recovery begins a fresh record: the failures that
+    disabled it do not colour it once it polls again). One grouped query."""
+    g = GatewayRow.__table__
+    query = (
+        select(PollLog.gateway_id, func.count(), func.sum(case((PollLog.outcome == "failed", 1))))
+        .join(g, g.c.id == PollLog.gateway_id)
+        .where(
+            PollLog.kind == "scheduled",
+            PollLog.slot_at >= since,
+            PollLog.outcome.in_(("ok", "failed", "skipped")),
+            or_(g.c.polling_since.is_(None), PollLog.slot_at >= g.c.polling_since),
+        )
+        .group_by(PollLog.gateway_id)
+    )
+    return {gateway_id: (failed or 0) / n for gateway_id, n, failed in session.execute(query) if n}
 
 
 def _polling(chain: bool, overdue: bool, consumed: bool) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, ScalarSelect, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -198,16 +198,28 @@ def _dt(value: str | None) -> datetime | None:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def write(session: Session, entries: Sequence[Entry], *, failure_threshold: int) -> dict[int, str]:
+def write(
+    session: Session,
+    entries: Sequence[Entry],
+    *,
+    failure_threshold: int,
+    recovery_first: float = 0.0,
+) -> dict[int, str]:
     """Polls in one batch, then the missed runs; returns the disable reasons."""
     polls = [e for e in entries if isinstance(e, PollEntry)]
-    reasons = record_polls(session, polls, failure_threshold=failure_threshold)
+    reasons = record_polls(
+        session, polls, failure_threshold=failure_threshold, recovery_first=recovery_first
+    )
     record_missed_runs(session, [e for e in entries if isinstance(e, MissedRun)])
     return reasons
 
 
 def record_polls(
-    session: Session, polls: Sequence[PollEntry], *, failure_threshold: int
+    session: Session,
+    polls: Sequence[PollEntry],
+    *,
+    failure_threshold: int,
+    recovery_first: float = 0.0,
 ) -> dict[int, str]:
     """Write the poll-log rows and, for each row that is new, its readings (a slot already
     recorded, by a duplicate or as missed by a restart, keeps what it has); a few statements
@@ -243,7 +255,9 @@ def record_polls(
     }
     reasons = {}
     for gateway_id in sorted(newest_failure):  # one lock order for every writer
-        reason = _count_failures(session, newest_failure[gateway_id], failure_threshold)
+        reason = _count_failures(
+            session, newest_failure[gateway_id], failure_threshold, recovery_first
+        )
         if reason:
             reasons[gateway_id] = reason
     return reasons
@@ -419,9 +433,12 @@ def _by_slot(record: PollRecord) -> int:
     return record.slot_ms
 
 
-def _count_failures(session: Session, newest: PollRecord, failure_threshold: int) -> str | None:
+def _count_failures(
+    session: Session, newest: PollRecord, failure_threshold: int, recovery_first: float
+) -> str | None:
     """Recount the gateway's failures; disable it when they reach the threshold, with the
-    newest failure's error."""
+    newest failure's error, and open its breaker: recovery probes it `recovery_first`
+    seconds later (0: never; the delay still marks it as disabled by failures)."""
     row = session.execute(
         update(GatewayRow)
         .where(GatewayRow.id == newest.gateway_id)
@@ -440,7 +457,16 @@ def _count_failures(session: Session, newest: PollRecord, failure_threshold: int
     session.execute(
         update(GatewayRow)
         .where(GatewayRow.id == newest.gateway_id)
-        .values(enabled=False, disabled_reason=reason)
+        .values(
+            enabled=False,
+            disabled_reason=reason,
+            probe_delay_s=recovery_first,
+            next_probe_at=(
+                (newest.finished_at or datetime.now(UTC)) + timedelta(seconds=recovery_first)
+                if recovery_first
+                else None
+            ),
+        )
     )
     return reason
 

@@ -85,6 +85,13 @@ def import_gateways(session: Session, gateways: Sequence[Gateway]) -> tuple[int,
                 for g in old
             ],
         )
+        if off := [ids[g.name] for g in old if not g.enabled]:
+            # The operator's `enabled: false` overrides a failure's disable: never probed.
+            session.execute(
+                update(table)
+                .where(table.c.id.in_(off))
+                .values(next_probe_at=None, probe_delay_s=None)
+            )
         session.execute(delete(points).where(points.c.gateway_id.in_([ids[g.name] for g in old])))
     session.execute(
         insert(points),
@@ -212,6 +219,7 @@ def reenable(session: Session, gateway_id: int) -> None:
     """Clear an automatic (or configured) disable: the operator's explicit start."""
     row = session.get_one(GatewayRow, gateway_id)
     row.enabled, row.disabled_reason, row.consecutive_failures = True, None, 0
+    row.next_probe_at = row.probe_delay_s = None  # the breaker closes
     # The slots it spent disabled were not polled on purpose: a pause, not missed polls.
     row.polling_since = utcnow()
 

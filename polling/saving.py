@@ -99,7 +99,12 @@ def _write_in_one(rt: Runtime, entries: Sequence[Entry]) -> Disabled:
     if not entries:
         return {}
     with rt.sessions() as session, session.begin():
-        return write(session, entries, failure_threshold=rt.settings.failure_threshold)
+        return write(
+            session,
+            entries,
+            failure_threshold=rt.settings.failure_threshold,
+            recovery_first=rt.settings.recovery_first,
+        )
 
 
 def _keep_for_later(rt: Runtime, entries: Sequence[Entry], exc: DBAPIError) -> None:

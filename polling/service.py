@@ -124,12 +124,12 @@ def start(rt: Runtime, enqueue: Enqueue, names: Iterable[str] | None = None) -> 
             report.already.append(name)
             continue
         starts.append((gateway, chain))
-    _, active = _start_chains(rt, enqueue, starts, now, fresh)
+    _, active = start_chains(rt, enqueue, starts, now, fresh)
     report.started = [g.config.name for g, _ in starts if g.id in active]
     return report
 
 
-def _start_chains(
+def start_chains(
     rt: Runtime,
     enqueue: Enqueue,
     starts: list[tuple[PollTarget, ChainState | None]],
@@ -293,7 +293,7 @@ def _start_in_chunks(
             report.deferred = len(starts) - at
             break
         chunk = starts[at : at + RESTART_CHUNK]
-        missed, active = _start_chains(rt, enqueue, chunk, rt.clock() if at else now)
+        missed, active = start_chains(rt, enqueue, chunk, rt.clock() if at else now)
         report.missed += missed
         names |= {g.config.name for g, _ in chunk if g.id in active}
         lock.reacquire()  # raises if the lock was lost: no second run may overlap

@@ -6,13 +6,21 @@ from . import configcache, heartbeat, queries
 from .chains import ChainState
 from .liveness import Overdue
 from .runtime import Runtime
+from .schedule import ms_to_dt
 
 
 def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
     chains, overdue = live_chains(rt)
     consumed = polling_consumed(rt)
     with rt.sessions() as session:
-        return queries.gateway_statuses(session, chains, overdue, consumed=consumed)
+        return queries.gateway_statuses(
+            session,
+            chains,
+            overdue,
+            consumed=consumed,
+            now=ms_to_dt(rt.clock()),
+            settings=rt.settings,
+        )
 
 
 def polling_consumed(rt: Runtime) -> bool:

@@ -133,7 +133,9 @@ def test_start_status_poll_now_readings_stop(pollctl, gateways_file, simulate, f
     shown = pollctl("status")
     assert "nothing is being polled" in shown.stderr
     (gw0,) = [line for line in shown.stdout.splitlines() if line.startswith("gw0")]
-    assert re.search(r"waiting +- +- +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", gw0)
+    assert re.search(
+        r"waiting +- +- +never +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", gw0
+    )
 
     out = pollctl("poll-now", "--gateway", "gw1").stdout
     assert out.startswith("gw1: ok") and re.search(r"  a = \d+ kW", out)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from polling import counters, diagnostics, heartbeat, queries
+from polling import diagnostics, heartbeat, queries
 from polling.healthview import FleetHealth, fleet_health
 from polling.models import DiagnosticRun, GatewayRow, Reading
 from polling.queueview import QueueInspector
@@ -87,14 +87,13 @@ def consumers(workers: list[heartbeat.ProcessInfo], queue: str) -> int:
 
 
 def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
-    """Each gateway's status (as `pollctl status --json`), with its newest ok poll and its
-    success rate over the health window; with `name`, that gateway only."""
+    """Each gateway's status (as `pollctl status --json`: colour, last_ok_at, breaker), with
+    its success rate over the health window; with `name`, that gateway only."""
     statuses = [s for s in collect_status(rt) if name is None or s.name == name]
     if not statuses:
         return []
     window = rt.settings.health_window
     since = now_utc(rt) - timedelta(seconds=window)
-    last_ok = counters.read_counters(rt.redis, rt.keys).last_ok
     with rt.sessions() as session:
         ids: dict[str, int] = {
             n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
@@ -106,9 +105,7 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
         stat = stats.get(gateway_id)
         polled = stat.polled if stat else 0
         ok = stat.outcomes.get("ok", 0) if stat else 0
-        ok_ms = last_ok.get(gateway_id)
-        data = status.as_json()
-        data["last_ok_at"] = iso_z(ms_to_dt(ok_ms)) if ok_ms else None
+        data = status.as_json()  # last_ok_at, colour, breaker and next probe included
         data["success_rate"] = round(ok / polled, 4) if polled else None
         data["window_s"] = window
         out.append(data)

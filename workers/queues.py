@@ -15,10 +15,12 @@ POLL_BATCH_TASK = "pollctl.poll_batch"
 RECONCILE_TASK = "pollctl.reconcile"
 DIAGNOSE_TASK = "pollctl.diagnose"
 CANARY_TASK = "pollctl.canary"
+PROBE_TASK = "pollctl.probe"
 
 ROUTES = {
     POLL_BATCH_TASK: {"queue": POLLING},
     RECONCILE_TASK: {"queue": SCHEDULING},
     DIAGNOSE_TASK: {"queue": SCHEDULING},
     CANARY_TASK: {"queue": POLLING},
+    PROBE_TASK: {"queue": POLLING},
 }

@@ -12,7 +12,7 @@ from polling.schedule import ms_to_dt
 from polling.settings import Settings
 from polling.steps import Step, StepSender
 
-from .queues import CANARY_TASK, POLL_BATCH_TASK, POLLING
+from .queues import CANARY_TASK, POLL_BATCH_TASK, POLLING, PROBE_TASK
 
 #: A gateway's name by id, when known (for how a batch shows in Flower and the logs).
 NameOf = Callable[[int], str | None]
@@ -48,6 +48,12 @@ def send_poll(app: Celery, gateway_id: int, token: str, slot_ms: int) -> None:
 def send_canary(app: Celery, nonce: str, ttl: float) -> None:
     # Expires with its deadline, so a canary nobody waits for any more is not run.
     app.send_task(CANARY_TASK, (nonce,), queue=POLLING, expires=ttl)
+
+
+def send_probe(app: Celery, gateway_id: int, ttl: float) -> None:
+    """Recovery's probe of a gateway its failures disabled; expires with the lease its
+    claim took (the probe is claimed again after that)."""
+    app.send_task(PROBE_TASK, (gateway_id,), queue=POLLING, expires=ttl)
 
 
 def step_sender(app: Celery, settings: Settings, name_of: NameOf | None = None) -> StepSender:

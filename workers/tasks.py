@@ -8,12 +8,12 @@ import time
 
 from celery import Task, shared_task
 
-from polling import configcache, diagnostics, logsetup, pipeline, service
+from polling import configcache, diagnostics, logsetup, pipeline, recovery, service
 
 from . import process
 from .control import check_context
-from .queues import CANARY_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, RECONCILE_TASK
-from .senders import send_batch, step_sender
+from .queues import CANARY_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, PROBE_TASK, RECONCILE_TASK
+from .senders import send_batch, send_probe, step_sender
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def reconcile(self: Task) -> dict[str, int]:
     steps = step_sender(self.app, rt.settings, configcache.names(rt))
     report = service.reconcile(rt, steps.add)
     steps.send_all()
+    for gateway_id in recovery.claim_due(rt):
+        send_probe(self.app, gateway_id, rt.settings.recovery_first)
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
     log.info(
@@ -101,6 +103,19 @@ def diagnose(self: Task) -> str:
     except Exception as exc:  # the database may be the very thing that is down
         log.warning("diagnostic run not recorded: %s", exc)
     return diagnosis.health
+
+
+@shared_task(name=PROBE_TASK, ignore_result=True, bind=True)
+def probe(self: Task, gateway_id: int) -> str | None:
+    """Recovery's probe of one gateway its failures disabled (see polling/recovery.py)."""
+    rt = process.current(self.app).runtime
+    if trouble := rt.clock_trouble():
+        log.error("probe of gateway #%s not run: %s", gateway_id, trouble)
+        return None
+    steps = step_sender(self.app, rt.settings, configcache.names(rt))
+    served = recovery.probe(rt, int(gateway_id), steps.add)
+    steps.send_all()
+    return str(served.outcome) if served else None
 
 
 @shared_task(name=CANARY_TASK, ignore_result=True, bind=True)

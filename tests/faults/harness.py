@@ -297,6 +297,18 @@ class Rig:
                 out[names[row.gateway_id]].append(row)
         return Record(dict(out))
 
+    def probes(self, name: str) -> list[PollLog]:
+        """Recovery's probes of a gateway, oldest first."""
+        with self.runtime.sessions() as session:
+            return list(
+                session.scalars(
+                    select(PollLog)
+                    .join(GatewayRow, GatewayRow.id == PollLog.gateway_id)
+                    .where(GatewayRow.name == name, PollLog.kind == "probe")
+                    .order_by(PollLog.slot_at)
+                )
+            )
+
     def polled_since(self, since: float, names: list[str] | None = None) -> bool:
         """Every named gateway (default all) has an ok poll that started after `since`."""
         record = self.record()
