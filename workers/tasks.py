@@ -7,6 +7,7 @@ import logging
 import time
 
 from celery import Task, shared_task
+from sqlalchemy.exc import DBAPIError
 
 from polling import configcache, diagnostics, logsetup, pipeline, recovery, service
 
@@ -65,8 +66,13 @@ def reconcile(self: Task) -> dict[str, int]:
     steps = step_sender(self.app, rt.settings, configcache.names(rt))
     report = service.reconcile(rt, steps.add)
     steps.send_all()
-    for gateway_id in recovery.claim_due(rt):
-        send_probe(self.app, gateway_id, rt.settings.recovery_first)
+    try:
+        probes = recovery.claim_due(rt)
+    except DBAPIError as exc:  # the chains above are what matters; probes wait for the database
+        log.warning("recovery probes not claimed: %s", exc.orig or exc)
+        probes = []
+    for gateway_id in probes:
+        send_probe(self.app, gateway_id, max(rt.settings.recovery_first, 5.0))
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
     log.info(
