@@ -132,6 +132,7 @@ def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_lo
 
     code, gw0 = get_json(f"{api.url}/api/polling/gateways/gw0")
     assert code == 200 and gw0["polling"] == "yes" and gw0["success_rate"] == 1.0
+    assert (gw0["colour"], gw0["breaker"], gw0["offline_s"]) == ("green", "closed", None)
     assert sorted(r["point"] for r in gw0["readings"]) == ["status", "temp"]
     assert get(f"{api.url}/api/polling/gateways/nosuch")[0] == 404
 

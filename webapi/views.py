@@ -93,7 +93,8 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
     if not statuses:
         return []
     window = rt.settings.health_window
-    since = now_utc(rt) - timedelta(seconds=window)
+    now = now_utc(rt)
+    since = now - timedelta(seconds=window)
     with rt.sessions() as session:
         ids: dict[str, int] = {
             n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
@@ -106,6 +107,8 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
         polled = stat.polled if stat else 0
         ok = stat.outcomes.get("ok", 0) if stat else 0
         data = status.as_json()  # last_ok_at, colour, breaker and next probe included
+        offline = status.offline_s(now)
+        data["offline_s"] = round(offline, 1) if offline is not None else None
         data["success_rate"] = round(ok / polled, 4) if polled else None
         data["window_s"] = window
         out.append(data)
