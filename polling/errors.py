@@ -19,6 +19,10 @@ class GatewayNotFound(PollingError):
     """Raised when a gateway name given on the command line is not configured."""
 
 
+class AlertNotFound(PollingError):
+    """Raised when an alert id names no alert, or one that can no longer be acknowledged."""
+
+
 class ModbusError(PollingError):
     """Base of the errors of one Modbus exchange; they become a failed poll, never a crash."""
 
