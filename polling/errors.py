@@ -20,7 +20,11 @@ class GatewayNotFound(PollingError):
 
 
 class AlertNotFound(PollingError):
-    """Raised when an alert id names no alert, or one that can no longer be acknowledged."""
+    """Raised when an alert id names no alert."""
+
+
+class AlertResolved(AlertNotFound):
+    """Raised when acknowledging an alert that is already resolved."""
 
 
 class ModbusError(PollingError):

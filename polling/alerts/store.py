@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import AlertNotFound
+from ..errors import AlertNotFound, AlertResolved
 from ..models import AlertRow
 from ..timefmt import iso_z
 
@@ -55,7 +55,7 @@ def ack(session: Session, alert_id: int, *, now: datetime, note: str | None, by:
     if row is None:
         raise AlertNotFound(f"alert {alert_id}: no such alert")
     if row.state == RESOLVED:
-        raise AlertNotFound(f"alert {alert_id}: already resolved, nothing to acknowledge")
+        raise AlertResolved(f"alert {alert_id}: already resolved, nothing to acknowledge")
     row.state, row.acked_at, row.ack_note, row.ack_by = ACKED, now, note, by
     return row
 
