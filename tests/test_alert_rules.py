@@ -15,7 +15,7 @@ from polling.alerts.rules import (
     gateway_rule,
     point_rules,
 )
-from polling.checks.base import CheckResult
+from polling.checks.base import CheckResult, Status
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 LIMITS = Limits(offline_intervals=3)
@@ -120,7 +120,7 @@ def test_a_gateway_that_is_down_is_one_finding_not_one_per_point():
     assert evaluation.down == {1}
 
 
-def check(component: str, status: str = "warning", **details) -> CheckResult:
+def check(component: str, status: Status = "warning", **details) -> CheckResult:
     return CheckResult(component, status, f"{component} says so", details)
 
 

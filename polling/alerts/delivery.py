@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import apprise
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential
+from tenacity.stop import stop_base
 
 from ..errors import ConfigError
 from ..keys import Keys
@@ -123,11 +124,12 @@ class Deliverer:
         return out
 
     def _retrying(self, deadline: float) -> Retrying:
-        def past_deadline(state: RetryCallState) -> bool:
-            return time.monotonic() >= deadline
+        class PastDeadline(stop_base):
+            def __call__(self, retry_state: RetryCallState) -> bool:
+                return time.monotonic() >= deadline
 
         return Retrying(
-            stop=stop_after_attempt(self.attempts) | past_deadline,
+            stop=stop_after_attempt(self.attempts) | PastDeadline(),
             wait=wait_exponential(multiplier=0.2, max=2.0),
             retry=retry_if_result(lambda ok: not ok),
             retry_error_callback=lambda _state: False,
