@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy import update
 from cli import main
 from polling.alerts import acknowledge, open_critical_gateways, run
 from polling.alerts.delivery import Deliverer, channels_of, read_counts
+from polling.alerts.lifecycle import deliverer
 from polling.alerts.store import open_alerts
 from polling.errors import AlertResolved
 from polling.gatewayfile import parse_gateways
@@ -225,3 +227,14 @@ def test_the_cli_lists_acknowledges_and_tests(runtime, gateway, receiver, env, f
     assert f"json://127.0.0.1:{receiver.port}: sent" in tested.output
     assert "FAILED" in tested.output
     assert receiver.titles()[-1] == "pollctl test notification"
+    bad = cli.invoke(main, ["alerts", "test"], env={**env, "POLLING_ALERT_URLS": "nope://x"})
+    assert (bad.exit_code, bad.output) == (
+        1,
+        "error: POLLING_ALERT_URLS: nope://... is not a URL apprise can use\n",
+    )
+
+
+def test_a_url_apprise_cannot_use_is_left_out_and_the_others_deliver(runtime, receiver):
+    settings = replace(runtime.settings, alert_urls=f"nope://secret {receiver.url}")
+    channels = deliverer(replace(runtime, settings=settings)).channels
+    assert [c.label for c in channels] == [f"json://127.0.0.1:{receiver.port}"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import apprise
@@ -44,9 +44,20 @@ class Channel:
     label: str
 
 
+def _plugin(url: str) -> Any:
+    """apprise's plugin for `url`, or None. apprise logs an unparsable URL whole, secrets
+    and all: its logger is off meanwhile."""
+    logger = logging.getLogger("apprise")
+    was, logger.disabled = logger.disabled, True
+    try:
+        return apprise.Apprise.instantiate(url)
+    finally:
+        logger.disabled = was
+
+
 def channel_label(url: str) -> str:
     """`scheme://host[:port]` of apprise's own masked form of `url` (its tokens elided)."""
-    plugin = apprise.Apprise.instantiate(url)
+    plugin = _plugin(url)
     shown = plugin.url(privacy=True) if plugin is not None else url
     parts = urlsplit(shown)
     host = parts.hostname or "?"
@@ -60,11 +71,11 @@ def channels_of(urls: Sequence[str]) -> list[Channel]:
     """A channel per URL; a URL apprise cannot use is one line naming it (masked)."""
     out = []
     for url in urls:
-        if apprise.Apprise.instantiate(url) is None:
-            scheme = url.split("://", 1)[0] if "://" in url else url[:12]
-            raise ConfigError(
-                f"POLLING_ALERT_URLS: {scheme}://... is not an apprise URL apprise can use"
-            )
+        if "://" not in url:
+            raise ConfigError("POLLING_ALERT_URLS: a URL without a scheme (expected scheme://...)")
+        if _plugin(url) is None:
+            scheme = url.split("://", 1)[0]
+            raise ConfigError(f"POLLING_ALERT_URLS: {scheme}://... is not a URL apprise can use")
         out.append(Channel(url, channel_label(url)))
     return out
 

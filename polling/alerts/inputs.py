@@ -55,13 +55,16 @@ def gateway_facts(session: Session) -> list[GatewayFacts]:
 
 
 def point_facts(session: Session, now: datetime) -> list[PointFacts]:
-    """Points with a data rule, each with as many of its newest scheduled readings as its
-    rules need (one for min/max, `flatline` for the flat-line rule)."""
+    """Points with a data rule of the gateways that poll, each with as many of its newest
+    scheduled readings as its rules need (one for min/max, `flatline` for the flat-line
+    rule)."""
     p, g = PointRow, GatewayRow
     rows = session.execute(
         select(p.gateway_id, g.name, g.interval_s, p.name, p.unit, p.min, p.max, p.flatline)
         .join(g, p.gateway_id == g.id)
         .where((p.min.is_not(None)) | (p.max.is_not(None)) | (p.flatline.is_not(None)))
+        # A stopped or disabled gateway's readings are old news: its data is not judged.
+        .where(g.enabled, g.polling)
         .order_by(g.name, p.id)
     ).all()
     if not rows:

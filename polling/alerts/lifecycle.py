@@ -20,6 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from ..checks.base import CheckResult
+from ..errors import ConfigError
 from ..models import AlertRow
 from ..runtime import Runtime
 from ..schedule import ms_to_dt
@@ -114,9 +115,17 @@ class RunReport:
 
 
 def deliverer(rt: Runtime) -> Deliverer:
+    """The channels of POLLING_ALERT_URLS; a URL apprise cannot use is logged and left out
+    (the others still deliver; `pollctl alerts test` names it)."""
     s = rt.settings
+    channels = []
+    for url in s.alert_url_list:
+        try:
+            channels += channels_of([url])
+        except ConfigError as exc:
+            log.error("%s", exc)
     return Deliverer(
-        channels_of(s.alert_url_list),
+        channels,
         attempts=s.alert_attempts,
         timeout=s.alert_timeout,
         redis_client=rt.redis,
