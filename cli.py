@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
+import getpass
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import redis
 from celery import Celery
 from click.shell_completion import CompletionItem
 from sqlalchemy import func, select
 
 from polling import configcache, diagnostics, logsetup, migrate, queries, report, service
+from polling.alerts import acknowledge as acknowledge_alert
+from polling.alerts import store as alert_store
+from polling.alerts.delivery import Deliverer, Notification, channels_of
 from polling.audit import audit as audit_fleet
 from polling.buffer import DeadLetter
 from polling.checks.base import CheckResult, Enqueue
@@ -32,6 +38,7 @@ from polling.db import make_engine
 from polling.demo import run_demo
 from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways, stream_gateways
+from polling.keys import Keys
 from polling.models import GatewayRow, Reading
 from polling.queries import GatewayStatus
 from polling.report import table
@@ -785,6 +792,79 @@ def buffer_drop(rt: Runtime, yes: bool) -> None:
     if not yes:
         _confirm(f"drop {count} refused records for good?")
     click.echo(f"dropped {rt.buffer.drop_dead()} refused records")
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+@health.group(
+    cls=Group, invoke_without_command=True, epilog="Example: pollctl alerts --open --json"
+)
+@click.option("--open", "open_only", is_flag=True, help="Only new and acknowledged alerts.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, times in UTC with Z.")
+@click.pass_context
+def alerts(ctx: click.Context, open_only: bool, as_json: bool) -> None:
+    """List alerts (newest first), acknowledge one, test the channels.
+
+    Bare `pollctl alerts` lists them; beat evaluates the rules after each diagnostics run."""
+    if ctx.invoked_subcommand is None:
+        _list_alerts(open_only, as_json)
+
+
+@with_runtime()
+def _list_alerts(rt: Runtime, open_only: bool, as_json: bool) -> None:
+    with rt.sessions() as session:
+        rows = alert_store.list_alerts(session, open_only=open_only)
+    if as_json:
+        click.echo(json.dumps([alert_store.as_json(row) for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no open alerts" if open_only else "no alerts")
+        return
+    headers = ["id", "state", "severity", "rule", "subject", "since", "message"]
+    cells = [
+        [r.id, r.state, r.severity, r.rule, r.subject, local(r.first_at), r.message] for r in rows
+    ]
+    click.echo(table(headers, cells))
+
+
+@alerts.command("ack", epilog="Example: pollctl alerts ack 12 --note 'meter replaced Monday'")
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--note", help="Why it may wait: kept with the alert.")
+@with_runtime()
+def alerts_ack(rt: Runtime, alert_id: int, note: str | None) -> None:
+    """Acknowledge an open alert: no more notices for it until it resolves."""
+    by = f"{getpass.getuser()}@{socket.gethostname()}"
+    alert = acknowledge_alert(rt, alert_id, note=note, by=by)
+    click.echo(f"acknowledged alert {alert_id}: {alert['message']}")
+
+
+@alerts.command("test", epilog="Example: pollctl alerts test")
+def alerts_test() -> None:
+    """Send a test notification to every channel of POLLING_ALERT_URLS.
+
+    Says which channels took it; exit 1 if any did not."""
+    settings = _settings()
+    channels = channels_of(settings.alert_url_list)
+    if not channels:
+        raise ConfigError("POLLING_ALERT_URLS is empty: no channel to test")
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    sender = Deliverer(
+        channels,
+        attempts=settings.alert_attempts,
+        timeout=settings.alert_timeout,
+        redis_client=client,  # counted like any notice (a Redis that is down: not counted)
+        keys=Keys(settings.key_prefix),
+    )
+    note = Notification(
+        "pollctl test notification",
+        f"A test from `pollctl alerts test` on {socket.gethostname()}: this channel works.",
+    )
+    (result,) = sender.send([note])
+    client.close()
+    for label, ok in result.items():
+        click.echo(f"{label}: {'sent' if ok else 'FAILED'}")
+    sys.exit(0 if all(result.values()) else 1)
 
 
 # -- simulation and demo ---------------------------------------------------------------------

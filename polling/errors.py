@@ -19,6 +19,14 @@ class GatewayNotFound(PollingError):
     """Raised when a gateway name given on the command line is not configured."""
 
 
+class AlertNotFound(PollingError):
+    """Raised when an alert id names no alert."""
+
+
+class AlertResolved(AlertNotFound):
+    """Raised when acknowledging an alert that is already resolved."""
+
+
 class ModbusError(PollingError):
     """Base of the errors of one Modbus exchange; they become a failed poll, never a crash."""
 

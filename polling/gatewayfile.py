@@ -308,6 +308,7 @@ def _point(entry: Any, index: int, gateway: str, errors: _Errors) -> Point | Non
         offset=f.number("offset", default=0.0),
         unit=_unit(f),
         device_id=f.integer("device_id", 0, 255),
+        **_data_rules(f, type_),
     )
     if address is not None and type_ and (type_ != "string" or count):
         last = address + point.width - 1
@@ -337,6 +338,25 @@ def host_problem(host: str) -> str | None:
     if labels[-1].isdigit():
         return f"{host!r} is not a valid IP address"
     return None
+
+
+#: Largest `flatline` (polls): the alert rule reads this many readings per point.
+MAX_FLATLINE = 10_000
+
+
+def _data_rules(f: _Fields, type_: str | None) -> dict[str, Any]:
+    """The point's optional alert limits: `min`, `max` (numbers, min <= max, not for
+    strings) and `flatline` (polls unchanged, at least 2)."""
+    low, high = f.number("min"), f.number("max")
+    if type_ == "string":
+        for key, value in (("min", low), ("max", high)):
+            if value is not None:
+                f.bad(key, "applies to numeric points only, not string")
+        low = high = None
+    if low is not None and high is not None and low > high:
+        f.bad("min", f"{low:g} is above max {high:g}")
+    flatline = f.integer("flatline", 2, MAX_FLATLINE)
+    return {"min": low, "max": high, "flatline": flatline}
 
 
 def _unit(f: _Fields) -> str | None:

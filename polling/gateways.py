@@ -23,6 +23,9 @@ POINT_FIELDS = {
     "offset",
     "unit",
     "device_id",
+    "min",
+    "max",
+    "flatline",
 }
 
 
@@ -38,6 +41,11 @@ class Point:
     offset: float = 0.0
     unit: str | None = None
     device_id: int | None = None
+    #: Data rules for alerts: a value below `min` or above `max`; the same value for
+    #: `flatline` polls in a row.
+    min: float | None = None
+    max: float | None = None
+    flatline: int | None = None
 
     @property
     def width(self) -> int:

@@ -128,3 +128,13 @@ class Keys:
     @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile"
+
+    @property
+    def alerts_lock(self) -> str:
+        """Held while one process evaluates the alert rules and delivers their notices."""
+        return f"{self.prefix}:alerts:lock"
+
+    @property
+    def alert_notifications(self) -> str:
+        """Hash: `<channel>|<outcome>` -> notifications (see polling/alerts/delivery.py)."""
+        return f"{self.prefix}:metrics:alerts"

@@ -1,4 +1,5 @@
-"""Database tables: gateways and points (configuration), poll log and readings (record)."""
+"""Database tables: gateways and points (configuration), poll log and readings (record),
+diagnostic runs and alerts (what operators act on)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -107,6 +109,11 @@ class PointRow(Base):
     offset: Mapped[float] = mapped_column(Float, default=0.0)
     unit: Mapped[str | None] = mapped_column(String(64))
     device_id: Mapped[int | None] = mapped_column(Integer)
+    #: Data rules (alerts): a value below `min` or above `max`, or the same for `flatline`
+    #: polls in a row.
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    flatline: Mapped[int | None] = mapped_column(Integer)
 
     gateway: Mapped[GatewayRow] = relationship(back_populates="points")
 
@@ -176,3 +183,43 @@ class DiagnosticRun(Base):
     #: Every check: component -> {"status", "message"}; None on a reconcile's record of its
     #: repairs (the health API answers from the newest run that has them).
     checks: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+class AlertRow(Base):
+    """An alert: one finding of a rule about a subject, from NEW through ACKED to RESOLVED.
+    At most one open (new or acked) alert per (rule, subject): the partial unique index."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index(
+            "uq_alerts_open",
+            "rule",
+            "subject",
+            unique=True,
+            postgresql_where=text("state <> 'resolved'"),
+            sqlite_where=text("state <> 'resolved'"),
+        ),
+        Index("ix_alerts_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    #: What it is about: a gateway's name, `gateway/point`, `queue:NAME`, `fleet`, ...
+    subject: Mapped[str] = mapped_column(String(500))
+    #: The gateway it concerns, if any (colour: RED while a critical one is open).
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="SET NULL"), index=True
+    )
+    #: warning | critical
+    severity: Mapped[str] = mapped_column(String(16))
+    #: new | acked | resolved
+    state: Mapped[str] = mapped_column(String(16), default="new")
+    message: Mapped[str] = mapped_column(Text)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When a notification last went out to at least one channel (None: never yet).
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_note: Mapped[str | None] = mapped_column(Text)
+    ack_by: Mapped[str | None] = mapped_column(String(200))

@@ -123,6 +123,9 @@ def _point_row(point: Point) -> dict[str, object]:
         "offset": point.offset,
         "unit": point.unit,
         "device_id": point.device_id,
+        "min": point.min,
+        "max": point.max,
+        "flatline": point.flatline,
     }
 
 
@@ -142,7 +145,7 @@ _GATEWAY_COLUMNS = (
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
     "gateway_id", "name", "register", "address", "type", "word_order",
-    "count", "scale", "offset", "unit", "device_id",
+    "count", "scale", "offset", "unit", "device_id", "min", "max", "flatline",
 )  # fmt: skip
 
 

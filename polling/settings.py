@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,6 +84,21 @@ class Settings:
     #: tolerates: past it, a worker stops consuming `polling` and reconcile refuses to run
     #: there (Celery's ETA timing uses the host's clock); validate warns from 0.5 s.
     clock_skew_max: float = 2.0
+    #: Alerts (polling/alerts/): apprise URLs, comma or space separated, each a channel.
+    alert_urls: str = ""
+    #: An open alert is sent again after this long (seconds) unless acknowledged.
+    alert_cooldown: float = 21600.0
+    #: A started gateway with no successful poll for this many intervals is offline.
+    alert_offline_intervals: float = 3.0
+    #: Messages waiting in one queue above which it alerts (the age uses the backlog
+    #: thresholds above).
+    alert_queue_depth: int = 10_000
+    #: Share of POLLING_BUFFER_LIMIT in use above which the buffer is near its bound.
+    alert_buffer_share: float = 0.8
+    #: Attempts per channel and notification, and the time (seconds) all deliveries of one
+    #: run may take together: the diagnostics task never waits longer on a channel.
+    alert_attempts: int = 3
+    alert_timeout: float = 10.0
     #: `pollctl api` listens here (localhost: put a proxy with TLS in front to expose it).
     api_host: str = "127.0.0.1"
     api_port: int = 9470
@@ -100,6 +116,11 @@ class Settings:
         return ColourRules(
             self.colour_red_intervals, self.colour_yellow_intervals, self.colour_yellow_failure_rate
         )
+
+    @property
+    def alert_url_list(self) -> list[str]:
+        """POLLING_ALERT_URLS split on commas and whitespace: one apprise URL per channel."""
+        return [url for url in re.split(r"[,\s]+", self.alert_urls) if url]
 
     @property
     def max_interval(self) -> float:
@@ -171,6 +192,17 @@ class Settings:
             )
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
+        self._check_alerts()
+
+    def _check_alerts(self) -> None:
+        if self.alert_cooldown < 0:
+            raise ConfigError("POLLING_ALERT_COOLDOWN must be >= 0")
+        if self.alert_offline_intervals <= 0:
+            raise ConfigError("POLLING_ALERT_OFFLINE_INTERVALS must be > 0")
+        if not 0 < self.alert_buffer_share <= 1:
+            raise ConfigError("POLLING_ALERT_BUFFER_SHARE must be > 0 and <= 1")
+        if self.alert_attempts < 1 or self.alert_timeout <= 0:
+            raise ConfigError("POLLING_ALERT_ATTEMPTS must be >= 1, POLLING_ALERT_TIMEOUT > 0")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""
@@ -183,6 +215,9 @@ class Settings:
                 value = mask_url(value)
             elif f.name.endswith("_token") and value:
                 value = "***"
+            elif f.name == "alert_urls" and value:
+                # apprise URLs carry tokens and passwords anywhere in them.
+                value = " ".join(f"{u.split('://', 1)[0]}://***" for u in self.alert_url_list)
             out[ENV_PREFIX + f.name.upper()] = str(value)
         return out
 

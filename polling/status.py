@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import configcache, heartbeat, queries
+from .alerts.store import open_critical_gateways
 from .chains import ChainState
 from .liveness import Overdue
 from .runtime import Runtime
@@ -20,6 +21,7 @@ def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
             consumed=consumed,
             now=ms_to_dt(rt.clock()),
             settings=rt.settings,
+            critical=open_critical_gateways(session),
         )
 
 

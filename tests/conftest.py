@@ -90,7 +90,11 @@ def celery_app(settings: Settings):
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as POLLING_* variables, for the CLI and subprocesses."""
-    return {**settings.masked(), "POLLING_DATABASE_URL": settings.database_url}
+    return {
+        **settings.masked(),
+        "POLLING_DATABASE_URL": settings.database_url,
+        "POLLING_ALERT_URLS": settings.alert_urls,
+    }
 
 
 @pytest.fixture
@@ -112,7 +116,7 @@ def runtime(settings: Settings, redis_client: redis.Redis) -> Iterator[Runtime]:
 
 def _clean_tables(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
-        for table in ("readings", "poll_log", "points", "gateways", "diagnostic_runs"):
+        for table in ("alerts", "readings", "poll_log", "points", "gateways", "diagnostic_runs"):
             conn.execute(text(f"DELETE FROM {table}"))
 
 

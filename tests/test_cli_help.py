@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def commands(group: click.Command = main, path: tuple[str, ...] = ()):
-    """Every leaf command with its path (`gateway import`)."""
+    """Every leaf command with its path (`gateway import`), and every group that runs on
+    its own (`alerts` lists)."""
+    if isinstance(group, click.Group) and group.invoke_without_command and path:
+        yield path, group
     if isinstance(group, click.Group | click.CommandCollection):
         ctx = click.Context(group)
         for name in group.list_commands(ctx):
@@ -42,7 +45,7 @@ def test_every_command_has_help_for_each_option_and_an_example(path, command):
 
 
 def test_no_summary_is_cut_short():
-    for args in ([], ["gateway"], ["db"], ["buffer"]):
+    for args in ([], ["gateway"], ["db"], ["buffer"], ["alerts"]):
         out = CliRunner().invoke(main, [*args, "--help"]).output
         assert "..." not in out.split("Commands:")[1], out
 

@@ -49,6 +49,14 @@ def test_defaults_are_filled_in():
     assert (alarm.type, alarm.width) == ("bool", 1)
 
 
+def test_data_rules_are_optional_and_kept():
+    temp, label, _ = parse_gateways(_with(point_changes={"min": -5, "max": 90.5, "flatline": 6}))[
+        0
+    ].points
+    assert (temp.min, temp.max, temp.flatline) == (-5.0, 90.5, 6)
+    assert (label.min, label.max, label.flatline) == (None, None, None)
+
+
 def test_default_timeout_never_exceeds_a_short_interval():
     doc = {"gateways": [{**GOOD["gateways"][0], "interval": 0.5}]}
     assert parse_gateways(doc)[0].timeout == 0.5
@@ -104,6 +112,14 @@ def _with(gateway_changes=None, point_changes=None, extra_gateway=None):
         (_with({"host": "-meter.site"}), "is not an IP address or a DNS name"),
         (_with({"host": "10.0.0.300"}), "'10.0.0.300' is not a valid IP address"),
         ({"gateway": []}, "expected a top-level 'gateways:' list"),
+        (_with(point_changes={"min": "low"}), "point 'supply_temp': field 'min': expected int"),
+        (_with(point_changes={"min": 5, "max": 1}), "field 'min': 5 is above max 1"),
+        (_with(point_changes={"flatline": 1}), "field 'flatline': must be between 2 and"),
+        (_with(point_changes={"flatline": 2.5}), "field 'flatline': expected int, got 2.5"),
+        (
+            _with(point_changes={"type": "string", "count": 4, "max": 3}),
+            "field 'max': applies to numeric points only",
+        ),
     ],
 )
 def test_bad_files_are_refused_naming_the_fault(doc, message):

@@ -40,6 +40,15 @@ def test_secrets_are_masked():
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_alert_urls_are_split_and_masked():
+    settings = Settings(alert_urls="slack://TokA/TokB/TokC, json://127.0.0.1:8080/hook\n")
+    assert settings.alert_url_list == ["slack://TokA/TokB/TokC", "json://127.0.0.1:8080/hook"]
+    assert settings.masked()["POLLING_ALERT_URLS"] == "slack://*** json://***"
+    assert "TokA" not in repr(settings)
+    with pytest.raises(ConfigError, match="POLLING_ALERT_COOLDOWN must be >= 0"):
+        Settings.from_env({"POLLING_ALERT_COOLDOWN": "-1"}, env_file="/nonexistent")
+
+
 def test_max_interval_follows_the_visibility_timeout():
     assert Settings(visibility_timeout=7200).max_interval == 3600
 

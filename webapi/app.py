@@ -7,6 +7,8 @@
     GET /api/polling/queue-status     queues, consumers, unacked messages, chains, workers
     GET /api/polling/gateways         every gateway's status, last ok, success rate
     GET /api/polling/gateways/{name}  one gateway, with its newest readings
+    GET /api/alerts?open=1            alerts (see webapi/alerts.py)
+    POST /api/alerts/{id}/ack         acknowledge one, JSON body {"note": ...}
     GET /metrics                      Prometheus exposition (see api/metrics.py)
 
 Handlers are plain functions (FastAPI runs them in its thread pool): every read is a
@@ -30,7 +32,7 @@ from polling.runtime import Runtime
 from polling.settings import Settings, mask_url
 from workers.broker import RedisQueues
 
-from . import views
+from . import alerts, views
 from .metrics import FleetCollector
 
 
@@ -55,6 +57,7 @@ def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, _unavailable)
     app.include_router(public)
     app.include_router(guarded)
+    app.include_router(alerts.router, dependencies=[Depends(require_token)])
     return app
 
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
 
 from polling import counters, heartbeat
+from polling.alerts.delivery import read_counts as alert_counts
 from polling.healthview import RANK
 from polling.models import GatewayRow
 from polling.queueview import QueueInspector
@@ -55,6 +56,7 @@ class FleetCollector(Collector):
         yield from self._buffer(int(conflicts or 0))
         yield from self._processes()
         yield from self._health()
+        yield from self._alerts()
 
     def _polls(self, names: dict[int, str]) -> Iterator[Metric]:
         fleet = counters.read_counters(self.rt.redis, self.rt.keys)
@@ -214,3 +216,14 @@ class FleetCollector(Collector):
                 "When the newest diagnostics run ran (Unix time)",
                 value=fleet.ran_at.timestamp(),
             )
+
+    def _alerts(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_alert_notifications",
+            "Alert notifications per channel (scheme and host of its apprise URL) and "
+            "outcome (ok, failed)",
+            labels=["channel", "outcome"],
+        )
+        for (channel, outcome), n in sorted(alert_counts(self.rt.redis, self.rt.keys).items()):
+            family.add_metric([channel, outcome], n)
+        yield family

@@ -9,7 +9,8 @@ import time
 from celery import Task, shared_task
 from sqlalchemy.exc import DBAPIError
 
-from polling import configcache, diagnostics, logsetup, pipeline, recovery, service
+from polling import alerts, configcache, diagnostics, logsetup, pipeline, recovery, service
+from polling.runtime import Runtime
 
 from . import process
 from .control import check_context
@@ -94,7 +95,7 @@ def reconcile(self: Task) -> dict[str, int]:
 
 @shared_task(name=DIAGNOSE_TASK, ignore_result=True, bind=True)
 def diagnose(self: Task) -> str:
-    """Every check, with the safe repairs applied and the run recorded."""
+    """Every check, with the safe repairs applied and the run recorded; then the alerts."""
     rt = process.current(self.app).runtime
     steps = step_sender(self.app, rt.settings, configcache.names(rt))
     diagnosis = diagnostics.diagnose(check_context(self.app, rt, steps.add), fix=True)
@@ -108,6 +109,7 @@ def diagnose(self: Task) -> str:
         diagnostics.record(rt, diagnosis)
     except Exception as exc:  # the database may be the very thing that is down
         log.warning("diagnostic run not recorded: %s", exc)
+    _alerts(rt, diagnosis)
     return diagnosis.health
 
 
@@ -122,6 +124,24 @@ def probe(self: Task, gateway_id: int) -> str | None:
     served = recovery.probe(rt, int(gateway_id), steps.add)
     steps.send_all()
     return str(served.outcome) if served else None
+
+
+def _alerts(rt: Runtime, diagnosis: diagnostics.Diagnosis) -> None:
+    """The alert rules judge this run's results (one source of truth with `validate`);
+    delivery is bounded by POLLING_ALERT_TIMEOUT, and nothing here fails the task."""
+    try:
+        report = alerts.run(rt, diagnosis.results)
+    except Exception as exc:
+        log.warning("alerts not evaluated: %s: %s", type(exc).__name__, exc)
+        return
+    if report and (report.opened or report.renotified or report.resolved):
+        log.warning(
+            "alerts: %d opened, %d sent again, %d resolved, %d reached no channel",
+            report.opened,
+            report.renotified,
+            report.resolved,
+            report.undelivered,
+        )
 
 
 @shared_task(name=CANARY_TASK, ignore_result=True, bind=True)
