@@ -157,6 +157,7 @@ def test_fleet_is_polled_once_per_slot_with_no_gaps(
     print(f"\n{total} polls in {RUN_SECONDS} s ({rate:.1f}/s), no gaps; {lateness(runtime)}")
 
 
+@pytest.mark.long  # fault rows 1a, 1b and 2a kill workers too; this keeps make test short
 def test_worker_killed_mid_run_leaves_no_duplicates_and_records_the_gap(
     runtime, env, simulate, free_ports, processes, celery_app
 ):
