@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .colour import ColourRules
+from .durations import parse_period
 from .errors import ConfigError
 from .urls import check_database_url, check_redis_url
 
 ENV_PREFIX = "POLLING_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///pollctl.db"
+#: The retention settings, one per table `pollctl cleanup` trims.
+RETAIN_FIELDS = ("retain_readings", "retain_poll_log", "retain_alerts", "retain_diagnostics")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,13 @@ class Settings:
     #: tolerates: past it, a worker stops consuming `polling` and reconcile refuses to run
     #: there (Celery's ETA timing uses the host's clock); validate warns from 0.5 s.
     clock_skew_max: float = 2.0
+    #: How long `pollctl cleanup` and the daily task keep each table's rows: days (`90`)
+    #: or `30d` / `12h` / `45m`; 0 keeps them forever. See polling/retention.py.
+    retain_readings: str = "90d"
+    retain_poll_log: str = "30d"
+    #: Resolved alerts (open ones are never removed).
+    retain_alerts: str = "90d"
+    retain_diagnostics: str = "14d"
     #: `pollctl api` listens here (localhost: put a proxy with TLS in front to expose it).
     api_host: str = "127.0.0.1"
     api_port: int = 9470
@@ -171,6 +182,12 @@ class Settings:
             )
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
+        for name in RETAIN_FIELDS:
+            parse_period(getattr(self, name), f"{ENV_PREFIX}{name.upper()}")
+
+    def retention(self, name: str) -> timedelta | None:
+        """The period of one `retain_*` setting; None keeps forever."""
+        return parse_period(getattr(self, name), f"{ENV_PREFIX}{name.upper()}")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""

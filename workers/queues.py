@@ -15,10 +15,12 @@ POLL_BATCH_TASK = "pollctl.poll_batch"
 RECONCILE_TASK = "pollctl.reconcile"
 DIAGNOSE_TASK = "pollctl.diagnose"
 CANARY_TASK = "pollctl.canary"
+CLEANUP_TASK = "pollctl.cleanup"
 
 ROUTES = {
     POLL_BATCH_TASK: {"queue": POLLING},
     RECONCILE_TASK: {"queue": SCHEDULING},
     DIAGNOSE_TASK: {"queue": SCHEDULING},
     CANARY_TASK: {"queue": POLLING},
+    CLEANUP_TASK: {"queue": SCHEDULING},
 }

@@ -8,11 +8,12 @@ import time
 
 from celery import Task, shared_task
 
-from polling import configcache, diagnostics, logsetup, pipeline, service
+from polling import configcache, diagnostics, logsetup, pipeline, retention, service
+from polling.schedule import ms_to_dt
 
 from . import process
 from .control import check_context
-from .queues import CANARY_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, RECONCILE_TASK
+from .queues import CANARY_TASK, CLEANUP_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, RECONCILE_TASK
 from .senders import send_batch, step_sender
 
 log = logging.getLogger(__name__)
@@ -112,3 +113,16 @@ def canary(self: Task, nonce: str) -> None:
     pipe.rpush(key, self.request.hostname or "?")
     pipe.expire(key, 60)
     pipe.execute()
+
+
+@shared_task(name=CLEANUP_TASK, ignore_result=True, bind=True)
+def cleanup(self: Task) -> dict[str, int]:
+    """Beat's daily retention: the partitions of the days ahead, then each table trimmed to
+    its POLLING_RETAIN_* period (what `pollctl cleanup` does)."""
+    rt = process.current(self.app).runtime
+    reports, created = retention.run(rt.engine, rt.settings, now=ms_to_dt(rt.clock()))
+    if created:
+        log.info("retention: partitions made ahead: %s", ", ".join(created))
+    for report in reports:
+        log.info("retention: %s", report.line(dry_run=False))
+    return {report.table: report.removed for report in reports}
