@@ -22,6 +22,7 @@ import click
 from celery import Celery
 from click.shell_completion import CompletionItem
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from polling import (
     configcache,
@@ -196,10 +197,17 @@ def db_upgrade(rt: Runtime, revision: str) -> None:
 
 
 def _partitions_ahead(rt: Runtime) -> list[str]:
-    """The partitions of the days ahead (PostgreSQL, from migration 0007 on)."""
+    """The partitions of the days ahead (PostgreSQL, from migration 0007 on). Not made
+    (a table lock not granted in time, say) is a warning: DEFAULT takes the rows meanwhile
+    and the daily task tries again."""
     if not migrate.is_at_head(rt.engine):
         return []
-    return partitions.ensure_ahead(rt.engine, now=ms_to_dt(rt.clock()))
+    try:
+        return partitions.ensure_ahead(rt.engine, now=ms_to_dt(rt.clock()))
+    except DBAPIError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        click.echo(f"warning: partitions of the days ahead not made: {reason}", err=True)
+        return []
 
 
 @setup.command(epilog="Example: pollctl cleanup --older-than 30d --dry-run")

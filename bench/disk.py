@@ -64,15 +64,14 @@ def measure(rows: int) -> dict[str, float]:
                 began = time.monotonic()
                 conn.execute(sql, args)
                 conn.execute(f"VACUUM ANALYZE {table}")
-                size, indexes = (
-                    int(x)
-                    for x in conn.execute(
-                        "SELECT sum(pg_total_relation_size(relid)), sum(pg_indexes_size(relid))"
-                        " FROM pg_partition_tree(%s) WHERE isleaf",
-                        (table,),
-                    ).fetchone()
-                )
-                count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                sizes = conn.execute(
+                    "SELECT sum(pg_total_relation_size(relid))::bigint, "
+                    "sum(pg_indexes_size(relid))::bigint, (SELECT count(*) FROM "
+                    f"{table}) FROM pg_partition_tree(%s) WHERE isleaf",
+                    (table,),
+                ).fetchone()
+                assert sizes is not None
+                size, indexes, count = sizes
                 out[table] = size / count
                 print(
                     f"{table}: {count:,} rows, {size / 2**20:,.1f} MiB with indexes, "

@@ -84,9 +84,10 @@ class TableReport:
             if len(self.dropped) > NAMED:
                 names += f" and {len(self.dropped) - NAMED} more"
             drop = "drop" if dry_run else "dropped"
+            plural = "s" if len(self.dropped) > 1 else ""
             said += (
-                f" and {drop} {len(self.dropped)} partitions ({names}: ~{self.dropped_rows:,}"
-                " rows, the planner's estimate)"
+                f" and {drop} {len(self.dropped)} partition{plural} ({names}: "
+                f"~{self.dropped_rows:,} rows, the planner's estimate)"
             )
         return f"{said}, older than {iso_z(self.cut)}"
 

@@ -86,7 +86,7 @@ def relkind(engine: Engine, table: str) -> str:
     with engine.connect() as conn:
         return conn.execute(
             text("SELECT relkind FROM pg_class WHERE relname = :t"), {"t": table}
-        ).scalar()
+        ).scalar_one()
 
 
 def check_keys(engine: Engine, gateway_id: int, slot: datetime) -> None:
