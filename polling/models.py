@@ -120,7 +120,12 @@ class PointRow(Base):
 
 class PollLog(Base):
     """One row per slot of a gateway (kind 'scheduled') or per manual poll ('manual'); a
-    long run of missed slots is one row standing for `slots` of them."""
+    long run of missed slots is one row standing for `slots` of them.
+
+    On PostgreSQL this table and `readings` are partitioned by day of `slot_at`
+    (polling/partitions.py, migration 0007): their primary key there is (id, slot_at), as a
+    partitioned table's keys must hold its partition key; `id` alone stays unique (one
+    sequence), which is all the ORM needs."""
 
     __tablename__ = "poll_log"
     __table_args__ = (
@@ -152,6 +157,8 @@ class Reading(Base):
     __table_args__ = (
         UniqueConstraint("gateway_id", "point", "kind", "slot_at", name="uq_readings_slot"),
         Index("ix_readings_gateway_point_slot", "gateway_id", "point", "slot_at"),
+        # Retention and `pollctl readings --since` read readings by time.
+        Index("ix_readings_slot", "slot_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -6,17 +6,21 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .colour import ColourRules
+from .durations import parse_period
 from .errors import ConfigError
 from .urls import check_database_url, check_redis_url
 
 ENV_PREFIX = "POLLING_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///pollctl.db"
+#: The retention settings, one per table `pollctl cleanup` trims.
+RETAIN_FIELDS = ("retain_readings", "retain_poll_log", "retain_alerts", "retain_diagnostics")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,13 @@ class Settings:
     #: run may take together: the diagnostics task never waits longer on a channel.
     alert_attempts: int = 3
     alert_timeout: float = 10.0
+    #: How long `pollctl cleanup` and the daily task keep each table's rows: days (`90`)
+    #: or `30d` / `12h` / `45m`; 0 keeps them forever. See polling/retention.py.
+    retain_readings: str = "90d"
+    retain_poll_log: str = "30d"
+    #: Resolved alerts (open ones are never removed).
+    retain_alerts: str = "90d"
+    retain_diagnostics: str = "14d"
     #: `pollctl api` listens here (localhost: put a proxy with TLS in front to expose it).
     api_host: str = "127.0.0.1"
     api_port: int = 9470
@@ -203,6 +214,12 @@ class Settings:
             raise ConfigError("POLLING_ALERT_BUFFER_SHARE must be > 0 and <= 1")
         if self.alert_attempts < 1 or self.alert_timeout <= 0:
             raise ConfigError("POLLING_ALERT_ATTEMPTS must be >= 1, POLLING_ALERT_TIMEOUT > 0")
+        for name in RETAIN_FIELDS:
+            parse_period(getattr(self, name), f"{ENV_PREFIX}{name.upper()}")
+
+    def retention(self, name: str) -> timedelta | None:
+        """The period of one `retain_*` setting; None keeps forever."""
+        return parse_period(getattr(self, name), f"{ENV_PREFIX}{name.upper()}")
 
     def masked(self) -> dict[str, str]:
         """Every setting as `POLLING_NAME: value`, with passwords in URLs masked."""

@@ -16,6 +16,7 @@ RECONCILE_TASK = "pollctl.reconcile"
 DIAGNOSE_TASK = "pollctl.diagnose"
 CANARY_TASK = "pollctl.canary"
 PROBE_TASK = "pollctl.probe"
+CLEANUP_TASK = "pollctl.cleanup"
 
 ROUTES = {
     POLL_BATCH_TASK: {"queue": POLLING},
@@ -23,4 +24,5 @@ ROUTES = {
     DIAGNOSE_TASK: {"queue": SCHEDULING},
     CANARY_TASK: {"queue": POLLING},
     PROBE_TASK: {"queue": POLLING},
+    CLEANUP_TASK: {"queue": SCHEDULING},
 }

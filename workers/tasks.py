@@ -9,12 +9,29 @@ import time
 from celery import Task, shared_task
 from sqlalchemy.exc import DBAPIError
 
-from polling import alerts, configcache, diagnostics, logsetup, pipeline, recovery, service
+from polling import (
+    alerts,
+    configcache,
+    diagnostics,
+    logsetup,
+    pipeline,
+    recovery,
+    retention,
+    service,
+)
 from polling.runtime import Runtime
+from polling.schedule import ms_to_dt
 
 from . import process
 from .control import check_context
-from .queues import CANARY_TASK, DIAGNOSE_TASK, POLL_BATCH_TASK, PROBE_TASK, RECONCILE_TASK
+from .queues import (
+    CANARY_TASK,
+    CLEANUP_TASK,
+    DIAGNOSE_TASK,
+    POLL_BATCH_TASK,
+    PROBE_TASK,
+    RECONCILE_TASK,
+)
 from .senders import send_batch, send_probe, step_sender
 
 log = logging.getLogger(__name__)
@@ -153,3 +170,16 @@ def canary(self: Task, nonce: str) -> None:
     pipe.rpush(key, self.request.hostname or "?")
     pipe.expire(key, 60)
     pipe.execute()
+
+
+@shared_task(name=CLEANUP_TASK, ignore_result=True, bind=True)
+def cleanup(self: Task) -> dict[str, int]:
+    """Beat's daily retention: the partitions of the days ahead, then each table trimmed to
+    its POLLING_RETAIN_* period (what `pollctl cleanup` does)."""
+    rt = process.current(self.app).runtime
+    reports, created = retention.run(rt.engine, rt.settings, now=ms_to_dt(rt.clock()))
+    if created:
+        log.info("retention: partitions made ahead: %s", ", ".join(created))
+    for report in reports:
+        log.info("retention: %s", report.line(dry_run=False))
+    return {report.table: report.removed for report in reports}
