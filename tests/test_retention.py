@@ -15,11 +15,12 @@ from cli import main
 from polling import partitions, retention
 from polling.durations import parse_period
 from polling.errors import ConfigError
-from polling.models import DiagnosticRun, GatewayRow, PollLog, Reading
+from polling.models import AlertRow, DiagnosticRun, GatewayRow, PollLog, Reading
 from polling.settings import Settings
 from workers.queues import CLEANUP_TASK, SCHEDULING
 
 NOW = datetime(2026, 12, 4, 6, 0, tzinfo=UTC)
+resolved = AlertRow.state == "resolved"
 #: Ages of the rows each test writes; the cut is 10 days.
 AGES = [
     timedelta(hours=1),
@@ -101,6 +102,27 @@ def aged(runtime):
             insert(DiagnosticRun),
             [dict(ran_at=s, health="healthy", findings={}, repairs={}) for s in slots],
         )
+        alert = dict(rule="gateway_offline", severity="critical", message="m")
+        conn.execute(
+            insert(AlertRow),
+            [
+                dict(
+                    alert, subject=f"old{i}", state="resolved", first_at=s, last_at=s, resolved_at=s
+                )
+                for i, s in enumerate(slots)
+            ]
+            # Open for 40 days: an open alert is never removed, however old.
+            + [
+                dict(
+                    alert,
+                    subject="open",
+                    state="new",
+                    first_at=slots[-1],
+                    last_at=slots[-1],
+                    resolved_at=None,
+                )
+            ],
+        )
     yield slots
     if postgres:
         with runtime.engine.begin() as conn:
@@ -116,6 +138,7 @@ def times(runtime) -> dict[str, list[datetime]]:
             "readings": sorted(session.scalars(select(Reading.slot_at))),
             "poll_log": sorted(session.scalars(select(PollLog.slot_at))),
             "diagnostic_runs": sorted(session.scalars(select(DiagnosticRun.ran_at))),
+            "alerts": sorted(session.scalars(select(AlertRow.resolved_at).where(resolved))),
         }
 
 
@@ -131,6 +154,7 @@ def test_a_dry_run_reports_and_changes_nothing(runtime, aged):
         "readings": older,
         "poll_log": older,
         "diagnostic_runs": older,
+        "alerts": older,
     }
     line = reports[0].line(dry_run=True)
     assert line.startswith("readings: would delete ") and "older than 2026-11-24T06:00" in line
@@ -142,7 +166,11 @@ def test_a_real_run_removes_exactly_what_is_older_and_keeps_the_rest(runtime, ag
         runtime.engine, runtime.settings, now=NOW, older_than=CUT, batch_size=2
     )
     kept = sorted(s for s in aged if s >= cut)
-    assert times(runtime) == {"readings": kept, "poll_log": kept, "diagnostic_runs": kept}
+    assert times(runtime) == dict.fromkeys(
+        ("readings", "poll_log", "diagnostic_runs", "alerts"), kept
+    )
+    with runtime.sessions() as session:
+        assert session.scalar(select(AlertRow.subject).where(~resolved)) == "open"
     by_table = {r.table: r for r in reports}
     assert by_table["diagnostic_runs"].removed == len(aged) - len(kept)
     if runtime.engine.dialect.name == "postgresql":
@@ -175,7 +203,8 @@ def test_the_cli_prints_a_line_per_table(runtime, aged, env):
     dry = CliRunner().invoke(main, ["cleanup", "--older-than", "10d", "--dry-run"], env=env)
     assert dry.exit_code == 0, dry.output
     lines = dry.output.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["readings", "poll_log", "diagnostic_runs"]
+    tables = ["readings", "poll_log", "diagnostic_runs", "alerts"]
+    assert [line.split(":")[0] for line in lines] == tables
     assert all("would delete" in line for line in lines)
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Reading)) == len(aged)
@@ -183,15 +212,8 @@ def test_the_cli_prints_a_line_per_table(runtime, aged, env):
     assert bad.exit_code == 1 and "--older-than='soon'" in bad.output
 
 
-@pytest.fixture
-def postgres_only(runtime):
-    if runtime.engine.dialect.name != "postgresql":
-        pytest.skip("partitions are PostgreSQL's")
-    return runtime
-
-
-def test_partitions_are_made_ahead_with_a_default(postgres_only):
-    runtime = postgres_only
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # partitions are PG's
+def test_partitions_are_made_ahead_with_a_default(runtime):
     later = datetime.now(UTC) + timedelta(days=30)
     with runtime.engine.begin() as conn:
         created = partitions.ensure(conn, now=later, days_ahead=2)
