@@ -59,8 +59,9 @@ def claim_due(rt: Runtime) -> list[int]:
                     next_probe_at=now + timedelta(seconds=delay or rt.settings.recovery_first),
                     updated_at=_table.c.updated_at,
                 )
-            )
-            if moved.rowcount:
+                .returning(_table.c.id)
+            ).first()
+            if moved is not None:
                 claimed.append(gateway_id)
     return claimed
 
@@ -132,8 +133,9 @@ def _close(rt: Runtime, gateway_id: int, now: datetime) -> bool:
                 probe_delay_s=None,
                 polling_since=now,
             )
-        )
-        return bool(done.rowcount)
+            .returning(_table.c.id)
+        ).first()
+        return done is not None
 
 
 def _back_off(rt: Runtime, gateway_id: int, now: datetime, failed: bool) -> float | None:
