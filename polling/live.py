@@ -55,9 +55,7 @@ class LiveWatch:
         if now - self.checked_at >= WATCH_REFRESH_S:
             # Set first: a Redis that fails here is asked again only a second later.
             self.checked_at = now
-            self.channels = frozenset(
-                as_text(c) for c in client.pubsub_channels(keys.live("*"))
-            )
+            self.channels = frozenset(as_text(c) for c in client.pubsub_channels(keys.live("*")))
         return self.channels
 
 

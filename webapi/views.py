@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 
-from polling import counters, diagnostics, heartbeat, queries
+from polling import counters, diagnostics, fleetview, heartbeat
 from polling.healthview import FleetHealth, fleet_health
 from polling.models import DiagnosticRun, GatewayRow, Reading
 from polling.queueview import QueueInspector
@@ -87,32 +87,58 @@ def consumers(workers: list[heartbeat.ProcessInfo], queue: str) -> int:
 
 
 def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
-    """Each gateway's status (as `pollctl status --json`), with its newest ok poll and its
-    success rate over the health window; with `name`, that gateway only."""
+    """Each gateway's status (as `pollctl status --json`), with its colour, its newest ok
+    poll and its success rate over the health window; with `name`, that gateway only."""
     statuses = [s for s in collect_status(rt) if name is None or s.name == name]
     if not statuses:
         return []
     window = rt.settings.health_window
-    since = now_utc(rt) - timedelta(seconds=window)
     last_ok = counters.read_counters(rt.redis, rt.keys).last_ok
     with rt.sessions() as session:
-        ids: dict[str, int] = {
-            n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
+        judged = {
+            j.row.name: j
+            for j in fleetview.judge_fleet(
+                session, now_utc(rt), window, rt.settings.colour_rules, name or ""
+            )
         }
-        stats = queries.window_stats(session, since)
     out = []
     for status in statuses:
-        gateway_id = ids[status.name]
-        stat = stats.get(gateway_id)
-        polled = stat.polled if stat else 0
-        ok = stat.outcomes.get("ok", 0) if stat else 0
-        ok_ms = last_ok.get(gateway_id)
+        j = judged[status.name]
+        ok_ms = last_ok.get(j.row.id)
         data = status.as_json()
+        data["colour"] = j.colour.value
         data["last_ok_at"] = iso_z(ms_to_dt(ok_ms)) if ok_ms else None
-        data["success_rate"] = round(ok / polled, 4) if polled else None
+        data["success_rate"] = j.success_rate
+        data["next_probe_at"] = iso_z(j.row.next_probe_at)
         data["window_s"] = window
         out.append(data)
     return out
+
+
+def tiles(rt: Runtime, colour: str, q: str, offset: int, limit: int) -> dict:
+    """A page of the status page's tiles (see polling/fleetview.py)."""
+    with rt.sessions() as session:
+        return fleetview.tile_page(
+            session,
+            now_utc(rt),
+            rt.settings.health_window,
+            rt.settings.colour_rules,
+            colour=colour,
+            name_like=q,
+            offset=offset,
+            limit=limit,
+        )
+
+
+def gateway_detail(rt: Runtime, name: str) -> dict | None:
+    """A gateway's page: points with values, units and sparklines, poll log, missed slots."""
+    now = now_utc(rt)
+    with rt.sessions() as session:
+        judged = fleetview.judge_fleet(
+            session, now, rt.settings.health_window, rt.settings.colour_rules, name
+        )
+        found = next((j for j in judged if j.row.name == name), None)
+        return None if found is None else fleetview.gateway_detail(session, found, now)
 
 
 def latest_readings(rt: Runtime, name: str) -> list[dict]:
