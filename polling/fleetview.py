@@ -109,7 +109,8 @@ def tile_page(
         tile["last_error"] = poll.error if poll else None
         tile["values"] = values.get(j.row.id, [])
         point = firsts.get(j.row.id)
-        tile["spark"] = {"point": point, "series": series.get((j.row.id, point), [])}
+        spark = series.get((j.row.id, point), []) if point is not None else []
+        tile["spark"] = {"point": point, "series": spark}
         tiles.append(tile)
     return {
         "gateways": tiles,

@@ -166,7 +166,8 @@ def gateway(request: Request, name: str) -> dict:
     detail = views.gateway_detail(rt, name) if found else None
     if not found or detail is None:
         raise HTTPException(404, f"no gateway named {name!r}")
-    return {**found[0], **detail, "readings": views.latest_readings(rt, name)}
+    # The status fields as they always were; the page's fields beside them.
+    return {**detail, **found[0], "readings": views.latest_readings(rt, name)}
 
 
 @guarded.get("/metrics")
