@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from polling.fleetview import gateway_detail, judge_fleet, tile_page
+from polling.fleetview import JudgedCache, gateway_detail, judge_fleet, tile_page
 from polling.gatewayfile import parse_gateways
 from polling.models import GatewayRow, PollLog, Reading
 from polling.repository import import_gateways
@@ -68,17 +68,18 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
         colours = {j.row.name: j.colour.value for j in judge_fleet(session, now, 300, RULES)}
         assert colours == {"gw0": "green", "gw1": "red", "gw2": "red", "gw3": "grey"}
 
-        page = tile_page(session, now, 300, RULES, colour="red")
+        fleet_ = judge_fleet(session, now, 300, RULES)
+        page = tile_page(session, fleet_, now, colour="red")
         assert [t["name"] for t in page["gateways"]] == ["gw1", "gw2"]
         assert page["total"] == 2
         assert page["counts"] == {"grey": 1, "red": 2, "yellow": 0, "green": 1}
         assert page["gateways"][0]["next_probe_at"] is not None
 
-        page = tile_page(session, now, 300, RULES, name_like="gw", offset=1, limit=2)
+        page = tile_page(session, fleet_, now, name_like="GW", offset=1, limit=2)
         assert [t["name"] for t in page["gateways"]] == ["gw1", "gw2"] and page["total"] == 4
-        assert tile_page(session, now, 300, RULES, name_like="w0")["total"] == 1
+        assert tile_page(session, fleet_, now, name_like="w0")["total"] == 1
 
-        (tile,) = tile_page(session, now, 300, RULES, name_like="gw0")["gateways"]
+        (tile,) = tile_page(session, fleet_, now, name_like="gw0")["gateways"]
         assert tile["colour"] == "green" and tile["last_outcome"] == "ok"
         assert tile["success_rate"] == 1.0
         assert [(v["point"], v["value"], v["unit"]) for v in tile["values"]] == [
@@ -107,3 +108,27 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
             "why": "no worker",
         }
     ]
+
+
+def test_the_fleets_judgement_is_reused_longer_the_more_it_costs():
+    clock = [0.0]
+    cache = JudgedCache(ttl_s=1.0, monotonic=lambda: clock[0])
+    computed: list[float] = []
+
+    def compute(cost: float):
+        def run() -> list:
+            clock[0] += cost
+            computed.append(cost)
+            return [len(computed)]
+
+        return run
+
+    assert cache.get(compute(0.01)) == [1]  # cheap: kept for the 1 s floor
+    clock[0] = 0.9
+    assert cache.get(compute(0.01)) == [1]
+    clock[0] = 1.0
+    assert cache.get(compute(0.5)) == [2]  # took 0.5 s: kept 2.5 s from its start
+    clock[0] = 3.4
+    assert cache.get(compute(0.5)) == [2]
+    clock[0] = 3.5
+    assert cache.get(compute(0.01)) == [3]

@@ -33,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import DBAPIError
 
+from polling import fleetview
 from polling.colour import Colour
 from polling.runtime import Runtime
 from polling.settings import Settings, mask_url
@@ -56,6 +57,7 @@ def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FleetCollector(rt, RedisQueues(rt.redis, rt.keys.broker)))
         app.state.rt, app.state.registry = rt, registry
+        app.state.judged = fleetview.JudgedCache()
         app.state.live = LiveHub(rt.settings.redis_url, rt.keys, rt.settings.live_queue)
         app.state.live.start()
         try:
@@ -156,7 +158,8 @@ def gateways(
         return {"gateways": views.gateways(_rt(request))}
     if (colour or "") not in COLOURS:
         raise HTTPException(422, f"colour {colour!r}: one of {', '.join(COLOURS[1:])}")
-    return views.tiles(_rt(request), colour or "", q or "", offset or 0, limit or 100)
+    judged = request.app.state.judged
+    return views.tiles(_rt(request), judged, colour or "", q or "", offset or 0, limit or 100)
 
 
 @guarded.get("/api/polling/gateways/{name}")

@@ -115,19 +115,21 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
     return out
 
 
-def tiles(rt: Runtime, colour: str, q: str, offset: int, limit: int) -> dict:
-    """A page of the status page's tiles (see polling/fleetview.py)."""
+def tiles(
+    rt: Runtime, judged: fleetview.JudgedCache, colour: str, q: str, offset: int, limit: int
+) -> dict:
+    """A page of the status page's tiles (see polling/fleetview.py); the fleet's colours
+    from `judged` while they are fresh."""
+    now = now_utc(rt)
+    window = rt.settings.health_window
     with rt.sessions() as session:
-        return fleetview.tile_page(
-            session,
-            now_utc(rt),
-            rt.settings.health_window,
-            rt.settings.colour_rules,
-            colour=colour,
-            name_like=q,
-            offset=offset,
-            limit=limit,
+        fleet = judged.get(
+            lambda: fleetview.judge_fleet(session, now, window, rt.settings.colour_rules)
         )
+        page = fleetview.tile_page(
+            session, fleet, now, colour=colour, name_like=q, offset=offset, limit=limit
+        )
+    return {**page, "window_s": window}
 
 
 def gateway_detail(rt: Runtime, name: str) -> dict | None:
