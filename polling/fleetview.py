@@ -228,7 +228,7 @@ def gateway_detail(session: Session, judged: Judged, now: datetime) -> dict:
             for p in points
         ],
         "polls": [_poll_json(r) for r in log_rows],
-        "missed": [
+        "missed_slots": [
             {
                 "slot_at": iso_z(first),
                 "last_slot_at": iso_z(last or first),

@@ -100,7 +100,7 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
     assert detail["points"][0]["series"] == []  # a string has no sparkline
     newest = detail["polls"][0]
     assert (newest["outcome"], newest["lateness_ms"], newest["duration_ms"]) == ("ok", 7, 12.5)
-    assert detail["missed"] == [
+    assert detail["missed_slots"] == [
         {
             "slot_at": iso_z(now - timedelta(minutes=30)),
             "last_slot_at": iso_z(now - timedelta(minutes=20)),

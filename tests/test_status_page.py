@@ -183,7 +183,11 @@ def test_the_page_shows_tiles_turn_green_red_and_green_again(running, runtime, t
                 page.screenshot(path=shots / "4-green-again.png")
 
                 page.click(".tile[data-name='gw1']")  # its page: points, poll log, missed
-                page.wait_for_selector("#polls .outcome-failed", timeout=10_000)
+                try:
+                    page.wait_for_selector("#polls .outcome-failed", timeout=10_000)
+                except Exception as exc:
+                    page.screenshot(path=shots / "failed.png", full_page=True)
+                    raise AssertionError(page.inner_text("main")[:3000]) from exc
                 page.screenshot(path=shots / "5-gateway.png", full_page=True)
             finally:
                 devices["gw1"].stop()

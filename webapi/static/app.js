@@ -176,7 +176,7 @@ async function renderGateway() {
   const points = g.points.map((p) =>
     `<tr><td>${esc(p.name)}</td><td class="num">${fmt(p.value)}</td><td>${esc(p.unit || "")}</td>` +
     `<td style="width:14rem">${spark(p.series)}</td></tr>`).join("");
-  const missed = g.missed.map((m) =>
+  const missed = g.missed_slots.map((m) =>
     `<tr><td>${local(m.slot_at)}</td><td>${local(m.last_slot_at)}</td>` +
     `<td class="num">${m.slots}</td><td>${esc(m.why || "")}</td></tr>`).join("");
   document.getElementById("main").innerHTML =
