@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install bench demo test test-fast test-e2e test-faults test-long lint format typecheck clean
 
 help:
-	@echo "make demo         run pollctl on embedded defaults with a simulated fleet (Ctrl-C stops)"
+	@echo "make demo         run pollctl on embedded defaults with a simulated fleet and its status page (Ctrl-C stops)"
 	@echo "make test         create the environment and run the suite (all but the long tests)"
 	@echo "make test-fast    the suite without the slow end-to-end tests"
 	@echo "make test-e2e     only the end-to-end tests (real worker, beat, API and Flower processes)"

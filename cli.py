@@ -988,7 +988,8 @@ def simulate(path: str, latency_ms: float, tick: float, duration: float | None, 
 def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
     """Run the whole system with a simulated fleet.
 
-    SQLite, the local Redis (or an embedded one), a worker, beat and four devices."""
+    SQLite, the local Redis (or an embedded one), a worker, beat, four devices and the
+    API; the first line printed is the URL of its status page."""
     run_demo(workdir=workdir, duration=duration, embedded_redis=embedded_redis)
 
 
@@ -998,8 +999,9 @@ def demo(duration: float | None, workdir: str, embedded_redis: bool) -> None:
 def api(host: str | None, port: int | None) -> None:
     """Serve health, status and Prometheus metrics over HTTP.
 
-    `/health`, `/api/polling/...`, `/metrics`; a bearer token when POLLING_API_TOKEN is
-    set. It starts with Redis or the database down, and says so with 503s."""
+    `/health`, `/api/polling/...`, `/metrics`, the status page at `/` and its live feed
+    at `/ws`; a bearer token when POLLING_API_TOKEN is set. It starts with Redis or the
+    database down, and says so with 503s."""
     import uvicorn
 
     from webapi.app import create_api

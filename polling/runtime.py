@@ -18,6 +18,7 @@ from .db import check_database, make_engine, session_factory
 from .errors import ServiceUnavailable
 from .fleetclock import FleetClock, describe
 from .keys import Keys
+from .live import LiveWatch
 from .modbus import ModbusPool
 from .schedule import now_ms
 from .settings import Settings, mask_url
@@ -46,6 +47,8 @@ class Runtime:
     known_stamp: dict[int, str | None] = field(default_factory=dict)
     #: The whole fleet and the stamp it was read under (see configcache.fleet).
     fleet: tuple[str | None, list[PollTarget]] | None = None
+    #: Which live-feed channels have subscribers, and the publishing failures (see live).
+    live: LiveWatch = field(default_factory=LiveWatch)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

@@ -3,7 +3,7 @@ while the database is unreachable; and when the database refuses the batch (a ga
 deleted while its poll ran, a bad buffered entry), each entry on its own, so one entry's
 fault never costs the others their records: an entry refused alone is kept aside as a dead
 letter with the reason (`pollctl buffer show`). What is saved is counted for `/metrics`
-wherever it goes (`counters`)."""
+wherever it goes (`counters`), and then published to the live feed (`live`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import counters
+from . import configcache, counters, live
 from .buffer import Refusals
 from .db import is_unreachable
 from .records import Entry, from_json, to_json, write
@@ -31,6 +31,13 @@ def save(rt: Runtime, entries: Sequence[Entry]) -> Disabled:
     if not entries:
         return {}
     counters.count_records(rt.redis, rt.keys, entries)
+    disabled = _save(rt, entries)
+    # After the record, wherever it went (database or buffer): the page shows what was polled.
+    live.publish(rt.redis, rt.keys, rt.live, entries, configcache.names(rt))
+    return disabled
+
+
+def _save(rt: Runtime, entries: Sequence[Entry]) -> Disabled:
     try:
         disabled, refused = _write(rt, entries)
     except DBAPIError as exc:  # only when unreachable: the rest is refused per entry

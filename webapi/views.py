@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 
-from polling import diagnostics, heartbeat, queries
+from polling import diagnostics, fleetview, heartbeat
 from polling.healthview import FleetHealth, fleet_health
 from polling.models import DiagnosticRun, GatewayRow, Reading
 from polling.queueview import QueueInspector
@@ -87,32 +87,59 @@ def consumers(workers: list[heartbeat.ProcessInfo], queue: str) -> int:
 
 
 def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
-    """Each gateway's status (as `pollctl status --json`: colour, last_ok_at, breaker), with
-    its success rate over the health window; with `name`, that gateway only."""
+    """Each gateway's status (as `pollctl status --json`: colour, last_ok_at, breaker, next
+    probe), with its success rate over the health window and how long it has been offline;
+    with `name`, that gateway only."""
     statuses = [s for s in collect_status(rt) if name is None or s.name == name]
     if not statuses:
         return []
     window = rt.settings.health_window
     now = now_utc(rt)
-    since = now - timedelta(seconds=window)
     with rt.sessions() as session:
-        ids: dict[str, int] = {
-            n: i for n, i in session.execute(select(GatewayRow.name, GatewayRow.id))
+        judged = {
+            j.row.name: j
+            for j in fleetview.judge_fleet(
+                session, now_utc(rt), window, rt.settings.colour_rules, name or ""
+            )
         }
-        stats = queries.window_stats(session, since)
     out = []
     for status in statuses:
-        gateway_id = ids[status.name]
-        stat = stats.get(gateway_id)
-        polled = stat.polled if stat else 0
-        ok = stat.outcomes.get("ok", 0) if stat else 0
-        data = status.as_json()  # last_ok_at, colour, breaker and next probe included
+        j = judged[status.name]
+        data = status.as_json()  # colour, last_ok_at, breaker and next probe included
         offline = status.offline_s(now)
         data["offline_s"] = round(offline, 1) if offline is not None else None
-        data["success_rate"] = round(ok / polled, 4) if polled else None
+        data["success_rate"] = j.success_rate
         data["window_s"] = window
         out.append(data)
     return out
+
+
+def tiles(
+    rt: Runtime, judged: fleetview.JudgedCache, colour: str, q: str, offset: int, limit: int
+) -> dict:
+    """A page of the status page's tiles (see polling/fleetview.py); the fleet's colours
+    from `judged` while they are fresh."""
+    now = now_utc(rt)
+    window = rt.settings.health_window
+    with rt.sessions() as session:
+        fleet = judged.get(
+            lambda: fleetview.judge_fleet(session, now, window, rt.settings.colour_rules)
+        )
+        page = fleetview.tile_page(
+            session, fleet, now, colour=colour, name_like=q, offset=offset, limit=limit
+        )
+    return {**page, "window_s": window}
+
+
+def gateway_detail(rt: Runtime, name: str) -> dict | None:
+    """A gateway's page: points with values, units and sparklines, poll log, missed slots."""
+    now = now_utc(rt)
+    with rt.sessions() as session:
+        judged = fleetview.judge_fleet(
+            session, now, rt.settings.health_window, rt.settings.colour_rules, name
+        )
+        found = next((j for j in judged if j.row.name == name), None)
+        return None if found is None else fleetview.gateway_detail(session, found, now)
 
 
 def latest_readings(rt: Runtime, name: str) -> list[dict]:
