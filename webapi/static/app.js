@@ -71,7 +71,9 @@ function want(topics) {
 
 function onFrame(frame) {
   if (!frame.topic) return; // subscribed, heartbeat, error
-  if (frame.topic === "global") {
+  if (frame.data && frame.data.event) { // a breaker transition: colour, probe time change
+    if (frame.topic !== "global" || state.names.includes(frame.data.gateway)) soon();
+  } else if (frame.topic === "global") {
     const touched = Object.keys(frame.data.gateways || {}).some((n) => state.names.includes(n));
     if (state.view === "tiles" && touched) soon();
   } else if (frame.topic === "alerts") {
