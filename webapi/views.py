@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from polling import diagnostics, fleetview, heartbeat
+from polling import diagnostics, fleetview, heartbeat, queries
 from polling.healthview import FleetHealth, fleet_health
 from polling.models import DiagnosticRun, GatewayRow, Reading
 from polling.queueview import QueueInspector
@@ -96,19 +96,17 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
     window = rt.settings.health_window
     now = now_utc(rt)
     with rt.sessions() as session:
-        judged = {
-            j.row.name: j
-            for j in fleetview.judge_fleet(
-                session, now_utc(rt), window, rt.settings.colour_rules, name or ""
-            )
-        }
+        ids = dict(session.execute(select(GatewayRow.name, GatewayRow.id)).tuples().all())
+        stats = queries.window_stats(session, now - timedelta(seconds=window))
     out = []
     for status in statuses:
-        j = judged[status.name]
+        stat = stats.get(ids[status.name])
+        polled = stat.polled if stat else 0
+        ok = stat.outcomes.get("ok", 0) if stat else 0
         data = status.as_json()  # colour, last_ok_at, breaker and next probe included
         offline = status.offline_s(now)
         data["offline_s"] = round(offline, 1) if offline is not None else None
-        data["success_rate"] = j.success_rate
+        data["success_rate"] = round(ok / polled, 4) if polled else None
         data["window_s"] = window
         out.append(data)
     return out
