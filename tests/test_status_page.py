@@ -1,9 +1,10 @@
 """The status page and its live feed against a running fleet (real worker, beat, `pollctl
 api`, simulated devices): `/ws` delivers a subscribed gateway's polls and stops on
 unsubscribe; Debian's chromium, driven by Playwright, sees the tiles go GREY -> GREEN after
-`pollctl start`, one RED while its device is down, and GREEN again once it is back and
-re-enabled. Screenshots go to the test's tmp directory; with POLLCTL_UPDATE_SCREENSHOT=1
-the red one also replaces docs/status-page.png (the README's)."""
+`pollctl start`, one RED while its device is down, and GREEN again once it is back,
+re-enabled by recovery's probe with no human. Screenshots go to the test's tmp
+directory; with POLLCTL_UPDATE_SCREENSHOT=1 the red one also replaces
+docs/status-page.png (the README's)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ class Fleet:
 @pytest.fixture
 def running(runtime, env, simulate, free_ports, tmp_path) -> Iterator[tuple[Fleet, dict]]:
     """Three gateways at 1 s, each on a device of its own (so one can be stopped), a worker,
-    beat and the API with a token; RED after 3 intervals without a success, and disabled
-    after 6 failures."""
+    beat and the API with a token; RED after 3 intervals without a success, disabled after
+    6 failures, and probed for recovery 2 s later (then 4 s)."""
     ports = free_ports(3)
     document = fleet(ports, [INTERVAL] * 3, POINTS)
     devices = {g["name"]: simulate({"gateways": [g]}) for g in document["gateways"]}
@@ -73,6 +74,8 @@ def running(runtime, env, simulate, free_ports, tmp_path) -> Iterator[tuple[Flee
         **env,
         "POLLING_API_TOKEN": TOKEN,
         "POLLING_FAILURE_THRESHOLD": "6",
+        "POLLING_RECOVERY_FIRST": "2",
+        "POLLING_RECOVERY_MAX": "4",
         "POLLING_COLOUR_RED_INTERVALS": "3",
         "POLLING_HEALTH_WINDOW": "10",
     }
@@ -180,7 +183,7 @@ def test_the_page_shows_tiles_turn_green_red_and_green_again(running, runtime, t
             gw1 = next(g for g in fleet_.document["gateways"] if g["name"] == "gw1")
             devices["gw1"] = Simulator(parse_gateways({"gateways": [gw1]})).start()
             try:
-                fleet_.cli("start", "--gateway", "gw1")
+                # No human: recovery's probe finds the device back and re-enables gw1.
                 wait_colours(page, dict.fromkeys(names, "green"), 20)
                 page.screenshot(path=shots / "4-green-again.png")
 
