@@ -128,6 +128,7 @@ def test_a_device_that_stops_is_one_offline_alert_and_one_resolution(
     code, body = get(f"{api.url}/api/alerts?open=1")
     (alert,) = json.loads(body)["alerts"]
     assert (code, alert["rule"], alert["subject"]) == (200, "gateway_offline", "meter")
+    assert alert["gateway"] == "meter"  # the page links the alert to its gateway by name
     code, acked = post_json(f"{api.url}/api/alerts/{alert['id']}/ack", {"note": "on site"})
     assert (code, acked["state"], acked["ack_note"]) == (200, "acked", "on site")
     assert post_json(f"{api.url}/api/alerts/999999/ack", {})[0] == 404

@@ -76,6 +76,7 @@ def running(runtime, env, simulate, free_ports, tmp_path) -> Iterator[tuple[Flee
         "POLLING_FAILURE_THRESHOLD": "6",
         "POLLING_RECOVERY_FIRST": "2",
         "POLLING_RECOVERY_MAX": "4",
+        "POLLING_DIAGNOSTICS_SECONDS": "2",  # alerts are judged at the end of diagnostics
         "POLLING_COLOUR_RED_INTERVALS": "3",
         "POLLING_HEALTH_WINDOW": "10",
     }
@@ -180,6 +181,15 @@ def test_the_page_shows_tiles_turn_green_red_and_green_again(running, runtime, t
                     )
 
             wait_until(disabled, 30, "gw1 disabled by its failures")
+            # Its alert in the alerts view, acknowledged there.
+            page.goto(fleet_.api.url + "/#/alerts")
+            row = "tr:has(a[href='#/gateway/gw1'])"
+            page.wait_for_selector(f"{row} button[data-ack]", timeout=20_000)
+            page.once("dialog", lambda dialog: dialog.accept("on site"))
+            page.click(f"{row} button[data-ack]")
+            page.wait_for_selector(f"{row} td:text-is('acked')", timeout=10_000)
+            page.screenshot(path=shots / "3-alerts.png")
+            page.goto(fleet_.api.url + "/#/")
             gw1 = next(g for g in fleet_.document["gateways"] if g["name"] == "gw1")
             devices["gw1"] = Simulator(parse_gateways({"gateways": [gw1]})).start()
             try:
@@ -201,6 +211,7 @@ def test_the_page_shows_tiles_turn_green_red_and_green_again(running, runtime, t
     assert sorted(f.name for f in shots.iterdir()) == [
         "1-grey.png",
         "2-green.png",
+        "3-alerts.png",
         "3-red.png",
         "4-green-again.png",
         "5-gateway.png",

@@ -222,12 +222,13 @@ async function renderAlerts() {
 
 function alertTable(alerts) {
   if (!alerts.length) return "<p>none open</p>";
-  return `<table><tr><th>gateway</th><th>severity</th><th>state</th><th>since</th>` +
+  return `<table><tr><th>about</th><th>severity</th><th>state</th><th>since</th>` +
     `<th>what</th><th></th></tr>` + alerts.map((a) =>
-      `<tr><td><a href="#/gateway/${encodeURIComponent(a.gateway || "")}">${esc(a.gateway || "")}` +
-      `</a></td><td>${esc(a.severity || "")}</td><td>${esc(a.state || "")}</td>` +
-      `<td>${local(a.opened_at || a.created_at)}</td><td>${esc(a.message || a.summary || a.rule || "")}</td>` +
-      `<td>${String(a.state).toUpperCase() === "NEW" ? `<button data-ack="${a.id}">ack</button>` : ""}` +
+      `<tr><td>${a.gateway ? `<a href="#/gateway/${encodeURIComponent(a.gateway)}">` +
+      `${esc(a.gateway)}</a>` : esc(a.subject || "")}</td>` +
+      `<td>${esc(a.severity || "")}</td><td>${esc(a.state || "")}</td>` +
+      `<td>${local(a.first_at)}</td><td>${esc(a.message || a.rule || "")}</td>` +
+      `<td>${a.state === "new" ? `<button data-ack="${a.id}">ack</button>` : ""}` +
       `</td></tr>`).join("") + "</table>";
 }
 
