@@ -17,13 +17,13 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, ColumnElement, Integer, case, cast, func, select, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Integer, cast, func, select, tuple_
 from sqlalchemy.orm import Session, load_only
 
 from .alerts.store import open_critical_gateways
 from .colour import Colour, ColourRules, colour_of, state_of
 from .models import GatewayRow, PointRow, PollLog, Reading
-from .queries import failure_rates
+from .queries import failure_rates, window_stats
 from .schedule import dt_to_ms
 from .timefmt import iso_z
 
@@ -92,34 +92,17 @@ def judge_fleet(
         query = query.where(GatewayRow.name.contains(name_like, autoescape=True))
     rows = list(session.scalars(query))
     since = now - timedelta(seconds=window_s)
-    stats = _poll_counts(session, since)
+    stats = window_stats(session, since)
     # The colour's inputs are `pollctl status`'s, so the page and the CLI agree.
     rates = failure_rates(session, since)
     critical = open_critical_gateways(session)
     out = []
     for row in rows:
-        polled, ok, _ = stats.get(row.id, (0, 0, 0))
+        stat = stats.get(row.id)
         state = state_of(row, rates.get(row.id), critical_alert=row.id in critical)
         colour = colour_of(state, now, rules)
-        out.append(Judged(row, colour, round(ok / polled, 4) if polled else None))
+        out.append(Judged(row, colour, stat.success_rate if stat else None))
     return out
-
-
-def _poll_counts(session: Session, since: datetime) -> dict[int, tuple[int, int, int]]:
-    """Gateway id -> (polled, ok, failed) of its scheduled slots since `since` that ran
-    (missed slots are not polls): one pass over the window of the (slot) index."""
-    ran = (PollLog.kind == "scheduled", PollLog.slot_at >= since, PollLog.outcome != "missed")
-    query = (
-        select(
-            PollLog.gateway_id,
-            func.count(),
-            func.sum(case((PollLog.outcome == "ok", 1), else_=0)),
-            func.sum(case((PollLog.outcome == "failed", 1), else_=0)),
-        )
-        .where(*ran)
-        .group_by(PollLog.gateway_id)
-    )
-    return {g: (int(n), int(ok), int(failed)) for g, n, ok, failed in session.execute(query)}
 
 
 def tile_page(

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 
@@ -158,3 +159,31 @@ def global_message(outcomes: dict[str, str]) -> dict[str, object]:
         "outcomes": dict(Counter(outcomes.values())),
         "gateways": outcomes,
     }
+
+
+def publish_transition(
+    client: redis.Redis,
+    keys: Keys,
+    gateway: str,
+    event: str,
+    *,
+    next_probe_at: datetime | None = None,
+    error: str | None = None,
+) -> None:
+    """A breaker's transition (disabled by failures, probe failed, recovered) to `global`
+    and `gateways.NAME`, one round trip, whoever listens: transitions are rare."""
+    message = json.dumps(
+        {
+            "event": event,
+            "gateway": gateway,
+            "next_probe_at": iso_z(next_probe_at),
+            "error": error,
+        }
+    )
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.publish(keys.live("global"), message)
+        pipe.publish(keys.live(f"gateways.{gateway}"), message)
+        pipe.execute()
+    except Exception as exc:  # the live feed is best effort
+        log.debug("transition of %s not published: %s", gateway, exc)

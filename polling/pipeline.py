@@ -28,12 +28,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import configcache, counters, saving
+from . import configcache, counters, live, saving
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
 from .errors import GatewayTimeout, ModbusError
-from .events import publish_transition
 from .outcome import Outcome, PollKind
 from .plan import PollTarget
 from .repository import set_chain_tokens
@@ -75,7 +74,9 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
                 disabled[target.id],
                 extra=_fields(target, begun[index]),
             )
-            publish_transition(rt, target.config.name, "disabled", error=disabled[target.id])
+            live.publish_transition(
+                rt.redis, rt.keys, target.config.name, "disabled", error=disabled[target.id]
+            )
     successors = _advance(rt, begun, ledger, disabled, held, tally)
     counters.count_dropped(rt.redis, rt.keys, tally)
     failed = {

@@ -241,6 +241,12 @@ class WindowStats:
     def polled(self) -> int:
         return sum(n for outcome, n in self.outcomes.items() if outcome != "missed")
 
+    @property
+    def success_rate(self) -> float | None:
+        """ok / polled, rounded for display; None when nothing was polled."""
+        polled = self.polled
+        return round(self.outcomes.get("ok", 0) / polled, 4) if polled else None
+
 
 def window_stats(session: Session, since: datetime) -> dict[int, WindowStats]:
     """Per gateway, one grouped query over the recent slots (indexed by slot), and the

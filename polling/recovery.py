@@ -16,9 +16,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from . import service
+from . import live, service
 from .accounting import Served
-from .events import publish_transition
 from .models import GatewayRow
 from .outcome import Outcome, PollKind
 from .pipeline import poll_once
@@ -86,7 +85,7 @@ def probe(rt: Runtime, gateway_id: int, enqueue: service.Enqueue) -> Served | No
                 name,
                 extra={"gateway": name},
             )
-            publish_transition(rt, name, "recovered")
+            live.publish_transition(rt.redis, rt.keys, name, "recovered")
         return served
     delay = _back_off(rt, gateway_id, now, served.outcome is Outcome.FAILED)
     if delay is not None:
@@ -98,8 +97,9 @@ def probe(rt: Runtime, gateway_id: int, enqueue: service.Enqueue) -> Served | No
             delay,
             extra={"gateway": name},
         )
-        publish_transition(
-            rt,
+        live.publish_transition(
+            rt.redis,
+            rt.keys,
             name,
             f"probe {served.outcome}",
             next_probe_at=now + timedelta(seconds=delay),

@@ -101,12 +101,10 @@ def gateways(rt: Runtime, name: str | None = None) -> list[dict]:
     out = []
     for status in statuses:
         stat = stats.get(ids[status.name])
-        polled = stat.polled if stat else 0
-        ok = stat.outcomes.get("ok", 0) if stat else 0
         data = status.as_json()  # colour, last_ok_at, breaker and next probe included
         offline = status.offline_s(now)
         data["offline_s"] = round(offline, 1) if offline is not None else None
-        data["success_rate"] = round(ok / polled, 4) if polled else None
+        data["success_rate"] = stat.success_rate if stat else None
         data["window_s"] = window
         out.append(data)
     return out

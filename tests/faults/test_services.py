@@ -136,6 +136,16 @@ def _a_long_interval_poll_reading(rig, ports: list[int]) -> float:
     return started
 
 
+def _next_slot_polled_once(rig, started: float, fault: str) -> None:
+    """The next slot of each gateway polled by the chain reconcile started (60 s away at
+    most), then stopped: the device saw one poll per slot."""
+    back = time.time()
+    wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled on each gateway")
+    rig.pollctl("stop")
+    row = rig.check(fault, started=started, stopped=time.time())
+    assert row.duplicates == 0
+
+
 @pytest.mark.long
 def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_server, free_ports):
     """Finding 3: Redis loses everything while a 60 s gateway's poll is in flight (a slow
@@ -145,16 +155,7 @@ def test_redis_restarted_while_a_long_interval_poll_reads(rig_factory, redis_ser
     started = _a_long_interval_poll_reading(rig, free_ports(2))
     redis_server.kill()
     redis_server.start()  # empty: no persistence
-    back = time.time()
-    # The next slot of each gateway, polled by the chain reconcile started.
-    wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled on each gateway")
-    rig.pollctl("stop")
-    row = rig.check(
-        "3c Redis restarted while a 60 s gateway's poll reads",
-        started=started,
-        stopped=time.time(),
-    )
-    assert row.duplicates == 0
+    _next_slot_polled_once(rig, started, "3c Redis restarted while a 60 s gateway's poll reads")
 
 
 @pytest.mark.long
@@ -184,12 +185,6 @@ def test_a_chain_lost_alone_while_its_long_interval_poll_reads(rig_factory, free
     assert gateway_id in rt.chains.all(), "reconcile started a new chain"
     assert not rig.record().rows, "the held poll has not recorded yet"
     sim.release()
-    back = time.time()
-    wait_until(lambda: rig.polled_since(back + 1), 130, "the next slot polled")
-    rig.pollctl("stop")
-    row = rig.check(
-        "3d one chain lost (partial rollback) while its 60 s poll reads",
-        started=started,
-        stopped=time.time(),
+    _next_slot_polled_once(
+        rig, started, "3d one chain lost (partial rollback) while its 60 s poll reads"
     )
-    assert row.duplicates == 0
