@@ -181,12 +181,25 @@ def _in_default(conn: Connection, table: str, lower: datetime, upper: datetime) 
 
 
 def drop(conn: Connection, table: str, partition: Partition) -> None:
-    """Detach then drop a whole partition: a moment's lock on the parent, instead of
-    deleting its rows one by one. (DETACH ... CONCURRENTLY would take a weaker lock but is
-    refused on a table with a DEFAULT partition.)"""
+    """Detach then drop a whole partition in one transaction (tests and a quiet database;
+    retention does the two in transactions of their own, see `detach`)."""
+    detach(conn, table, partition)
+    drop_detached(conn, partition.name)
+
+
+def detach(conn: Connection, table: str, partition: Partition) -> None:
+    """Detach a whole partition: a moment's lock on the parent, instead of deleting its
+    rows one by one. (DETACH ... CONCURRENTLY would take a weaker lock but is refused on a
+    table with a DEFAULT partition.) Commit before `drop_detached`: dropping the table also
+    locks the gateways table its foreign key references, and a poll's write holding that
+    while it waits to insert into the parent would close a deadlock with this lock."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {quoted(partition.name)}"))
-    conn.execute(text(f"DROP TABLE {quoted(partition.name)}"))
+
+
+def drop_detached(conn: Connection, name: str) -> None:
+    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    conn.execute(text(f"DROP TABLE IF EXISTS {quoted(name)}"))
 
 
 def estimated_rows(conn: Connection, name: str) -> int | None:

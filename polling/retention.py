@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, inspect, text
 from sqlalchemy.exc import OperationalError
@@ -26,6 +27,7 @@ from .settings import ENV_PREFIX, Settings
 from .timefmt import iso_z
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Rows per delete: each batch is one short transaction (well under a second).
 BATCH_SIZE = 10_000
@@ -33,6 +35,7 @@ BATCH_SIZE = 10_000
 #: partitions.LOCK_TIMEOUT (a long query reading the table holds it), a second apart.
 DROP_ATTEMPTS = 5
 LOCK_NOT_AVAILABLE = "55P03"
+DEADLOCK = "40P01"
 #: Partitions a report line names before it counts the rest.
 NAMED = 3
 
@@ -245,19 +248,30 @@ def _estimate(conn: Connection, name: str) -> int:
 
 
 def _drop(engine: Engine, table: str, partition: Partition) -> int:
-    """Detach and drop one partition; its estimated rows."""
+    """Detach, then drop, one partition, each in its own short transaction; its estimated
+    rows."""
+
+    def detach(conn: Connection) -> int:
+        rows = _estimate(conn, partition.name)
+        partitions.detach(conn, table, partition)
+        return rows
+
+    rows = _retried(engine, detach, f"{table}: {partition.name}")
+    _retried(engine, lambda conn: partitions.drop_detached(conn, partition.name), partition.name)
+    return rows
+
+
+def _retried(engine: Engine, step: Callable[[Connection], T], what: str) -> T:
+    """`step` in a transaction, again a second later while its lock is not granted in
+    time or PostgreSQL chose it as a deadlock's victim (a poll's write went first)."""
     for attempt in range(1, DROP_ATTEMPTS + 1):
         try:
             with engine.begin() as conn:
-                rows = _estimate(conn, partition.name)
-                partitions.drop(conn, table, partition)
-                return rows
+                return step(conn)
         except OperationalError as exc:
-            if (
-                getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE
-                or attempt == DROP_ATTEMPTS
-            ):
+            code = getattr(exc.orig, "sqlstate", None)
+            if code not in (LOCK_NOT_AVAILABLE, DEADLOCK) or attempt == DROP_ATTEMPTS:
                 raise
-            log.warning("%s: %s busy, dropping it again in a second", table, partition.name)
+            log.warning("%s busy, trying again in a second", what)
             time.sleep(1)
     raise AssertionError("unreachable")
