@@ -53,6 +53,18 @@ def table(rows: list[Figures]) -> str:
     return "\n".join(lines)
 
 
+def start_line(f: Figures) -> str:
+    """How the first round went: each gateway's first slot, how late it was polled."""
+    if not f.first_round_ms:
+        return f"{f.setup}: no first round recorded"
+    lat = f.first_round_ms
+    return (
+        f"{f.setup} start: first slots spread over {f.first_round_s:.1f} s, lateness p50 "
+        f"{lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms, "
+        f"{f.first_round_missed} missed"
+    )
+
+
 def run_micro(out: Path) -> list[Micro]:
     """The microbenchmarks in turn; their table printed, their figures in `out`/micro.json."""
     results: list[Micro] = []
@@ -89,6 +101,7 @@ def run(plan: Plan, setups: list[str]) -> list[Figures]:
             figures = getattr(bench, f"run_{setup}")()
             figures.device_latency_ms = plan.latency_ms
             out.append(figures)
+            print(start_line(figures), flush=True)
     return out
 
 
@@ -128,6 +141,11 @@ def main() -> None:
         action="store_true",
         help="sweep 100, 1000, 5000, 10000 gateways at latencies 0 and 20 ms",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run pollctl's polling workers under py-spy (collapsed stacks in the work folder)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     micro = parser.add_mutually_exclusive_group()
     micro.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
@@ -159,6 +177,7 @@ def main() -> None:
             args.concurrency,
             args.out / f"work-{n}-{latency:g}",
             args.workers,
+            args.profile,
         )
         if args.scale_out:
             results += run_scale_out(plan)

@@ -32,6 +32,11 @@ class Figures:
     cpu_total_per_1000: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     samples_ms: list[float] = field(default_factory=list)
+    #: The start: lateness of each gateway's first slot (polled), its first slots missed,
+    #: and the seconds from the first gateway's first slot to the last one's.
+    first_round_ms: dict[str, float] = field(default_factory=dict)
+    first_round_missed: int = 0
+    first_round_s: float = 0.0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -155,6 +160,30 @@ def _figures(
         rows_per_s=(len(rows) + readings) / seconds,
         samples_ms=late,
     )
+
+
+def first_round(figures: Figures, session: Session, kind: str) -> None:
+    """The start's figures: each gateway's first recorded slot, how late it was polled."""
+    first = (
+        select(PollLog.gateway_id, func.min(PollLog.slot_at).label("slot_at"))
+        .where(PollLog.kind == kind)
+        .group_by(PollLog.gateway_id)
+        .subquery()
+    )
+    query = select(PollLog.outcome, PollLog.slot_at, PollLog.started_at).join(
+        first,
+        (PollLog.gateway_id == first.c.gateway_id) & (PollLog.slot_at == first.c.slot_at),
+    )
+    rows = session.execute(query.where(PollLog.kind == kind)).all()
+    late = [
+        (started - slot).total_seconds() * 1000
+        for outcome, slot, started in rows
+        if outcome != "missed" and started is not None
+    ]
+    figures.first_round_ms = percentiles(late)
+    figures.first_round_missed = sum(outcome == "missed" for outcome, _, _ in rows)
+    slots = [slot for _, slot, _ in rows]
+    figures.first_round_s = (max(slots) - min(slots)).total_seconds() if slots else 0.0
 
 
 def first_polls(session: Session, kind: str) -> dict[int, datetime]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import psycopg
 import redis
 import yaml
@@ -60,6 +62,9 @@ class Plan:
     workdir: Path
     #: Polling worker processes for pollctl (the scale-out runs use 2).
     workers: int = 1
+    #: Run pollctl's polling workers under py-spy (`--profile`): collapsed stacks of the
+    #: whole run in `profile-NAME.txt`; their CPU figures then include py-spy's sampling.
+    profile: bool = False
 
 
 #: Simulated devices per simulator process: each device holds a listening socket and the
@@ -91,6 +96,12 @@ class Bench:
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
+        # py-spy writes its profile once the process it runs has exited: stop that first.
+        profiled = self.plan.profile and proc.poll() is None
+        for child in psutil.Process(proc.pid).children() if profiled else ():
+            if child.name() != "py-spy":
+                child.terminate()
+                child.wait(30)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -221,6 +232,8 @@ class Bench:
             ]
             if app != "workers.app":
                 args[args.index("-Q") + 1] = "celery"
+            if self.plan.profile and name.startswith("pollctl-worker"):
+                args = [*profiler(self.workdir / f"profile-{name}.txt"), "--", *args]
         else:
             args = [
                 *base,
@@ -253,6 +266,7 @@ class Bench:
         name = "pollctl" if self.plan.workers == 1 else f"pollctl x{self.plan.workers}"
         with self.sessions()() as session:
             figures = analyze.slotted(name, "scheduled", session, self.gateways_by_id(), a, b)
+            analyze.first_round(figures, session, "scheduled")
         return _finish(figures, cpu, rss)
 
     def run_naive(self) -> analyze.Figures:
@@ -294,7 +308,27 @@ class Bench:
         cpu, rss, a, b = self.measure("floor", start, finish)
         with self.sessions()() as session:
             figures = analyze.slotted("floor", "floor", session, self.gateways_by_id(), a, b)
+            analyze.first_round(figures, session, "floor")
         return _finish(figures, cpu, rss)
+
+
+def profiler(out: Path) -> list[str]:
+    """py-spy sampling a process it starts (attaching to a running one needs ptrace rights
+    a container often lacks), 200 times a second, without pausing it, only the thread that
+    holds the GIL: a worker is bound by its GIL, so these samples are where its CPU goes."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [
+        py_spy,
+        "record",
+        "--rate",
+        "200",
+        "--nonblocking",
+        "--gil",
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+    ]
 
 
 def _finish(figures: analyze.Figures, cpu: dict[str, float], rss: dict[str, float]):

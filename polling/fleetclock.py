@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: How often the offset is measured again on use (the monotonic clock drifts by ppm).
 REFRESH_NS = 30 * 1_000_000_000
+#: Round trips to Redis per measurement; the shortest one's reading is used.
+SAMPLES = 3
 #: Skew (ms) from which validate warns.
 SKEW_WARNING_MS = 500
 
@@ -41,18 +43,27 @@ class FleetClock:
 
     def measure(self) -> int | None:
         """Read Redis's clock now; returns the skew (ms), or None if Redis did not answer
-        (the last measurement then goes on being used)."""
+        (the last measurement then goes on being used). Of `SAMPLES` round trips the
+        shortest is kept: a reply's time is placed at the round trip's middle, so the
+        estimate is off by up to half of it, and on a loaded host (this process's other
+        threads holding the GIL) one round trip can take tens of milliseconds."""
         with self._guard:
-            try:
-                before, wall_before = time.monotonic_ns(), time.time_ns()
-                seconds, micros = self._redis.time()
-                after, wall_after = time.monotonic_ns(), time.time_ns()
-            except RedisError as exc:
-                log.warning("Redis's clock not read (%s): keeping the last measurement", exc)
-                return self.skew_ms
-            redis_ms = int(seconds) * 1000 + int(micros) // 1000
-            self._base_ms, self._base_mono = redis_ms, (before + after) // 2
-            self.skew_ms = (wall_before + wall_after) // 2_000_000 - redis_ms
+            best: tuple[int, int, int, int] | None = None  # rtt, mono, wall, redis ms
+            for _ in range(SAMPLES):
+                try:
+                    before, wall_before = time.monotonic_ns(), time.time_ns()
+                    seconds, micros = self._redis.time()
+                    after, wall_after = time.monotonic_ns(), time.time_ns()
+                except RedisError as exc:
+                    log.warning("Redis's clock not read (%s): keeping the last measurement", exc)
+                    return self.skew_ms
+                redis_ms = int(seconds) * 1000 + int(micros) // 1000
+                if best is None or after - before < best[0]:
+                    mid_wall = (wall_before + wall_after) // 2_000_000
+                    best = (after - before, (before + after) // 2, mid_wall, redis_ms)
+            assert best is not None
+            _, self._base_mono, wall_ms, self._base_ms = best
+            self.skew_ms = wall_ms - self._base_ms
             return self.skew_ms
 
     def within(self, bound_s: float) -> bool:
