@@ -539,7 +539,11 @@ def poll_now(rt: Runtime, name: str) -> None:
     type=click.Choice([c.value for c in Colour]),
     help="Only gateways of this colour (repeatable): grey, red, yellow, green.",
 )
-@click.option("--detailed", is_flag=True, help="Add counts of skipped and missed slots, errors.")
+@click.option(
+    "--detailed",
+    is_flag=True,
+    help="Add counts of skipped (of those, shed under overload) and missed slots, errors.",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, times in UTC with Z.")
 @with_runtime()
 def status(
@@ -571,7 +575,7 @@ def status(
     headers = ["gateway", "colour", "enabled", "polling", "last_poll", "outcome", "last_ok"]
     headers += ["next_due", "ok", "failed", "consec_fail"]
     if detailed:
-        headers += ["skipped", "missed", "note"]
+        headers += ["skipped", "shed", "missed", "note"]
     now = ms_to_dt(rt.clock())
     rows: list[list[object]] = []
     for s in statuses:
@@ -580,7 +584,7 @@ def status(
         row += [_next_due(s), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
-            row += [s.skipped, s.missed, note]
+            row += [s.skipped, s.shed, s.missed, note]
         rows.append(row)
     _page(table(headers, rows), summary(statuses))
 

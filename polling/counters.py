@@ -9,6 +9,7 @@ a counter reset, which Prometheus's `rate()` already handles.
     metrics:lateness   histogram of how late polls started after their slot (seconds)
     metrics:dropped    steps dropped by a guard: stale, claimed (a copy held the slot), moved
     metrics:last_ok    gateway id -> ms of its newest ok poll's slot
+    metrics:shed       gateway id -> slots shed (skipped: begun too late, polling/shedding.py)
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from redis.commands.core import Script
 
 from .keys import Keys
 from .outcome import Outcome, PollKind
-from .records import Entry, MissedRun
+from .records import Entry, MissedRun, PollRecord
 from .redisio import as_text
 from .schedule import dt_to_ms
+from .shedding import is_shed
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +64,50 @@ class _Observed:
         pipe.hincrby(key, "count", self.count)
 
 
-def count_records(redis_client: redis.Redis, keys: Keys, entries: Sequence[Entry]) -> None:
-    """Add the scheduled records of `entries` (as handed to the database or the buffer)."""
-    polls: Counter[str] = Counter()
-    durations = _Observed(DURATION_BUCKETS)
-    lateness = _Observed(LATENESS_BUCKETS)
-    last_ok: dict[int, int] = {}
-    for entry in entries:
-        if isinstance(entry, MissedRun):
-            polls[f"{entry.gateway_id}:{Outcome.MISSED}"] += entry.count
-            continue
-        record = entry.record
-        if record.kind != PollKind.SCHEDULED:
-            continue
-        polls[f"{record.gateway_id}:{record.outcome}"] += 1
+@dataclass
+class _Tally:
+    """What one batch's records add to the counters."""
+
+    polls: Counter[str] = field(default_factory=Counter)
+    shed: Counter[int] = field(default_factory=Counter)
+    durations: _Observed = field(default_factory=lambda: _Observed(DURATION_BUCKETS))
+    lateness: _Observed = field(default_factory=lambda: _Observed(LATENESS_BUCKETS))
+    last_ok: dict[int, int] = field(default_factory=dict)
+
+    def add(self, record: PollRecord) -> None:
+        self.polls[f"{record.gateway_id}:{record.outcome}"] += 1
+        if record.outcome == Outcome.SKIPPED and is_shed(record.error):
+            self.shed[record.gateway_id] += 1
         if record.outcome == Outcome.OK:
-            last_ok[record.gateway_id] = max(last_ok.get(record.gateway_id, 0), record.slot_ms)
+            held = self.last_ok.get(record.gateway_id, 0)
+            self.last_ok[record.gateway_id] = max(held, record.slot_ms)
         if record.started_at is not None:
             started_ms = dt_to_ms(record.started_at)
-            lateness.add((started_ms - record.slot_ms) / 1000)
+            self.lateness.add((started_ms - record.slot_ms) / 1000)
             if record.finished_at is not None:
-                durations.add((dt_to_ms(record.finished_at) - started_ms) / 1000)
-    if not polls:
+                self.durations.add((dt_to_ms(record.finished_at) - started_ms) / 1000)
+
+
+def count_records(redis_client: redis.Redis, keys: Keys, entries: Sequence[Entry]) -> None:
+    """Add the scheduled records of `entries` (as handed to the database or the buffer)."""
+    tally = _Tally()
+    for entry in entries:
+        if isinstance(entry, MissedRun):
+            tally.polls[f"{entry.gateway_id}:{Outcome.MISSED}"] += entry.count
+        elif entry.record.kind == PollKind.SCHEDULED:
+            tally.add(entry.record)
+    if not tally.polls:
         return
     pipe = redis_client.pipeline(transaction=False)
-    for field_name, n in polls.items():
+    for field_name, n in tally.polls.items():
         pipe.hincrby(keys.metrics("polls"), field_name, n)
-    durations.write(pipe, keys.metrics("duration"))
-    lateness.write(pipe, keys.metrics("lateness"))
-    if last_ok:
+    for gateway_id, n in tally.shed.items():
+        pipe.hincrby(keys.metrics("shed"), str(gateway_id), n)
+    tally.durations.write(pipe, keys.metrics("duration"))
+    tally.lateness.write(pipe, keys.metrics("lateness"))
+    if tally.last_ok:
         # A late batch must not move a newer ok back: a max, in one script.
-        pairs = [x for pair in last_ok.items() for x in pair]
+        pairs = [x for pair in tally.last_ok.items() for x in pair]
         _keep_max(redis_client)(keys=[keys.metrics("last_ok")], args=pairs, client=pipe)
     _execute(pipe)
 
@@ -152,13 +167,15 @@ class FleetCounters:
     dropped: dict[str, int]
     #: gateway id -> ms of the newest ok slot.
     last_ok: dict[int, int]
+    #: gateway id -> slots shed (recorded as skipped: begun too late after their slot).
+    shed: dict[int, int] = field(default_factory=dict)
 
 
 def read_counters(redis_client: redis.Redis, keys: Keys) -> FleetCounters:
     pipe = redis_client.pipeline(transaction=False)
-    for name in ("polls", "duration", "lateness", "dropped", "last_ok"):
+    for name in ("polls", "duration", "lateness", "dropped", "last_ok", "shed"):
         pipe.hgetall(keys.metrics(name))
-    polls, duration, lateness, dropped, last_ok = (_text_map(h) for h in pipe.execute())
+    polls, duration, lateness, dropped, last_ok, shed = (_text_map(h) for h in pipe.execute())
     counts = {}
     for field_name, n in polls.items():
         gateway_id, outcome = field_name.split(":", 1)
@@ -169,6 +186,7 @@ def read_counters(redis_client: redis.Redis, keys: Keys) -> FleetCounters:
         lateness=_histogram(lateness, LATENESS_BUCKETS),
         dropped={guard: int(dropped.get(guard, 0)) for guard in GUARDS.values()},
         last_ok={int(g): int(ms) for g, ms in last_ok.items()},
+        shed={int(g): int(n) for g, n in shed.items()},
     )
 
 

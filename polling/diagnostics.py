@@ -24,6 +24,7 @@ from .checks.fleet import (
     fix_locks,
     fix_schedules,
 )
+from .checks.overload import check_overload
 from .checks.records import check_records
 from .checks.services import (
     check_beat,
@@ -57,6 +58,7 @@ CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_failures, None),
     (check_records, None),
     (check_limits, None),
+    (check_overload, None),
 )
 #: Runs kept in the database.
 KEEP_RUNS = 2000

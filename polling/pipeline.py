@@ -3,7 +3,9 @@ successors, in phases that hand values to each other.
 
     load     each step's gateway, planned (from memory while the configuration holds)
     claim    one script: each step's token and slot checked and the slot claimed, and
-             the lock of every endpoint with a step to poll taken in the same call
+             the lock of every endpoint with a step to poll taken in the same call; a step
+             the worker began too late after its slot is shed (`shedding.to_shed`): claimed
+             and recorded as skipped, but no lock taken for it and never polled
     read     asyncio: every endpoint at once, each poll at its own slot, one request at a
              time per connection
     account  a pure function (`accounting.account`): the records and the chain advances
@@ -25,10 +27,10 @@ import asyncio
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import configcache, counters, live, saving
+from . import configcache, counters, live, saving, shedding
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
@@ -54,6 +56,8 @@ class BatchResult:
     successors: list[Step]
     #: Gateway name -> error, of each failed poll (for the batch's log line).
     failed: dict[str, str] = field(default_factory=dict)
+    #: Steps shed: begun too late after their slots, recorded as skipped, not polled.
+    shed: int = 0
 
 
 def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
@@ -62,8 +66,8 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     if not loaded:
         return BatchResult(tally, [])
     now = rt.clock()
-    begun, endpoints = _claim(rt, loaded, now)
-    served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now)
+    begun, endpoints, shed = _claim(rt, loaded, now)
+    served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now, shed)
     ledger = account(begun, served, rt.clock())
     disabled = saving.save(rt, ledger.entries)
     for index, (target, _) in enumerate(loaded if disabled else ()):
@@ -84,7 +88,9 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
         for i, s in served.items()
         if s.outcome is Outcome.FAILED
     }
-    return BatchResult(tally, successors, failed)
+    return BatchResult(
+        tally, successors, failed, sum(begun[i].outcome is Outcome.DUE for i in shed)
+    )
 
 
 def _poll_fields(target: PollTarget, step: Begun | None) -> dict[str, object]:
@@ -128,10 +134,16 @@ def _load(rt: Runtime, steps: Sequence[Step]) -> tuple[Loaded, Counter[Outcome]]
 Endpoints = list[tuple[EndpointLock, LockState]]
 
 
-def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoints]:
+def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoints, dict[int, str]]:
     """Begin every step in one script, with one lock per endpoint that has a slot still
-    to poll, held from the first slot's start until the batch is recorded."""
-    locks = _endpoint_locks(rt, loaded, now)
+    to poll, held from the first slot's start until the batch is recorded. Steps begun
+    too late after their slots (by index, with the reason) are shed: claimed like the
+    rest, so no copy polls them, but no lock is taken for them."""
+    lateness = [
+        shedding.Late(slot, t.grid.interval_ms, t.late_limit_ms) for t, (_, _, slot) in loaded
+    ]
+    shed = shedding.to_shed(lateness, now)
+    locks = _endpoint_locks(rt, loaded, now, shed)
     claims = [StepClaim(*step, target.claim_ttl_ms) for target, step in loaded]
     outcomes, states = rt.chains.begin(claims, locks)
     begun = []
@@ -140,13 +152,17 @@ def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoint
         if outcome in (Outcome.STALE, Outcome.MOVED, Outcome.DUPLICATE):
             log.debug("poll dropped: %s", outcome, extra=_fields(target, step))
         begun.append(step)
-    return begun, list(zip(locks, states, strict=True))
+    return begun, list(zip(locks, states, strict=True)), shed
 
 
-def _endpoint_locks(rt: Runtime, loaded: Loaded, now: int) -> list[EndpointLock]:
+def _endpoint_locks(
+    rt: Runtime, loaded: Loaded, now: int, shed: Container[int]
+) -> list[EndpointLock]:
     """For each endpoint, the steps (by index, earliest slot first) it serves."""
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for index, (target, (_, _, slot)) in enumerate(loaded):
+        if index in shed:
+            continue
         if target.grid.is_slot(slot) and not target.grid.ended(slot, now):
             groups[target.endpoint].append(index)
     value = uuid.uuid4().hex
@@ -166,11 +182,17 @@ def _endpoint_locks(rt: Runtime, loaded: Loaded, now: int) -> list[EndpointLock]
 
 
 def _read(
-    rt: Runtime, targets: list[PollTarget], begun: list[Begun], endpoints: Endpoints, now: int
+    rt: Runtime,
+    targets: list[PollTarget],
+    begun: list[Begun],
+    endpoints: Endpoints,
+    now: int,
+    shed: Mapping[int, str],
 ) -> tuple[dict[int, Served], list[EndpointLock]]:
     """Poll the due steps of every endpoint whose lock this batch holds or waits for;
-    returns each polled (or tried) step's read by index, and the locks held."""
-    served: dict[int, Served] = {}
+    returns each polled (or tried) step's read by index, the shed ones as skipped with
+    their reason, and the locks held."""
+    served = {i: Served(Outcome.SKIPPED, error=why) for i, why in shed.items()}
     held = [lock for lock, state in endpoints if state is LockState.LOCKED]
     groups = [
         (lock, [i for i in lock.steps if begun[i].outcome is Outcome.DUE], state)

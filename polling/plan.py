@@ -10,6 +10,7 @@ from .gateways import Gateway, Point
 from .repository import StoredGateway
 from .schedule import Grid
 from .settings import Settings
+from .shedding import late_limit_ms
 
 BIT_REGISTERS = ("coil", "discrete")
 
@@ -83,6 +84,8 @@ class PollTarget(StoredGateway):
     budget: float
     #: How long a slot claim lives (see `claim_ttl_ms`).
     claim_ttl_ms: int
+    #: A step begun later than this after its slot is shed (polling/shedding.py); None: never.
+    late_limit_ms: int | None = None
 
     @classmethod
     def of(cls, stored: StoredGateway, settings: Settings) -> PollTarget:
@@ -95,12 +98,14 @@ class PollTarget(StoredGateway):
             max_bits=settings.max_bits,
         )
         budget = poll_budget(config, len(requests))
+        grid = Grid.for_gateway(config.name, config.interval)
         return cls(
             **{name: getattr(stored, name) for name in StoredGateway.__dataclass_fields__},
-            grid=Grid.for_gateway(config.name, config.interval),
+            grid=grid,
             requests=tuple(requests),
             budget=budget,
             claim_ttl_ms=claim_ttl_ms(config, budget),
+            late_limit_ms=late_limit_ms(grid.interval_ms, settings.late_limit, settings.late_share),
         )
 
     @property

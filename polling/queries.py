@@ -13,6 +13,7 @@ from .colour import Colour, colour_of, state_of
 from .models import GatewayRow, PollLog, Reading
 from .schedule import dt_to_ms, ms_to_dt
 from .settings import Settings
+from .shedding import SHED_PREFIX
 from .timefmt import iso_z
 
 
@@ -34,6 +35,8 @@ class GatewayStatus:
     skipped: int
     missed: int
     consecutive_failures: int
+    #: Of the skipped slots, those shed under overload (polling/shedding.py).
+    shed: int = 0
     #: When the newest successful poll (of any kind) finished.
     last_ok_at: datetime | None = None
     #: grey | red | yellow | green (polling/colour.py)
@@ -75,13 +78,17 @@ def gateway_statuses(
     now = now or datetime.now(UTC)
     rates = failure_rates(session, now - timedelta(seconds=settings.health_window))
     counts: dict[int, dict[str, int]] = {}
+    shed_rows = case((PollLog.error.startswith(SHED_PREFIX, autoescape=True), PollLog.slots))
     grouped = (
-        select(PollLog.gateway_id, PollLog.outcome, func.sum(PollLog.slots))
+        select(PollLog.gateway_id, PollLog.outcome, func.sum(PollLog.slots), func.sum(shed_rows))
         .where(PollLog.kind == "scheduled")
         .group_by(PollLog.gateway_id, PollLog.outcome)
     )
-    for gateway_id, outcome, n in session.execute(grouped):
+    shed: dict[int, int] = {}
+    for gateway_id, outcome, n, n_shed in session.execute(grouped):
         counts.setdefault(gateway_id, {})[outcome] = int(n)
+        if outcome == "skipped":
+            shed[gateway_id] = int(n_shed or 0)
     latest = _latest_polls(session)
     out = []
     for row in session.scalars(select(GatewayRow).order_by(GatewayRow.name)):
@@ -105,6 +112,7 @@ def gateway_statuses(
                 skipped=c.get("skipped", 0),
                 missed=c.get("missed", 0),
                 consecutive_failures=row.consecutive_failures,
+                shed=shed.get(row.id, 0),
                 last_ok_at=row.last_ok_at,
                 colour=colour_of(
                     state_of(row, rates.get(row.id), row.id in critical),

@@ -81,6 +81,12 @@ class Settings:
     batch_window: float = 0.1
     #: Most chain steps in one poll-batch task, so several workers share a busy window.
     batch_size: int = 100
+    #: Overload shedding (polling/shedding.py): a step whose batch began more than
+    #: max(late_limit, late_share x interval) seconds after its slot is not polled but
+    #: recorded as skipped, so an overloaded worker catches up instead of polling every
+    #: slot late; late_limit 0 turns shedding off.
+    late_limit: float = 0.25
+    late_share: float = 0.1
     #: A worker freezes its long-lived objects out of Python's full collections as they
     #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0
@@ -188,6 +194,7 @@ class Settings:
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
         self._check_worker_tuning()
+        self._check_shedding()
 
     def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
@@ -211,6 +218,12 @@ class Settings:
         if self.gc_refreeze_seconds < 0:
             raise ConfigError("POLLING_GC_REFREEZE_SECONDS must be >= 0")
         self._check_alerts()
+
+    def _check_shedding(self) -> None:
+        if self.late_limit < 0:
+            raise ConfigError("POLLING_LATE_LIMIT must be >= 0 (0 turns shedding off)")
+        if not 0 <= self.late_share <= 1:
+            raise ConfigError("POLLING_LATE_SHARE must be between 0 and 1")
 
     def _check_alerts(self) -> None:
         if self.alert_cooldown < 0:

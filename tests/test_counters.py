@@ -9,6 +9,7 @@ from polling import counters
 from polling.keys import Keys
 from polling.outcome import Outcome, PollKind
 from polling.records import MissedRun, PollEntry, PollRecord
+from polling.shedding import shed_reason
 
 T0 = datetime(2026, 12, 4, tzinfo=UTC)
 
@@ -69,3 +70,19 @@ def test_nothing_counted_reads_as_zeros(redis_client):
     fleet = counters.read_counters(redis_client, Keys(f"c{uuid.uuid4().hex[:8]}"))
     assert fleet.polls == {} and fleet.last_ok == {}
     assert fleet.lateness.buckets[-1] == ("+Inf", 0) and fleet.duration.count == 0
+
+
+def test_shed_slots_are_counted_apart_from_other_skipped_ones(redis_client):
+    """A shed slot is a skipped one (pollctl_polls_total) and is counted again as shed;
+    one skipped because its endpoint was busy is not; neither is a poll made, so neither
+    enters the lateness histogram."""
+    keys = Keys(f"c{uuid.uuid4().hex[:8]}")
+    shed = PollRecord(1, ms(10), PollKind.SCHEDULED, Outcome.SKIPPED, error=shed_reason(900, 250))
+    busy = PollRecord(
+        2, ms(10), PollKind.SCHEDULED, Outcome.SKIPPED, error="endpoint h:502 busy: held"
+    )
+    counters.count_records(redis_client, keys, [PollEntry(shed, []), PollEntry(busy, [])])
+    fleet = counters.read_counters(redis_client, keys)
+    assert fleet.polls == {(1, "skipped"): 1, (2, "skipped"): 1}
+    assert fleet.shed == {1: 1}
+    assert fleet.lateness.count == 0

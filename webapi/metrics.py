@@ -75,6 +75,16 @@ class FleetCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_missed_slots", "Slots that passed without a poll, fleet-wide", value=missed
         )
+        shed = CounterMetricFamily(
+            f"{PREFIX}_polls_shed",
+            "Scheduled slots shed under overload: recorded as skipped, not polled, because "
+            "the worker began them later than the late limit after their slot",
+            labels=["gateway"],
+        )
+        for gateway_id, n in sorted(fleet.shed.items()):
+            if gateway_id in names:
+                shed.add_metric([names[gateway_id]], n)
+        yield shed
         for name, histogram, text in (
             ("poll_duration_seconds", fleet.duration, "Time a poll took (ok and failed polls)"),
             ("poll_lateness_seconds", fleet.lateness, "How late a poll started after its slot"),

@@ -65,6 +65,8 @@ def _batch_line(size: int, result: pipeline.BatchResult, elapsed_s: float) -> st
     polls/s, and a failing gateway is still named."""
     counts = ", ".join(f"{n} {o}" for o, n in sorted(result.outcomes.items()))
     line = f"batch of {size} steps in {elapsed_s * 1000:.0f} ms: {counts or 'nothing to do'}"
+    if result.shed:
+        line += f" ({result.shed} shed: the worker began them too late after their slots)"
     if result.failed:
         names = sorted(result.failed)
         more = len(names) - NAMED_FAILURES
