@@ -53,6 +53,24 @@ def table(rows: list[Figures]) -> str:
     return "\n".join(lines)
 
 
+def overload_table(rows: list[Figures]) -> str:
+    """The overload figures: what was shed, how evenly the shortfall fell on gateways."""
+    head = (
+        f"{'setup':24} {'capacity/s':>10} {'offered/s':>9} {'made/s':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'shed':>6} {'shed %':>6} {'missed':>6} {'worst/mean':>10} "
+        f"{'starved':>7} {'dup':>4}"
+    )
+    lines = [head]
+    for f in rows:
+        lat = f.lateness_ms
+        lines.append(
+            f"{f.setup:24} {f.capacity:>10.1f} {f.offered:>9.1f} {f.achieved:>7.1f} "
+            f"{lat['p50']:>7.1f} {lat['p99']:>7.1f} {f.shed:>6} {100 * f.shed_share:>6.1f} "
+            f"{f.missed:>6} {f.worst_over_mean:>10.2f} {f.starved:>7} {f.duplicates:>4}"
+        )
+    return "\n".join(lines)
+
+
 def start_line(f: Figures) -> str:
     """How the first round went: each gateway's first slot, how late it was polled."""
     if not f.first_round_ms:
@@ -121,6 +139,39 @@ def run_scale_out(plan: Plan) -> list[Figures]:
     return out
 
 
+def run_overload(plan: Plan, share: float) -> list[Figures]:
+    """pollctl's polling worker pinned to `plan.cpus`: first its capacity (the polls it
+    makes of the offered load, which must exceed it), then the same number of gateways at
+    the interval that offers `share` times that capacity."""
+    probe = Bench(plan)
+    with probe.fleet():
+        print(f"-- capacity: {plan.gateways} gateways at {plan.interval:g} s", flush=True)
+        measured = probe.run_pollctl()
+    measured.setup = f"pollctl capacity (cpu {plan.cpus})"
+    capacity = measured.capacity = measured.achieved
+    if not measured.shed and not measured.missed:
+        print(
+            f"warning: {measured.offered:.0f} polls/s offered did not overload the worker: "
+            "the capacity is at least that; offer more (--gateways, --interval)",
+            flush=True,
+        )
+    interval = round(plan.gateways / (share * capacity), 3)
+    step = replace(
+        plan, interval=interval, workdir=plan.workdir.with_name(plan.workdir.name + "-x")
+    )
+    bench = Bench(step)
+    with bench.fleet():
+        print(
+            f"-- overload: {plan.gateways} gateways at {interval:g} s "
+            f"({share:.0%} of {capacity:.0f} polls/s)",
+            flush=True,
+        )
+        figures = bench.run_pollctl()
+    figures.setup = f"pollctl {share:.0%} of capacity"
+    figures.capacity = capacity
+    return [measured, figures]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--gateways", type=int, default=1000)
@@ -146,6 +197,17 @@ def main() -> None:
         action="store_true",
         help="run pollctl's polling workers under py-spy (collapsed stacks in the work folder)",
     )
+    parser.add_argument(
+        "--overload",
+        type=float,
+        nargs="?",
+        const=1.5,
+        default=None,
+        metavar="SHARE",
+        help="pin pollctl's polling worker to --cpus, measure its capacity on the fleet given "
+        "(offer more than it can do), then offer SHARE (default 1.5) times that capacity",
+    )
+    parser.add_argument("--cpus", default="1", help="CPUs for --overload's polling worker")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     micro = parser.add_mutually_exclusive_group()
     micro.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
@@ -181,6 +243,9 @@ def main() -> None:
         )
         if args.scale_out:
             results += run_scale_out(plan)
+        elif args.overload:
+            results += run_overload(replace(plan, cpus=args.cpus), args.overload)
+            print(overload_table(results), flush=True)
         else:
             results += run(plan, setups)
         print(table(results), flush=True)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from polling.gateways import Gateway
 from polling.models import PollLog, Reading
 from polling.schedule import Grid, dt_to_ms
+from polling.shedding import is_shed
 
 
 @dataclass
@@ -37,6 +38,17 @@ class Figures:
     first_round_ms: dict[str, float] = field(default_factory=dict)
     first_round_missed: int = 0
     first_round_s: float = 0.0
+    #: Slots shed under overload (skipped, not polled: polling/shedding.py) and their share
+    #: of the window's slots.
+    shed: int = 0
+    shed_share: float = 0.0
+    #: Evenness of the shortfall (shed and missed slots) over gateways: the worst gateway's
+    #: count over the mean (1 is perfectly even; 0 when nothing fell short), and how many
+    #: gateways had no poll made in the window at all.
+    worst_over_mean: float = 0.0
+    starved: int = 0
+    #: The overload run's setting: the capacity measured first, and the share of it offered.
+    capacity: float = 0.0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -143,10 +155,11 @@ def _figures(
     duplicates: int,
 ) -> Figures:
     seconds = (end - start).total_seconds()
-    polled = [r for r in rows if r.outcome in ("ok", "failed", "skipped")]
+    # Polls made: a skipped slot (shed, or its endpoint busy) was not polled.
+    polled = [r for r in rows if r.outcome in ("ok", "failed")]
     interval = _interval(gateways)
     readings = _readings(session, kind, start, end)
-    return Figures(
+    figures = Figures(
         setup=setup,
         gateways=len(gateways),
         interval=interval,
@@ -160,6 +173,26 @@ def _figures(
         rows_per_s=(len(rows) + readings) / seconds,
         samples_ms=late,
     )
+    shortfall(figures, gateways, rows)
+    return figures
+
+
+def shortfall(figures: Figures, gateways: dict[int, Gateway], rows: list[PollLog]) -> None:
+    """Shed slots, and how evenly the slots not polled (shed, skipped or missed) fell on
+    the gateways."""
+    short: dict[int, int] = dict.fromkeys(gateways, 0)
+    made: dict[int, int] = dict.fromkeys(gateways, 0)
+    for r in rows:
+        if r.outcome in ("ok", "failed"):
+            made[r.gateway_id] = made.get(r.gateway_id, 0) + 1
+        else:
+            short[r.gateway_id] = short.get(r.gateway_id, 0) + r.slots
+        if r.outcome == "skipped" and is_shed(r.error):
+            figures.shed += 1
+    figures.shed_share = figures.shed / len(rows) if rows else 0.0
+    mean = sum(short.values()) / len(short) if short else 0.0
+    figures.worst_over_mean = round(max(short.values()) / mean, 2) if mean else 0.0
+    figures.starved = sum(n == 0 for n in made.values())
 
 
 def first_round(figures: Figures, session: Session, kind: str) -> None:

@@ -31,6 +31,8 @@ from .fleet import fleet
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+#: The Redis database a run flushes and uses: two runs at once on one server need two.
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "12"))
 
 
 def device_ports(count: int, first: int = 12_000) -> list[int]:
@@ -65,6 +67,8 @@ class Plan:
     #: Run pollctl's polling workers under py-spy (`--profile`): collapsed stacks of the
     #: whole run in `profile-NAME.txt`; their CPU figures then include py-spy's sampling.
     profile: bool = False
+    #: CPUs the polling workers are pinned to (`taskset -c`), e.g. "1"; empty: unpinned.
+    cpus: str = ""
 
 
 #: Simulated devices per simulator process: each device holds a listening socket and the
@@ -82,7 +86,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.database = f"pollctl_bench_{uuid.uuid4().hex[:8]}"
         self.database_url = PG_SERVER.rsplit("/", 1)[0] + f"/{self.database}"
-        self.redis_url = f"{REDIS_SERVER}/12"
+        self.redis_url = f"{REDIS_SERVER}/{REDIS_DB}"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.fleet_file = self.workdir / "fleet.yaml"
 
@@ -234,6 +238,8 @@ class Bench:
                 args[args.index("-Q") + 1] = "celery"
             if self.plan.profile and name.startswith("pollctl-worker"):
                 args = [*profiler(self.workdir / f"profile-{name}.txt"), "--", *args]
+            if self.plan.cpus and name.startswith("pollctl-worker"):
+                args = ["taskset", "-c", self.plan.cpus, *args]
         else:
             args = [
                 *base,

@@ -101,7 +101,7 @@ def test_a_poll_target_carries_its_late_limit():
             Load(300, 3_000, 1_212, 1_788, 10.0),
             True,
             "overload: 1,212 of 3,000 polls shed in the last 5 min (40%); "
-            "the workers made 6 polls/s of 10 offered",
+            "the workers made 6.0 polls/s of 10 offered",
         ),
         (
             Load(60, 30_000, 0, 30_000, 500.0),

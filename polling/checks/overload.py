@@ -42,7 +42,7 @@ class Load:
 
 def judge(load: Load) -> tuple[bool, str]:
     """Whether the window shows overload (any slot shed), and the line that says so."""
-    made = f"the workers made {load.made_rate:,.0f} polls/s of {load.offered:,.0f} offered"
+    made = f"the workers made {_rate(load.made_rate)} polls/s of {_rate(load.offered)} offered"
     window = span(load.window_s)
     if not load.shed:
         return False, f"no polls shed in the last {window}; {made}"
@@ -51,6 +51,10 @@ def judge(load: Load) -> tuple[bool, str]:
         f"overload: {load.shed:,} of {load.slots:,} polls shed in the last {window} "
         f"({share:.0%}); {made}"
     )
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.1f}" if per_s < 10 else f"{per_s:,.0f}"
 
 
 def check_overload(ctx: Context) -> CheckResult:

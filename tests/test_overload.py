@@ -1,0 +1,92 @@
+"""Graceful overload with a real worker: a batch the worker begins too late after its slots
+is shed (recorded as skipped, never polled at the device), and the chains go on polling
+on time; `/metrics`' counters and `validate`'s overload check report it."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import select
+
+from polling import counters, service
+from polling.checks.base import Context
+from polling.checks.overload import check_overload
+from polling.models import GatewayRow, PollLog
+from polling.schedule import dt_to_ms
+from tests.faults.harness import wait_until
+from tests.fleet import fleet
+from tests.processes import Worker
+from tests.test_service import Sent, setup_fleet
+from workers.senders import send_batch
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+POINTS = [{"name": "status", "address": 0, "type": "uint16"}]
+INTERVAL = 2.0
+#: How long after its slot each chain's first step reaches the worker: past the late limit
+#: (0.25 s at a 2 s interval), well inside the slot.
+LATE_MS = 700
+
+
+def rows_by_gateway(runtime) -> dict[str, list[PollLog]]:
+    with runtime.sessions() as session:
+        names = dict(session.execute(select(GatewayRow.id, GatewayRow.name)).all())
+        rows = session.scalars(
+            select(PollLog).where(PollLog.kind == "scheduled").order_by(PollLog.slot_at)
+        )
+        out: dict[str, list[PollLog]] = defaultdict(list)
+        for row in rows:
+            out[names[row.gateway_id]].append(row)
+    return out
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_steps_the_worker_begins_late_are_shed_not_polled_and_the_chains_go_on(
+    runtime, env, simulate, free_ports, celery_app, tmp_path
+):
+    document = fleet(free_ports(3), [INTERVAL] * 3, POINTS)
+    sim = simulate(document)
+    gateways = setup_fleet(runtime, document)
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        sent = Sent()
+        service.start(runtime, sent)
+        # As if each first step had waited in a backlog: it reaches the worker (whose
+        # clock is Redis's, as `runtime.clock`) LATE_MS after its slot began.
+        for step in sorted(sent.calls, key=lambda s: s[2]):
+            time.sleep(max(0.0, (step[2] + LATE_MS - runtime.clock()) / 1000))
+            send_batch(celery_app, [step])
+
+        def each_polled_twice_after() -> bool:
+            rows = rows_by_gateway(runtime)
+            return all(sum(r.outcome == "ok" for r in rows.get(n, [])) >= 2 for n in gateways)
+
+        wait_until(each_polled_twice_after, 20, "two polls of each gateway after its shed slot")
+        result = check_overload(Context(runtime))
+        service.stop(runtime)
+    finally:
+        worker.stop()
+    rows = rows_by_gateway(runtime)
+    for name, gateway in gateways.items():
+        first, *rest = rows[name]
+        assert first.outcome == "skipped", (name, first.outcome, first.error)
+        assert first.error.startswith("shed: the worker began this poll 0.")
+        assert first.error.endswith("after its slot (limit 0.25 s)")
+        assert first.started_at is None
+        # The chain went on at the next slot, polled (a slot is never shed and polled).
+        assert dt_to_ms(rest[0].slot_at) == dt_to_ms(first.slot_at) + round(INTERVAL * 1000)
+        assert {r.outcome for r in rest} == {"ok"}, [(r.outcome, r.error) for r in rest]
+        # Not polled at the device: its first request came for the next slot (the
+        # device's clock is the host's; 30 ms for the workers' Redis clock, as the fault
+        # suite allows).
+        reads = [at for at, port, _, _ in list(sim.traffic.reads) if port == gateway.config.port]
+        assert reads and min(reads) * 1000 >= dt_to_ms(rest[0].slot_at) - 30
+    fleet_counters = counters.read_counters(runtime.redis, runtime.keys)
+    assert fleet_counters.shed == {g.id: 1 for g in gateways.values()}
+    assert result.status == "warning"
+    assert result.message.startswith("overload: 3 of ")
+    assert result.details["shed"] == 3
+    assert result.message.endswith("polls/s of 1.5 offered")  # 3 gateways at 2 s
