@@ -140,7 +140,7 @@ def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoint
     too late after their slots (by index, with the reason) are shed: claimed like the
     rest, so no copy polls them, but no lock is taken for them."""
     lateness = [
-        shedding.Late(slot, t.grid.interval_ms, t.late_limit_ms) for t, (_, _, slot) in loaded
+        shedding.Late(g, slot, t.grid.interval_ms, t.late_limit_ms) for t, (g, _, slot) in loaded
     ]
     shed = shedding.to_shed(lateness, now)
     locks = _endpoint_locks(rt, loaded, now, shed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from functools import partial
 
 import pytest
 from sqlalchemy import select
@@ -15,11 +16,12 @@ from polling.checks.base import Context
 from polling.checks.overload import check_overload
 from polling.models import GatewayRow, PollLog
 from polling.schedule import dt_to_ms
+from polling.shedding import is_shed
 from tests.faults.harness import wait_until
 from tests.fleet import fleet
 from tests.processes import Worker
 from tests.test_service import Sent, setup_fleet
-from workers.senders import send_batch
+from workers.senders import send_batch, send_poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,6 +30,8 @@ INTERVAL = 2.0
 #: How long after its slot each chain's first step reaches the worker: past the late limit
 #: (0.25 s at a 2 s interval), well inside the slot.
 LATE_MS = 700
+#: How long the overloaded fleet runs.
+OVERLOAD_SECONDS = 30
 
 
 def rows_by_gateway(runtime) -> dict[str, list[PollLog]]:
@@ -90,3 +94,41 @@ def test_steps_the_worker_begins_late_are_shed_not_polled_and_the_chains_go_on(
     assert result.message.startswith("overload: 3 of ")
     assert result.details["shed"] == 3
     assert result.message.endswith("polls/s of 1.5 offered")  # 3 gateways at 2 s
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_under_overload_shed_slots_spread_evenly_over_gateways(
+    runtime, env, simulate, free_ports, celery_app, tmp_path
+):
+    """A worker with one thread and devices that take 150 ms a request can make about six
+    batches a second; twenty gateways at 1 s offer about nine. Batches begun late are
+    shed, the others polled on time, and the shortfall falls on every gateway alike: the
+    worst gateway's shed slots within twice the mean, none starved."""
+    document = fleet(free_ports(20), [1.0] * 20, POINTS)
+    simulate(document, latency_ms=150)
+    gateways = setup_fleet(runtime, document)
+    worker = Worker(env, tmp_path / "worker.log", concurrency=1)
+    try:
+        worker.wait_ready()
+        service.start(runtime, partial(send_poll, celery_app))
+        started = time.time()
+        time.sleep(OVERLOAD_SECONDS)  # the run under test, not a synchronisation
+        service.stop(runtime)
+    finally:
+        worker.stop()
+    rows = rows_by_gateway(runtime)
+    shed = {n: sum(r.outcome == "skipped" and is_shed(r.error) for r in rows[n]) for n in gateways}
+    made = {n: sum(r.outcome == "ok" for r in rows[n]) for n in gateways}
+    late = sorted(
+        (r.started_at - r.slot_at).total_seconds() * 1000
+        for n in gateways
+        for r in rows[n]
+        if r.outcome == "ok" and r.slot_at.timestamp() > started + 5
+    )
+    mean = sum(shed.values()) / len(shed)
+    print(f"\nshed per gateway {sorted(shed.values())}, made {sorted(made.values())}")
+    print(f"lateness of the polls made: p50 {late[len(late) // 2]:.0f} ms, max {late[-1]:.0f} ms")
+    assert mean >= 3, f"the worker was not overloaded: {shed}"
+    assert max(shed.values()) <= 2 * mean, f"shed unevenly: {shed}"
+    assert min(made.values()) > 0, f"a gateway starved: {made}"

@@ -8,7 +8,15 @@ from polling.checks.overload import Load, judge
 from polling.errors import ConfigError
 from polling.plan import PollTarget
 from polling.settings import Settings
-from polling.shedding import Late, is_shed, late_limit_ms, shed_reason, to_shed
+from polling.shedding import (
+    Late,
+    is_shed,
+    late_limit_ms,
+    rotation,
+    shed_reason,
+    shed_share,
+    to_shed,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,20 +35,21 @@ def test_late_limit_is_the_larger_of_the_floor_and_the_share(interval_ms, limit_
     assert late_limit_ms(interval_ms, limit_s, share) == expected
 
 
-# (slot, interval, limit) of each step, when the batch began -> the indexes shed.
+# (slot, interval, limit) of each step (gateway 1, 2, ...), when the batch began -> the
+# indexes shed. Between half the limit and the limit a share is shed (see the next test).
 @pytest.mark.parametrize(
     ("steps", "began", "shed"),
     [
         ([(10_000, 2_000, 250)], 10_000, []),  # on time
         ([(10_000, 2_000, 250)], 9_800, []),  # begun before its slot (it waits for it)
-        ([(10_000, 2_000, 250)], 10_250, []),  # at the limit: polled
-        ([(10_000, 2_000, 250)], 10_251, [0]),
+        ([(10_000, 2_000, 250)], 10_125, []),  # up to half the limit: polled
+        ([(10_000, 2_000, 250)], 10_251, [0]),  # past the limit: shed
         ([(10_000, 2_000, 250)], 11_999, [0]),  # last moment of the slot
         ([(10_000, 2_000, 250)], 12_000, []),  # the slot has ended: missed, not shed
         ([(10_000, 2_000, None)], 11_000, []),  # shedding off: polled late
         # Each step by its own slot and limit: a batch's slots differ within its window.
         (
-            [(10_000, 2_000, 250), (10_090, 2_000, 250), (10_000, 60_000, 6_000)],
+            [(10_000, 2_000, 250), (10_190, 2_000, 250), (10_000, 60_000, 6_000)],
             10_300,
             [0],
         ),
@@ -48,11 +57,37 @@ def test_late_limit_is_the_larger_of_the_floor_and_the_share(interval_ms, limit_
     ],
 )
 def test_steps_begun_past_their_late_limit_are_shed(steps, began, shed):
-    out = to_shed([Late(*s) for s in steps], began)
+    out = to_shed([Late(i + 1, *s) for i, s in enumerate(steps)], began)
     assert sorted(out) == shed
     for index, reason in out.items():
         assert is_shed(reason)
         assert f"{(began - steps[index][0]) / 1000:.2f} s after its slot" in reason
+
+
+@pytest.mark.parametrize(
+    ("lateness", "share"), [(0, 0.0), (125, 0.0), (150, 0.2), (200, 0.6), (250, 1.0), (251, 1.0)]
+)
+def test_from_half_the_limit_a_share_rising_with_the_lateness_is_shed(lateness, share):
+    assert shed_share(lateness, 250) == pytest.approx(share)
+    # That share of a thousand gateways' steps begun so late, and of one gateway's slots.
+    batch = [Late(g, 10_000, 2_000, 250) for g in range(1_000)]
+    assert len(to_shed(batch, 10_000 + lateness)) == pytest.approx(1_000 * share, abs=50)
+    slots = [Late(7, 10_000 + k * 2_000, 2_000, 250) for k in range(1_000)]
+    shed = sum(bool(to_shed([s], s.slot_ms + lateness)) for s in slots)
+    assert shed == pytest.approx(1_000 * share, abs=50)
+
+
+def test_the_rotation_picks_other_gateways_at_every_slot():
+    """Steps of one window at one lateness: which are shed changes from slot to slot, so
+    over many slots every gateway is shed about as often (here half the time)."""
+    shed_count = dict.fromkeys(range(50), 0)
+    for k in range(200):
+        batch = [Late(g, 10_000 + k * 1_000, 1_000, 250) for g in range(50)]
+        for index in to_shed(batch, 10_000 + k * 1_000 + 187):  # half way up the ramp
+            shed_count[index] += 1
+    assert min(shed_count.values()) >= 70 and max(shed_count.values()) <= 130
+    assert rotation(1, 10_000) != rotation(1, 11_000) != rotation(2, 10_000)
+    assert rotation(1, 10_000) == rotation(1, 10_000)
 
 
 def test_the_reason_says_how_late_and_the_limit():
