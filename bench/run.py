@@ -69,6 +69,8 @@ class Plan:
     profile: bool = False
     #: CPUs the polling workers are pinned to (`taskset -c`), e.g. "1"; empty: unpinned.
     cpus: str = ""
+    #: POLLING_LATE_LIMIT for pollctl (0: no shedding); None leaves the default.
+    late_limit: float | None = None
 
 
 #: Simulated devices per simulator process: each device holds a listening socket and the
@@ -120,7 +122,13 @@ class Bench:
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
 
     def env(self) -> dict[str, str]:
+        shedding = (
+            {}
+            if self.plan.late_limit is None
+            else {"POLLING_LATE_LIMIT": str(self.plan.late_limit)}
+        )
         return {
+            **shedding,
             "POLLING_REDIS_URL": self.redis_url,
             "POLLING_DATABASE_URL": self.database_url,
             "POLLING_ENV_FILE": os.devnull,
