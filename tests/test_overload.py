@@ -21,6 +21,8 @@ from tests.faults.harness import wait_until
 from tests.fleet import fleet
 from tests.processes import Worker
 from tests.test_service import Sent, setup_fleet
+from webapi.metrics import FleetCollector
+from workers.broker import RedisQueues
 from workers.senders import send_batch, send_poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -90,6 +92,11 @@ def test_steps_the_worker_begins_late_are_shed_not_polled_and_the_chains_go_on(
         assert reads and min(reads) * 1000 >= dt_to_ms(rest[0].slot_at) - 30
     fleet_counters = counters.read_counters(runtime.redis, runtime.keys)
     assert fleet_counters.shed == {g.id: 1 for g in gateways.values()}
+    scrape = FleetCollector(runtime, RedisQueues(runtime.redis, runtime.keys.broker)).collect()
+    (shed_family,) = [m for m in scrape if m.name == "pollctl_polls_shed"]
+    assert {(s.labels["gateway"], s.value) for s in shed_family.samples} == {
+        (name, 1) for name in gateways
+    }
     assert result.status == "warning"
     assert result.message.startswith("overload: 3 of ")
     assert result.details["shed"] == 3
