@@ -224,12 +224,14 @@ def test_a_busy_endpoint_is_waited_for_then_skipped(runtime, simulate, free_port
 
 def test_a_late_batch_still_polls_records_and_advances(runtime, simulate, free_ports):
     # A backlog delivers batches after their slots began; each still gets its budgets (a
-    # deadline counted from the slot made such a batch fail and its chains die).
+    # deadline counted from the slot made such a batch fail and its chains die). Begun
+    # 2.9 s late: past its budget (2.5 s) counted from the slot, short of where a 60 s
+    # gateway starts shedding (half its 6 s late limit; later still it would be shed).
     document = fleet(free_ports(1), [60.0], [{"name": "a", "address": 0}])
     simulate(document)
     setup_fleet(runtime, document)
     [(gateway_id, token, slot)] = started(runtime)
-    runtime.clock = lambda: slot + 30_000  # half of the 60 s slot has passed
+    runtime.clock = lambda: slot + 2_900
     result = pipeline.poll_batch(runtime, [(gateway_id, token, slot)])
     assert result.outcomes == {Outcome.OK: 1}
     assert result.successors == [(gateway_id, token, slot + 60_000)]
@@ -271,7 +273,9 @@ def test_failures_count_per_gateway_beside_a_healthy_one(runtime, simulate, free
     setup_fleet(runtime, document)
     steps = started(runtime)
     for _ in range(3):
-        now = max(slot for _, _, slot in steps)
+        # Begun on time for the earliest slot (each poll then waits for its own): begun
+        # after the latest, the others would be up to an interval late, and shed.
+        now = min(slot for _, _, slot in steps)
         runtime.clock = lambda now=now: now + 10
         steps = pipeline.poll_batch(runtime, steps).successors
     with runtime.sessions() as session:
