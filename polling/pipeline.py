@@ -88,9 +88,10 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
         for i, s in served.items()
         if s.outcome is Outcome.FAILED
     }
-    return BatchResult(
-        tally, successors, failed, sum(begun[i].outcome is Outcome.DUE for i in shed)
+    shed_n = sum(
+        begun[i].outcome is Outcome.DUE and shedding.is_shed(s.error) for i, s in served.items()
     )
+    return BatchResult(tally, successors, failed, shed_n)
 
 
 def _poll_fields(target: PollTarget, step: Begun | None) -> dict[str, object]:
