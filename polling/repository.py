@@ -218,6 +218,18 @@ def set_polling_many(session: Session, gateway_ids: Sequence[int], *, on: bool) 
         )
 
 
+def set_polling_since(session: Session, stamps: Sequence[tuple[int, datetime]]) -> None:
+    """Move gateways' `polling_since` (a paced start: polling begins at the first slot)."""
+    if stamps:
+        table = GatewayRow.__table__
+        session.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id == bindparam("gid"))
+            .values(polling_since=bindparam("at"), updated_at=table.c.updated_at),
+            [{"gid": gateway_id, "at": at} for gateway_id, at in stamps],
+        )
+
+
 def reenable(session: Session, gateway_id: int) -> None:
     """Clear an automatic (or configured) disable: the operator's explicit start."""
     row = session.get_one(GatewayRow, gateway_id)

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
 from redis.lock import Lock
+from sqlalchemy.orm import Session
 
 from . import configcache, counters
 from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
 from .liveness import Overdue, is_ahead
+from .pacing import paced_firsts
 from .pipeline import poll_once, retire_chains
 from .plan import PollTarget
 from .records import MissedRun, last_recorded_slots, record_missed_runs
@@ -31,9 +33,11 @@ from .repository import (
     reenable,
     set_chain_tokens,
     set_polling_many,
+    set_polling_since,
 )
 from .runtime import Runtime
 from .saving import flush
+from .schedule import ms_to_dt
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,7 @@ def start_chains(
                     why = "no poll ran: the chain had died"
                     runs.append(MissedRun(gateway.id, gap, count, grid.interval_ms, why))
             firsts.append((gateway, first, last))
+        firsts = _paced(rt, session, firsts, fresh, now)
         missed = record_missed_runs(session, runs)
         tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
@@ -185,6 +190,34 @@ def start_chains(
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
         enqueue(gateway.id, token, first)
     return missed, active
+
+
+def _paced(
+    rt: Runtime,
+    session: Session,
+    firsts: list[tuple[PollTarget, int, int | None]],
+    fresh: set[int] | frozenset[int],
+    now: int,
+) -> list[tuple[PollTarget, int, int | None]]:
+    """The first slots of the `fresh` gateways (a start from stopped: their connections are
+    not open) paced to `POLLING_START_RATE` first polls a second; a gateway whose first
+    poll moved has its `polling_since` moved with it, so the wait is a pause, not an
+    outage (colour, offline alerts). Restarts are never paced: each waiting slot would be
+    one more missed."""
+    new = [(i, g.grid, first) for i, (g, first, _) in enumerate(firsts) if g.id in fresh]
+    cap_ms = round(1000 * rt.settings.max_interval)
+    paced = paced_firsts(
+        [(grid, first) for _, grid, first in new], now, rt.settings.start_rate, cap_ms
+    )
+    out = list(firsts)
+    moved: list[tuple[int, int]] = []
+    for (i, _, first), later in zip(new, paced, strict=True):
+        if later != first:
+            gateway, _, last = firsts[i]
+            out[i] = (gateway, later, last)
+            moved.append((gateway.id, later))
+    set_polling_since(session, [(gateway_id, ms_to_dt(at)) for gateway_id, at in moved])
+    return out
 
 
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:

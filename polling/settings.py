@@ -81,6 +81,10 @@ class Settings:
     batch_window: float = 0.1
     #: Most chain steps in one poll-batch task, so several workers share a busy window.
     batch_size: int = 100
+    #: First polls a second when `pollctl start` starts stopped gateways: a first poll
+    #: opens a connection, so a start of more than this times the interval is spread over
+    #: gateways / rate seconds (see polling/pacing.py).
+    start_rate: float = 500.0
     #: A worker freezes its long-lived objects out of Python's full collections as they
     #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0
@@ -194,8 +198,7 @@ class Settings:
             raise ConfigError("POLLING_BATCH_WINDOW must be between 0 and 1 second")
         if self.batch_size < 1:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
-        if self.clock_skew_max <= 0:
-            raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
+        _check_positive(self, "clock_skew_max", "start_rate")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError("POLLING_LOG_FORMAT must be auto, json or text")
         if self.live_heartbeat <= 0 or self.live_queue < 1:
@@ -248,6 +251,12 @@ class Settings:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
         return f"Settings({inner})"
+
+
+def _check_positive(settings: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be > 0")
 
 
 def mask_url(url: str) -> str:
