@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from redis.exceptions import LockError
 from redis.lock import Lock
@@ -182,9 +183,9 @@ def start_chains(
                     why = "no poll ran: the chain had died"
                     runs.append(MissedRun(gateway.id, gap, count, grid.interval_ms, why))
             firsts.append((gateway, first, last))
-        firsts = _paced(rt, session, firsts, fresh, now)
+        firsts, paced = _paced(rt, session, firsts, fresh, now)
         missed = record_missed_runs(session, runs)
-        tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
+        tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts], paced)
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
     counters.count_records(rt.redis, rt.keys, runs)
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
@@ -198,26 +199,29 @@ def _paced(
     firsts: list[tuple[PollTarget, int, int | None]],
     fresh: set[int] | frozenset[int],
     now: int,
-) -> list[tuple[PollTarget, int, int | None]]:
+) -> tuple[list[tuple[PollTarget, int, int | None]], dict[int, int]]:
     """The first slots of the `fresh` gateways (a start from stopped: their connections are
-    not open) paced to `POLLING_START_RATE` first polls a second; a gateway whose first
-    poll moved has its `polling_since` moved with it, so the wait is a pause, not an
-    outage (colour, offline alerts). Restarts are never paced: each waiting slot would be
-    one more missed."""
+    not open) paced to `POLLING_START_RATE` first polls a second, and when each moved one
+    may begin (its chain says so: reconcile must not take a first slot more than an
+    interval ahead for a clock's error). A moved gateway's `polling_since` moves with it,
+    so the wait is a pause, not an outage (colour, offline alerts). Restarts are never
+    paced: each waiting slot would be one more missed."""
     new = [(i, g.grid, first) for i, (g, first, _) in enumerate(firsts) if g.id in fresh]
     cap_ms = round(1000 * rt.settings.max_interval)
     paced = paced_firsts(
         [(grid, first) for _, grid, first in new], now, rt.settings.start_rate, cap_ms
     )
     out = list(firsts)
-    moved: list[tuple[int, int]] = []
-    for (i, _, first), later in zip(new, paced, strict=True):
+    moved: list[tuple[int, datetime]] = []  # polling begins at the first slot
+    begins: dict[int, int] = {}  # the chain's paced start: within an interval before it
+    for (i, grid, first), later in zip(new, paced, strict=True):
         if later != first:
             gateway, _, last = firsts[i]
             out[i] = (gateway, later, last)
-            moved.append((gateway.id, later))
-    set_polling_since(session, [(gateway_id, ms_to_dt(at)) for gateway_id, at in moved])
-    return out
+            moved.append((gateway.id, ms_to_dt(later)))
+            begins[gateway.id] = later - grid.interval_ms
+    set_polling_since(session, moved)
+    return out, begins
 
 
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:

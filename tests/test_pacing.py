@@ -72,3 +72,29 @@ def test_start_paces_first_polls_and_moves_polling_since(runtime, free_ports):
         stamp = round(since[gateway_id].timestamp() * 1000)
         assert stamp <= slot  # polling begins no later than the first slot
     assert Settings().start_rate == 500.0
+
+
+def test_a_paced_start_stops_cleanly(runtime, free_ports):
+    count = 20
+    setup_fleet(runtime, fleet(free_ports(count), [1.0] * count))
+    runtime.settings = dataclasses.replace(runtime.settings, start_rate=5.0)
+    service.start(runtime, Sent())
+    report = service.stop(runtime)
+    assert sorted(report.stopped) == sorted(f"gw{i}" for i in range(count))
+
+
+def test_reconcile_leaves_a_paced_chain_more_than_an_interval_ahead_alone(runtime, free_ports):
+    """A paced first slot may lie many intervals ahead; reconcile restarts chains further
+    ahead than one interval (a clock's error), but not these: that would undo the pacing
+    (every restarted chain starts at its next slot, all at once)."""
+    count = 30
+    setup_fleet(runtime, fleet(free_ports(count), [1.0] * count))
+    runtime.settings = dataclasses.replace(runtime.settings, start_rate=5.0)
+    sent = Sent()
+    service.start(runtime, sent)
+    before = {gateway_id: (token, slot) for gateway_id, token, slot in sent.calls}
+    assert max(slot for _, slot in before.values()) - runtime.clock() > 3_000
+    report = service.reconcile(runtime, Sent())
+    assert report.restarted == [] and report.started == []
+    chains = runtime.chains.all()
+    assert {g: (c.token, c.due_ms) for g, c in chains.items()} == before
