@@ -84,7 +84,7 @@ class Settings:
     #: First polls a second when `pollctl start` starts stopped gateways: a first poll
     #: opens a connection, so a start of more than this times the interval is spread over
     #: gateways / rate seconds (see polling/pacing.py).
-    start_rate: float = 500.0
+    start_rate: float = 200.0
     #: A worker freezes its long-lived objects out of Python's full collections as they
     #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0

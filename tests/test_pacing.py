@@ -71,7 +71,7 @@ def test_start_paces_first_polls_and_moves_polling_since(runtime, free_ports):
     for gateway_id, _, slot in sent.calls:
         stamp = round(since[gateway_id].timestamp() * 1000)
         assert stamp <= slot  # polling begins no later than the first slot
-    assert Settings().start_rate == 500.0
+    assert Settings().start_rate == 200.0
 
 
 def test_a_paced_start_stops_cleanly(runtime, free_ports):
