@@ -26,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("gateways", schema=None) as batch_op:
-        batch_op.drop_column("site")
+    # A plain DROP COLUMN (SQLite 3.35+ has it), never batch mode's copy of the table:
+    # dropping the old `gateways` on SQLite would cascade to every reading and poll-log row.
+    op.drop_column("gateways", "site")
