@@ -4,6 +4,7 @@ batches that never mix sites, the per-site workers check, and a gateway that mov
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -200,3 +201,30 @@ def test_a_site_without_a_live_worker_is_critical_alone(runtime, free_ports):
     assert results["workers"].status == "healthy"
     assert results["workers:east"].status == "error"
     assert "canary" in results["workers:east"].message
+
+
+def test_status_shows_and_filters_sites(runtime, env, gateways_file, free_ports):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    def pollctl(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    pollctl("gateway", "import", str(gateways_file(two_sites(free_ports(3), {1, 2}))))
+    pollctl("start")
+    publish(runtime, "w-east@h", ("east",))
+    listed = json.loads(pollctl("status", "--json", "--site", "east"))
+    assert [(s["name"], s["site"], s["polling"]) for s in listed] == [
+        ("gw1", "east", "yes"),
+        ("gw2", "east", "yes"),
+    ]
+    shown = pollctl("status").splitlines()
+    assert shown[0].split()[:3] == ["gateway", "site", "colour"]
+    assert any(
+        line.startswith("gw0 ") and " default " in line and "waiting" in line for line in shown
+    )
+    assert "site default: 1 gateways (1 active), NO WORKER" in shown[-2]
+    assert shown[-1].startswith("site east: 2 gateways (2 active), served by w-east@h; last")

@@ -100,8 +100,9 @@ def check_workers(ctx: Context) -> list[CheckResult]:
     # Every canary goes out first, then each is awaited within the one timeout.
     nonces = {site: _send_canary(ctx, site) for site in sites if serving.get(site)}
     deadline = time.monotonic() + rt.settings.canary_timeout
+    alone = sites == [DEFAULT_SITE]
     return [
-        _site_workers(ctx, site, names, serving.get(site, []), nonces.get(site), deadline)
+        _site_workers(ctx, site, names, serving.get(site, []), nonces.get(site), deadline, alone)
         for site in sites
     ]
 
@@ -126,6 +127,7 @@ def _site_workers(
     pollers: list[str],
     nonce: str | None,
     deadline: float,
+    alone: bool,
 ) -> CheckResult:
     rt = ctx.rt
     component = workers_component(site)
@@ -135,7 +137,7 @@ def _site_workers(
         f" and {len(pollers) - 5} more" if len(pollers) > 5 else ""
     )
     if not pollers:
-        gateways = "no gateway" if site == DEFAULT_SITE else f"no gateway of site {site}"
+        gateways = "no gateway" if alone else f"no gateway of site {site}"
         return CheckResult(
             component,
             "error",
