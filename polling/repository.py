@@ -108,6 +108,7 @@ def _settings(gateway: Gateway, *, enabled: bool) -> dict[str, object]:
         "interval_s": gateway.interval,
         "timeout_s": gateway.timeout,
         "enabled": enabled,
+        "site": gateway.site,
     }
 
 
@@ -140,7 +141,7 @@ def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[
 
 _GATEWAY_COLUMNS = (
     "id", "name", "host", "port", "device_id", "interval_s", "timeout_s",
-    "enabled", "polling", "disabled_reason", "polling_since",
+    "enabled", "polling", "disabled_reason", "polling_since", "site",
 )  # fmt: skip
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
@@ -176,6 +177,7 @@ def _load(session: Session, condition: ColumnElement[bool] | None) -> list[Store
                 device_id=row.device_id,
                 timeout=row.timeout_s,
                 enabled=row.enabled,
+                site=row.site,
             ),
             row.enabled,
             row.polling,

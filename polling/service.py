@@ -42,8 +42,9 @@ from .schedule import ms_to_dt
 
 log = logging.getLogger(__name__)
 
-#: Sends the first step of a chain: (gateway id, token, slot start in ms).
-Enqueue = Callable[[int, str, int], None]
+#: Sends the first step of a chain: (gateway id, token, slot start in ms, the gateway's
+#: site, whose queue it goes to).
+Enqueue = Callable[[int, str, int, str], None]
 
 
 @dataclass
@@ -189,7 +190,7 @@ def start_chains(
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
     counters.count_records(rt.redis, rt.keys, runs)
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
-        enqueue(gateway.id, token, first)
+        enqueue(gateway.id, token, first, gateway.config.site)
     return missed, active
 
 

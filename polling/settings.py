@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .colour import ColourRules
 from .durations import parse_period
 from .errors import ConfigError
+from .sites import DEFAULT_SITE, parse_sites
 from .urls import check_database_url, check_redis_url
 
 ENV_PREFIX = "POLLING_"
@@ -124,6 +125,9 @@ class Settings:
     #: never stalls the others).
     live_heartbeat: float = 15.0
     live_queue: int = 256
+    #: The sites a polling worker serves (comma-separated): it consumes their queues and
+    #: no other (polling/sites.py); `default` is the `polling` queue.
+    sites: str = DEFAULT_SITE
     #: Log lines: auto (JSON unless stderr is a terminal), json or text.
     log_format: str = "auto"
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
@@ -141,6 +145,11 @@ class Settings:
     def alert_url_list(self) -> list[str]:
         """POLLING_ALERT_URLS split on commas and whitespace: one apprise URL per channel."""
         return [url for url in re.split(r"[,\s]+", self.alert_urls) if url]
+
+    @property
+    def site_list(self) -> tuple[str, ...]:
+        """POLLING_SITES as names (checked when the settings were built)."""
+        return parse_sites(self.sites)
 
     @property
     def max_interval(self) -> float:
@@ -191,7 +200,14 @@ class Settings:
             raise ConfigError("POLLING_BUFFER_LIMIT must be >= 0")
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
+        self._check_sites()
         self._check_worker_tuning()
+
+    def _check_sites(self) -> None:
+        try:
+            parse_sites(self.sites)
+        except ValueError as exc:
+            raise ConfigError(f"POLLING_SITES={self.sites!r}: {exc}") from None
 
     def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
