@@ -61,7 +61,15 @@ from polling.saving import flush
 from polling.schedule import ms_to_dt
 from polling.settings import Settings, mask_url
 from polling.simulator import Simulator
-from polling.status import STATES, collect_status, in_state, polling_consumed, summary
+from polling.sites import DEFAULT_SITE
+from polling.status import (
+    STATES,
+    collect_status,
+    in_state,
+    served_sites,
+    site_summaries,
+    summary,
+)
 from polling.timefmt import iso_z, local, span
 from polling.values import cell, shown
 from workers.app import create_app
@@ -394,10 +402,12 @@ def gateway_list(rt: Runtime) -> None:
                 f"{g.config.interval:g}",
                 len(g.config.points),
                 "yes" if g.enabled else "no",
+                g.config.site,
             )
             for g in stored_gateways(session)
         ]
-    click.echo(table(["gateway", "endpoint", "device", "interval_s", "points", "enabled"], rows))
+    headers = ["gateway", "endpoint", "device", "interval_s", "points", "enabled", "site"]
+    click.echo(table(headers, rows))
 
 
 @gateway.command("delete", epilog="Example: pollctl gateway delete meter-7 --yes")
@@ -455,8 +465,15 @@ def start(rt: Runtime, gateways: tuple[str, ...]) -> None:
         click.echo(f"already polling {name}")
     for name, reason in report.skipped.items():
         click.echo(f"not started {name}: {reason}")
-    if (report.started or report.already) and not polling_consumed(rt):
+    polling = report.started + report.already
+    if not polling:
+        return
+    unserved = {g.config.site for g in service.named_gateways(rt, polling)} - served_sites(rt)
+    if unserved == {DEFAULT_SITE}:
         click.echo(f"warning: {NO_POLLING_WORKER}: the chains wait until one starts", err=True)
+    elif unserved:
+        listed = ", ".join(sorted(unserved))
+        click.echo(f"warning: no worker serves site {listed}: its chains wait", err=True)
 
 
 @running.command(epilog="Example: pollctl stop --gateway meter-7")
@@ -540,6 +557,12 @@ def poll_now(rt: Runtime, name: str) -> None:
     help="Only gateways of this colour (repeatable): grey, red, yellow, green.",
 )
 @click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    help="Only gateways of this site (repeatable); its summary line follows the table.",
+)
+@click.option(
     "--detailed",
     is_flag=True,
     help="Add counts of skipped (of those, shed under overload) and missed slots, errors.",
@@ -551,42 +574,57 @@ def status(
     gateways: tuple[str, ...],
     states: tuple[str, ...],
     colours: tuple[str, ...],
+    sites: tuple[str, ...],
     detailed: bool,
     as_json: bool,
 ) -> None:
-    """Per gateway: colour, enabled, polling, last poll and outcome, last success, next
-    due, counts; a gateway its failures disabled shows its breaker and next probe.
+    """Per gateway: site, colour, enabled, polling, last poll and outcome, last success,
+    next due, counts; a gateway its failures disabled shows its breaker and next probe.
 
-    On a terminal, a summary line comes first and a long table goes through a pager."""
+    On a terminal, a summary line comes first and a long table goes through a pager. With
+    more than one site (or --site), a line per site follows the table: its gateways, the
+    workers serving it, its polled and missed slots over POLLING_HEALTH_WINDOW."""
     if gateways:
         service.select_gateways(rt, gateways)  # an unknown name is an error
+    every = collect_status(rt)
     statuses = [
         s
-        for s in collect_status(rt)
+        for s in every
         if (not gateways or s.name in gateways)
         and (not states or any(in_state(s, x) for x in states))
         and (not colours or s.colour in colours)
+        and (not sites or s.site in sites)
     ]
     if as_json:
         click.echo(json.dumps([s.as_json() for s in statuses], indent=2))
         return
     if any(s.polling == "waiting" for s in statuses):
-        click.echo(f"warning: {NO_POLLING_WORKER}: nothing is being polled", err=True)
-    headers = ["gateway", "colour", "enabled", "polling", "last_poll", "outcome", "last_ok"]
+        waiting = sorted({s.site for s in statuses if s.polling == "waiting"})
+        if waiting == [DEFAULT_SITE]:
+            click.echo(f"warning: {NO_POLLING_WORKER}: nothing is being polled", err=True)
+        else:
+            click.echo(f"warning: no worker serves site {', '.join(waiting)}", err=True)
+    headers = ["gateway", "site", "colour", "enabled", "polling", "last_poll", "outcome"]
+    headers += ["last_ok"]
     headers += ["next_due", "ok", "failed", "consec_fail"]
     if detailed:
         headers += ["skipped", "shed", "missed", "note"]
     now = ms_to_dt(rt.clock())
     rows: list[list[object]] = []
     for s in statuses:
-        row: list[object] = [s.name, s.colour.upper(), "yes" if s.enabled else "NO", s.polling]
+        row: list[object] = [s.name, s.site, s.colour.upper(), "yes" if s.enabled else "NO"]
+        row += [s.polling]
         row += [local(s.last_slot), s.last_outcome or "-", _last_ok(s, now)]
         row += [_next_due(s), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
             row += [s.skipped, s.shed, s.missed, note]
         rows.append(row)
-    _page(table(headers, rows), summary(statuses))
+    lines = []
+    if sites or len({s.site for s in every}) > 1:  # a fleet of one site needs no line
+        lines = [x.line() for x in site_summaries(rt) if not sites or x.site in sites]
+    text = table(headers, rows) + "".join(f"\n{line}" for line in lines)
+    _page(text, summary(statuses))
 
 
 def _last_ok(s: GatewayStatus, now: datetime) -> str:

@@ -21,6 +21,8 @@ from .noop import BROKER as MICRO_BROKER
 from .run import Bench, Plan
 
 SETUPS = ("pollctl", "naive", "floor")
+#: Fleet sizes of the `--scale` sweep (all at one offered rate: cost per poll by size).
+SCALE_SIZES = (100, 1000, 5000, 10000)
 
 
 def raise_file_limit() -> None:
@@ -195,7 +197,14 @@ def main() -> None:
     parser.add_argument(
         "--scale",
         action="store_true",
-        help="sweep 100, 1000, 5000, 10000 gateways at latencies 0 and 20 ms",
+        help="sweep 100, 1000, 5000, 10000 gateways at one offered rate (--rate), each "
+        "setup in turn on one fleet, at the device latencies of --latencies",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=400.0, help="polls/s offered in the --scale sweep"
+    )
+    parser.add_argument(
+        "--latencies", default="0", help="device latencies (ms) of the --scale sweep: 0,20"
     )
     parser.add_argument(
         "--profile",
@@ -228,8 +237,9 @@ def main() -> None:
         run_micro(args.out)
     if args.micro_only:
         return
+    latencies = [float(x) for x in args.latencies.split(",") if x]
     sizes = (
-        [(n, lat) for lat in (0.0, 20.0) for n in (100, 1000, 5000, 10000)]
+        [(n, lat) for lat in latencies for n in SCALE_SIZES]
         if args.scale
         else [(args.gateways, args.latency_ms)]
     )
@@ -237,7 +247,7 @@ def main() -> None:
     for n, latency in sizes:
         plan = Plan(
             n,
-            args.interval,
+            n / args.rate if args.scale else args.interval,
             args.seconds,
             args.warmup,
             latency,

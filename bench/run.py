@@ -119,7 +119,10 @@ class Bench:
     def pollctl(self, *args: str) -> None:
         env = {**os.environ, **self.env(), "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-c", "from cli import main; main()", *args]
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=600)
+        if done.returncode:
+            err = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"pollctl {' '.join(args)} failed ({done.returncode}): {err[0]}")
 
     def env(self) -> dict[str, str]:
         shedding = (

@@ -96,5 +96,7 @@ Installed$([ "$DRY_RUN" = 1 ] && echo " (dry run: nothing changed)")$([ -n "$PRE
   $VENV/bin/pollctl gateway import /etc/pollctl/gateways.yaml
   systemctl start ${ENABLE[*]}
   $VENV/bin/pollctl start && $VENV/bin/pollctl validate
+Sites (gateways with \`site: NAME\`): a worker instance N serves the sites named in
+  /etc/pollctl/worker-N.env (POLLING_SITES=east), else \`default\`; see README, Deploying.
 Look at it: systemctl status 'pollctl*'; journalctl -u 'pollctl*' -f; $VENV/bin/pollctl status
 EOF

@@ -2,7 +2,7 @@
 -- of ten thousand).
 --
 -- KEYS: chain hashes. ARGV: none.
--- Reply: per chain, its token, due and last fields (nil where missing).
+-- Reply: per chain, its token, due, last and paced fields (nil where missing).
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], 'token', 'due', 'last') end
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], 'token', 'due', 'last', 'paced') end
 return out

@@ -54,6 +54,9 @@ class ChainState:
     due_ms: int
     #: Start of the last slot the chain accounted for, if any.
     last_ms: int | None
+    #: A paced start (polling/pacing.py): the chain was not to begin before this, so its
+    #: first slot may lie further ahead than one interval.
+    paced_ms: int | None = None
 
 
 class Chains:
@@ -83,9 +86,14 @@ class Chains:
         out = {}
         for first in range(0, len(names), STATES_CHUNK):
             part = names[first : first + STATES_CHUNK]
-            for name, (token, due, last) in zip(part, self._states(keys=part), strict=True):
+            for name, (token, due, last, paced) in zip(part, self._states(keys=part), strict=True):
                 if token is not None and due is not None:
-                    state = ChainState(as_text(token), int(due), int(last) if last else None)
+                    state = ChainState(
+                        as_text(token),
+                        int(due),
+                        int(last) if last else None,
+                        int(paced) if paced else None,
+                    )
                     out[self.keys.chain_gateway(name)] = state
         return out
 
@@ -99,9 +107,12 @@ class Chains:
         _, current = pipe.execute()
         return int(as_text(current).rsplit(":", 1)[1])
 
-    def issue(self, chains: list[tuple[int, int, int | None]]) -> list[str]:
+    def issue(
+        self, chains: list[tuple[int, int, int | None]], paced: dict[int, int] | None = None
+    ) -> list[str]:
         """Start a chain for each (gateway id, first slot, last slot accounted for), in one
-        round trip: a fresh token replaces any old one, whose steps then die stale."""
+        round trip: a fresh token replaces any old one, whose steps then die stale.
+        `paced`: gateway id -> the time a paced start let its chain begin."""
         tokens = [uuid.uuid4().hex for _ in chains]
         pipe = self.redis.pipeline(transaction=True)
         for (gateway_id, first_ms, last_ms), token in zip(chains, tokens, strict=True):
@@ -111,6 +122,8 @@ class Chains:
             pipe.hset(key, "due", first_ms)
             if last_ms is not None:
                 pipe.hset(key, "last", last_ms)
+            if paced and gateway_id in paced:
+                pipe.hset(key, "paced", paced[gateway_id])
         pipe.execute()
         return tokens
 

@@ -17,10 +17,12 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
+from . import heartbeat
 from .db import is_unreachable
 from .plan import PollTarget
 from .repository import load_gateways, load_gateways_by_id
 from .runtime import Runtime
+from .sites import DEFAULT_SITE, sites_of
 
 
 def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, PollTarget | None]:
@@ -101,3 +103,23 @@ def names(rt: Runtime) -> Callable[[int], str | None]:
         return by_id.get(gateway_id)
 
     return name_of
+
+
+def sites(rt: Runtime) -> Callable[[int], str]:
+    """A gateway's site by id, from the fleet as last read (`fleet`); `default` for one
+    not in it (deleted meanwhile: whatever is sent for it dies at its token check)."""
+    by_id = {g.id: g.config.site for g in fleet(rt)}
+    return lambda gateway_id: by_id.get(gateway_id, DEFAULT_SITE)
+
+
+def known_sites(rt: Runtime) -> list[str]:
+    """Every site there is to look at: those of the gateways and those live workers serve,
+    `default` first and always (the queue views list each site's queue, empty or not).
+    Without the database, the workers' alone."""
+    found = set(heartbeat.serving(heartbeat.live_workers(rt.redis, rt.keys)))
+    try:
+        found |= {g.config.site for g in fleet(rt)}
+    except DBAPIError as exc:
+        if not is_unreachable(exc):
+            raise
+    return sites_of(found | {DEFAULT_SITE})

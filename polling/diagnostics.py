@@ -42,7 +42,8 @@ __all__ = ["CheckResult", "Context", "Diagnosis", "diagnose", "exit_code", "heal
 log = logging.getLogger(__name__)
 
 Health = Literal["healthy", "degraded", "critical"]
-Check = Callable[[Context], CheckResult]
+#: A check gives one result, or one per site (`check_workers`).
+Check = Callable[[Context], CheckResult | list[CheckResult]]
 Fix = Callable[[Context, CheckResult], list[str]]
 
 #: Without these the other checks cannot run.
@@ -82,7 +83,7 @@ class Diagnosis:
 def diagnose(ctx: Context, *, fix: bool = False) -> Diagnosis:
     """Run every check (Redis and the database first: without them nothing else can be
     checked); with `fix`, apply the safe repairs."""
-    services = [check(ctx) for check in SERVICES]
+    services = [r for check in SERVICES for r in _run(check, ctx)]
     if any(r.status == "error" for r in services):
         return Diagnosis(services)
     diagnosis = run_checks(ctx, CHECKS, fix=fix)
@@ -95,24 +96,25 @@ def run_checks(ctx: Context, checks: Sequence[tuple[Check, Fix | None]], *, fix:
     results: list[CheckResult] = []
     repairs: dict[str, list[str]] = {}
     for check, repair in checks:
-        result = _run(check, ctx)
-        if fix and repair is not None and result.fixable:
-            actions = repair(ctx, result)
+        found = _run(check, ctx)
+        if fix and repair is not None and len(found) == 1 and found[0].fixable:
+            actions = repair(ctx, found[0])
             if actions:
-                repairs[result.component] = actions
-                result = _run(check, ctx)
-        results.append(result)
+                repairs[found[0].component] = actions
+                found = _run(check, ctx)
+        results += found
     return Diagnosis(results, repairs)
 
 
-def _run(check: Check, ctx: Context) -> CheckResult:
+def _run(check: Check, ctx: Context) -> list[CheckResult]:
     """A check that breaks is itself a finding, not the end of the diagnosis."""
     try:
-        return check(ctx)
+        result = check(ctx)
     except Exception as exc:
         log.exception("check %s failed", check.__name__)
         component = check.__name__.removeprefix("check_")
-        return CheckResult(component, "error", f"check failed: {type(exc).__name__}: {exc}")
+        result = CheckResult(component, "error", f"check failed: {type(exc).__name__}: {exc}")
+    return result if isinstance(result, list) else [result]
 
 
 def exit_code(results: list[CheckResult]) -> int:

@@ -23,6 +23,7 @@ from .gateways import (
     Point,
 )
 from .gatewaystream import NotAList, Progress, read_entries
+from .sites import DEFAULT_SITE, site_problem
 
 
 class _Errors:
@@ -204,6 +205,7 @@ def _gateway(
     port = f.integer("port", 1, 65535, default=502)
     device_id = f.integer("device_id", 0, 255, default=1)
     enabled = f.get("enabled", (bool,), default=True)
+    site = _site(f)
     min_interval, max_interval = limits
     interval = f.number("interval", required=True)
     if interval is not None and interval <= 0:
@@ -236,8 +238,16 @@ def _gateway(
         interval=interval or 1.0,
         timeout=timeout or DEFAULT_TIMEOUT,
         enabled=enabled,
+        site=site,
         points=_points(entry.get("points"), name, errors),
     )
+
+
+def _site(f: _Fields) -> str:
+    site = f.get("site", (str,), default=DEFAULT_SITE)
+    if why := site_problem(site):
+        f.bad("site", why)
+    return site
 
 
 def _name(entry: dict, where: str, errors: _Errors) -> str | None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import codec
+from .sites import DEFAULT_SITE
 
 REGISTERS = ("holding", "input", "coil", "discrete")
 MAX_ADDRESS = 65535
 DEFAULT_TIMEOUT = 3.0
 
-GATEWAY_FIELDS = {"name", "host", "port", "device_id", "interval", "timeout", "enabled", "points"}
+GATEWAY_FIELDS = {
+    "name", "host", "port", "device_id", "interval", "timeout", "enabled", "points", "site",
+}  # fmt: skip
 POINT_FIELDS = {
     "name",
     "register",
@@ -65,3 +68,5 @@ class Gateway:
     device_id: int = 1
     timeout: float = DEFAULT_TIMEOUT
     enabled: bool = True
+    #: The network it lives on: only workers serving this site poll it (polling/sites.py).
+    site: str = DEFAULT_SITE

@@ -16,6 +16,7 @@ from redis import Redis
 
 from .keys import Keys
 from .settings import Settings
+from .sites import DEFAULT_SITE
 
 #: Written this often; a heartbeat missing three periods in a row is a dead process.
 PERIOD_SECONDS = 5.0
@@ -69,8 +70,10 @@ class ProcessInfo:
     config: str
     seen_ms: int
     queues: tuple[str, ...] = ()
-    #: For a worker: whether it consumes the polling queue.
+    #: For a worker: whether it consumes a polling queue (some site's) now.
     polls: bool = False
+    #: For a worker: the sites whose polling queues it consumes now (polling/sites.py).
+    sites: tuple[str, ...] = ()
     #: For a beat: whether it holds the singleton lock and sends.
     active: bool = False
     #: This host's clock minus Redis's (ms), when measured.
@@ -106,6 +109,10 @@ def live(redis: Redis, pattern: str) -> list[ProcessInfo]:
             continue  # expired between SCAN and MGET
         data = json.loads(raw)
         data["queues"] = tuple(data.get("queues", ()))
+        # A worker that polls and names no site (the release before sites) polls the
+        # default site's queue alone.
+        default = (DEFAULT_SITE,) if data.get("polls") else ()
+        data["sites"] = tuple(data.get("sites") or default)
         infos.append(ProcessInfo(**data))
     return sorted(infos, key=lambda i: i.name)
 
@@ -116,3 +123,12 @@ def live_workers(redis: Redis, keys: Keys) -> list[ProcessInfo]:
 
 def live_beats(redis: Redis, keys: Keys) -> list[ProcessInfo]:
     return live(redis, keys.beats_pattern)
+
+
+def serving(workers: list[ProcessInfo]) -> dict[str, list[str]]:
+    """Site -> names of the live workers consuming its polling queue now."""
+    out: dict[str, list[str]] = {}
+    for worker in workers:
+        for site in worker.sites:
+            out.setdefault(site, []).append(worker.name)
+    return out

@@ -40,6 +40,8 @@ class Overdue:
 
 
 def is_ahead(gateway: PollTarget, chain: ChainState, now_ms: int) -> bool:
-    """The chain's next slot is further ahead than one interval: a clock ahead of the
-    fleet's moved it there (before the fleet clock), and it would poll nothing until then."""
-    return chain.due_ms > now_ms + gateway.grid.interval_ms + AHEAD_SLACK_MS
+    """The chain's next slot is further ahead than one interval (from now, or from when a
+    paced start let it begin): a clock ahead of the fleet's moved it there (before the
+    fleet clock), and it would poll nothing until then."""
+    begins = max(now_ms, chain.paced_ms or 0)
+    return chain.due_ms > begins + gateway.grid.interval_ms + AHEAD_SLACK_MS

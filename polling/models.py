@@ -67,6 +67,8 @@ class GatewayRow(Base):
     timeout_s: Mapped[float] = mapped_column(Float)
     #: As configured (the YAML file), or cleared by the failure threshold.
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The network it lives on (polling/sites.py): its polls go to that site's queue.
+    site: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
     polling: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -26,6 +26,9 @@ class Outcome(StrEnum):
     # Nothing recorded, the chain moved to the slot in progress: the interval changed
     # since the step was sent, so its slot is not on the gateway's grid any more.
     REALIGNED = "realigned"
+    # Nothing recorded, the step goes on unchanged to its gateway's site: the gateway moved
+    # to another site since the step was sent (a worker polls only the sites it reaches).
+    FORWARDED = "forwarded"
 
     @property
     def recorded(self) -> bool:

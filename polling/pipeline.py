@@ -40,6 +40,7 @@ from .plan import PollTarget
 from .repository import set_chain_tokens
 from .runtime import Runtime
 from .schedule import ms_to_dt
+from .sites import DEFAULT_SITE
 from .steps import Step
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,28 @@ class BatchResult:
     successors: list[Step]
     #: Gateway name -> error, of each failed poll (for the batch's log line).
     failed: dict[str, str] = field(default_factory=dict)
+    #: The site of each successor's gateway (its queue); `default` when not listed.
+    sites: dict[int, str] = field(default_factory=dict)
     #: Steps shed: begun too late after their slots, recorded as skipped, not polled.
     shed: int = 0
 
+    def by_site(self) -> dict[str, list[Step]]:
+        """The successors grouped by their gateways' sites, to be sent apart."""
+        out: dict[str, list[Step]] = {}
+        for step in self.successors:
+            out.setdefault(self.sites.get(step[0], DEFAULT_SITE), []).append(step)
+        return out
 
-def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
-    """One step of each chain in `steps` (slots of one window), phase by phase."""
-    loaded, tally = _load(rt, steps)
+
+def poll_batch(rt: Runtime, steps: Sequence[Step], site: str | None = None) -> BatchResult:
+    """One step of each chain in `steps` (slots of one window), phase by phase. Taken from
+    `site`'s queue: a step whose gateway is on another site now is not polled here but
+    forwarded, unchanged, to its site (None: every step is polled here)."""
+    loaded, tally, forward = _load(rt, steps, site)
+    sites = {target.id: target.config.site for target, _ in loaded + forward}
+    forwarded = [step for _, step in forward]
     if not loaded:
-        return BatchResult(tally, [])
+        return BatchResult(tally, forwarded, sites=sites)
     now = rt.clock()
     begun, endpoints, shed = _claim(rt, loaded, now)
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now, shed)
@@ -91,7 +105,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step]) -> BatchResult:
     shed_n = sum(
         begun[i].outcome is Outcome.DUE and shedding.is_shed(s.error) for i, s in served.items()
     )
-    return BatchResult(tally, successors, failed, shed_n)
+    return BatchResult(tally, successors + forwarded, failed, sites, shed_n)
 
 
 def _poll_fields(target: PollTarget, step: Begun | None) -> dict[str, object]:
@@ -111,11 +125,15 @@ def _fields(target: PollTarget, step: Begun) -> dict[str, object]:
 Loaded = list[tuple[PollTarget, Step]]
 
 
-def _load(rt: Runtime, steps: Sequence[Step]) -> tuple[Loaded, Counter[Outcome]]:
+def _load(
+    rt: Runtime, steps: Sequence[Step], site: str | None
+) -> tuple[Loaded, Counter[Outcome], Loaded]:
     """Each step still to begin with its gateway; steps of gateways that are inactive,
-    gone, or unknown while the database is down end here (counted)."""
+    gone, or unknown while the database is down end here (counted); steps of gateways
+    now on a site other than `site` go on there (the third list, counted as forwarded)."""
     gateways = configcache.gateways_for_poll(rt, {gateway_id for gateway_id, _, _ in steps})
     loaded: Loaded = []
+    forward: Loaded = []
     tally: Counter[Outcome] = Counter()
     for step in steps:
         gateway_id, token, _ = step
@@ -127,9 +145,12 @@ def _load(rt: Runtime, steps: Sequence[Step]) -> tuple[Loaded, Counter[Outcome]]
         elif (target := gateways[gateway_id]) is None or not target.active:
             rt.chains.retire(gateway_id, token)
             tally[Outcome.RETIRED] += 1
+        elif site is not None and target.config.site != site:
+            forward.append((target, step))
+            tally[Outcome.FORWARDED] += 1
         else:
             loaded.append((target, step))
-    return loaded, tally
+    return loaded, tally, forward
 
 
 Endpoints = list[tuple[EndpointLock, LockState]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ from .models import GatewayRow, PollLog, Reading
 from .schedule import dt_to_ms, ms_to_dt
 from .settings import Settings
 from .shedding import SHED_PREFIX
+from .sites import DEFAULT_SITE
 from .timefmt import iso_z
 
 
@@ -22,7 +24,7 @@ class GatewayStatus:
     name: str
     enabled: bool
     disabled_reason: str | None
-    #: yes (live chain) | waiting (live chain, but no worker consumes `polling`) |
+    #: yes (live chain) | waiting (live chain, but no worker serves its site) |
     #: overdue (chain stopped advancing) | no
     polling: str
     interval: float
@@ -44,6 +46,8 @@ class GatewayStatus:
     #: closed, or open: disabled by its failures (recovery probes it at `next_probe_at`).
     breaker: str = "closed"
     next_probe_at: datetime | None = None
+    #: The network it lives on (polling/sites.py).
+    site: str = DEFAULT_SITE
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -65,13 +69,14 @@ def gateway_statuses(
     chains: dict[int, ChainState],
     overdue: set[int],
     *,
-    consumed: bool = True,
+    consumed: bool | Container[str] = True,
     now: datetime | None = None,
     settings: Settings | None = None,
     critical: frozenset[int] | set[int] = frozenset(),
 ) -> list[GatewayStatus]:
     """Counts come from the poll log (scheduled polls only), one grouped query. Without a
-    worker consuming `polling` (`consumed` false), a live chain is only waiting. The
+    worker serving its site (`consumed`: the sites served, or whether any worker polls),
+    a live chain is only waiting. The
     colour is judged at `now` on the failure rate over the health window; `critical`
     holds the gateways with an open critical alert."""
     settings = settings or Settings()
@@ -95,7 +100,8 @@ def gateway_statuses(
         chain = chains.get(row.id)
         last = latest.get(row.id)
         c = counts.get(row.id, {})
-        polling = _polling(chain is not None, row.id in overdue, consumed)
+        served = consumed if isinstance(consumed, bool) else row.site in consumed
+        polling = _polling(chain is not None, row.id in overdue, served)
         out.append(
             GatewayStatus(
                 name=row.name,
@@ -121,6 +127,7 @@ def gateway_statuses(
                 ).value,
                 breaker="open" if not row.enabled and row.probe_delay_s is not None else "closed",
                 next_probe_at=row.next_probe_at,
+                site=row.site,
             )
         )
     return out

@@ -247,9 +247,14 @@ def record_polls(
         pgwrite.copy_readings(session, readings)
     else:
         insert_ignoring_conflicts(session, Reading.__table__, readings)
-    _keep_last_ok(session, [p.record for p in fresh if p.record.outcome == Outcome.OK])
     counted = [p.record for p in fresh if p.record.kind == PollKind.SCHEDULED]
-    _recount_healthy(session, sorted({r.gateway_id for r in counted if r.outcome == Outcome.OK}))
+    oks = [p.record for p in fresh if p.record.outcome == Outcome.OK]
+    healthy = sorted({r.gateway_id for r in counted if r.outcome == Outcome.OK})
+    if fast:
+        pgwrite.update_ok_gateways(session, _ok_rows(oks, set(healthy)))
+    else:
+        _keep_last_ok(session, oks)
+        _recount_healthy(session, healthy)
     newest_failure = {
         r.gateway_id: r for r in sorted(counted, key=_by_slot) if r.outcome == Outcome.FAILED
     }
@@ -407,14 +412,30 @@ def _recount_healthy(session: Session, healthy: list[int]) -> None:
     )
 
 
-def _keep_last_ok(session: Session, oks: Sequence[PollRecord]) -> None:
-    """Each gateway's `last_ok_at`: the newest finish among `oks`, never moved back (a
-    buffered record flushed late is older). One executemany for the batch."""
+def _newest_ok(oks: Sequence[PollRecord]) -> dict[int, datetime]:
+    """Each gateway's newest finish among `oks`."""
     newest: dict[int, datetime] = {}
     for r in oks:
         at = r.finished_at or r.started_at
         if at is not None and (r.gateway_id not in newest or at > newest[r.gateway_id]):
             newest[r.gateway_id] = at
+    return newest
+
+
+def _ok_rows(oks: Sequence[PollRecord], healthy: set[int]) -> list[dict]:
+    """`pgwrite.update_ok_gateways`'s rows: every gateway with an ok record (and a time)."""
+    newest = _newest_ok(oks)
+    rows = [{"gid": g, "at": at, "recount": g in healthy} for g, at in newest.items()]
+    # A scheduled ok without a time still restarts the count (never seen: records of
+    # scheduled polls carry their start).
+    rows += [{"gid": g, "at": None, "recount": True} for g in healthy - newest.keys()]
+    return rows
+
+
+def _keep_last_ok(session: Session, oks: Sequence[PollRecord]) -> None:
+    """Each gateway's `last_ok_at`: the newest finish among `oks`, never moved back (a
+    buffered record flushed late is older). One executemany for the batch."""
+    newest = _newest_ok(oks)
     if not newest:
         return
     table = GatewayRow.__table__

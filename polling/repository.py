@@ -108,6 +108,7 @@ def _settings(gateway: Gateway, *, enabled: bool) -> dict[str, object]:
         "interval_s": gateway.interval,
         "timeout_s": gateway.timeout,
         "enabled": enabled,
+        "site": gateway.site,
     }
 
 
@@ -140,7 +141,7 @@ def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[
 
 _GATEWAY_COLUMNS = (
     "id", "name", "host", "port", "device_id", "interval_s", "timeout_s",
-    "enabled", "polling", "disabled_reason", "polling_since",
+    "enabled", "polling", "disabled_reason", "polling_since", "site",
 )  # fmt: skip
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
@@ -176,6 +177,7 @@ def _load(session: Session, condition: ColumnElement[bool] | None) -> list[Store
                 device_id=row.device_id,
                 timeout=row.timeout_s,
                 enabled=row.enabled,
+                site=row.site,
             ),
             row.enabled,
             row.polling,
@@ -215,6 +217,18 @@ def set_polling_many(session: Session, gateway_ids: Sequence[int], *, on: bool) 
             update(table)  # type: ignore[arg-type]
             .where(table.c.id.in_(part))
             .values(polling=on, chain_token=None)
+        )
+
+
+def set_polling_since(session: Session, stamps: Sequence[tuple[int, datetime]]) -> None:
+    """Move gateways' `polling_since` (a paced start: polling begins at the first slot)."""
+    if stamps:
+        table = GatewayRow.__table__
+        session.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id == bindparam("gid"))
+            .values(polling_since=bindparam("at"), updated_at=table.c.updated_at),
+            [{"gid": gateway_id, "at": at} for gateway_id, at in stamps],
         )
 
 

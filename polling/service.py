@@ -11,15 +11,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from redis.exceptions import LockError
 from redis.lock import Lock
+from sqlalchemy.orm import Session
 
 from . import configcache, counters
 from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
 from .liveness import Overdue, is_ahead
+from .pacing import paced_firsts
 from .pipeline import poll_once, retire_chains
 from .plan import PollTarget
 from .records import MissedRun, last_recorded_slots, record_missed_runs
@@ -31,14 +34,17 @@ from .repository import (
     reenable,
     set_chain_tokens,
     set_polling_many,
+    set_polling_since,
 )
 from .runtime import Runtime
 from .saving import flush
+from .schedule import ms_to_dt
 
 log = logging.getLogger(__name__)
 
-#: Sends the first step of a chain: (gateway id, token, slot start in ms).
-Enqueue = Callable[[int, str, int], None]
+#: Sends the first step of a chain: (gateway id, token, slot start in ms, the gateway's
+#: site, whose queue it goes to).
+Enqueue = Callable[[int, str, int, str], None]
 
 
 @dataclass
@@ -178,13 +184,45 @@ def start_chains(
                     why = "no poll ran: the chain had died"
                     runs.append(MissedRun(gateway.id, gap, count, grid.interval_ms, why))
             firsts.append((gateway, first, last))
+        firsts, paced = _paced(rt, session, firsts, fresh, now)
         missed = record_missed_runs(session, runs)
-        tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts])
+        tokens = rt.chains.issue([(g.id, first, last) for g, first, last in firsts], paced)
         set_chain_tokens(session, [(g.id, t) for (g, _, _), t in zip(firsts, tokens, strict=True)])
     counters.count_records(rt.redis, rt.keys, runs)
     for (gateway, first, _), token in zip(firsts, tokens, strict=True):
-        enqueue(gateway.id, token, first)
+        enqueue(gateway.id, token, first, gateway.config.site)
     return missed, active
+
+
+def _paced(
+    rt: Runtime,
+    session: Session,
+    firsts: list[tuple[PollTarget, int, int | None]],
+    fresh: set[int] | frozenset[int],
+    now: int,
+) -> tuple[list[tuple[PollTarget, int, int | None]], dict[int, int]]:
+    """The first slots of the `fresh` gateways (a start from stopped: their connections are
+    not open) paced to `POLLING_START_RATE` first polls a second, and when each moved one
+    may begin (its chain says so: reconcile must not take a first slot more than an
+    interval ahead for a clock's error). A moved gateway's `polling_since` moves with it,
+    so the wait is a pause, not an outage (colour, offline alerts). Restarts are never
+    paced: each waiting slot would be one more missed."""
+    new = [(i, g.grid, first) for i, (g, first, _) in enumerate(firsts) if g.id in fresh]
+    cap_ms = round(1000 * rt.settings.max_interval)
+    paced = paced_firsts(
+        [(grid, first) for _, grid, first in new], now, rt.settings.start_rate, cap_ms
+    )
+    out = list(firsts)
+    moved: list[tuple[int, datetime]] = []  # polling begins at the first slot
+    begins: dict[int, int] = {}  # the chain's paced start: within an interval before it
+    for (i, grid, first), later in zip(new, paced, strict=True):
+        if later != first:
+            gateway, _, last = firsts[i]
+            out[i] = (gateway, later, last)
+            moved.append((gateway.id, ms_to_dt(later)))
+            begins[gateway.id] = later - grid.interval_ms
+    set_polling_since(session, moved)
+    return out, begins
 
 
 def stop(rt: Runtime, names: Iterable[str] | None = None) -> FleetReport:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .colour import ColourRules
 from .durations import parse_period
 from .errors import ConfigError
+from .sites import DEFAULT_SITE, parse_sites
 from .urls import check_database_url, check_redis_url
 
 ENV_PREFIX = "POLLING_"
@@ -87,6 +88,10 @@ class Settings:
     #: slot late; late_limit 0 turns shedding off.
     late_limit: float = 0.25
     late_share: float = 0.1
+    #: First polls a second when `pollctl start` starts stopped gateways: a first poll
+    #: opens a connection, so a start of more than this times the interval is spread over
+    #: gateways / rate seconds (see polling/pacing.py).
+    start_rate: float = 200.0
     #: A worker freezes its long-lived objects out of Python's full collections as they
     #: settle and refreshes the freeze this often (see workers/gcfreeze.py); 0 turns it off.
     gc_refreeze_seconds: float = 600.0
@@ -126,6 +131,9 @@ class Settings:
     #: never stalls the others).
     live_heartbeat: float = 15.0
     live_queue: int = 256
+    #: The sites a polling worker serves (comma-separated): it consumes their queues and
+    #: no other (polling/sites.py); `default` is the `polling` queue.
+    sites: str = DEFAULT_SITE
     #: Log lines: auto (JSON unless stderr is a terminal), json or text.
     log_format: str = "auto"
     #: True when POLLING_REDIS_URL was given explicitly (the demo then never embeds Redis).
@@ -143,6 +151,11 @@ class Settings:
     def alert_url_list(self) -> list[str]:
         """POLLING_ALERT_URLS split on commas and whitespace: one apprise URL per channel."""
         return [url for url in re.split(r"[,\s]+", self.alert_urls) if url]
+
+    @property
+    def site_list(self) -> tuple[str, ...]:
+        """POLLING_SITES as names (checked when the settings were built)."""
+        return parse_sites(self.sites)
 
     @property
     def max_interval(self) -> float:
@@ -193,16 +206,22 @@ class Settings:
             raise ConfigError("POLLING_BUFFER_LIMIT must be >= 0")
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
+        self._check_sites()
         self._check_worker_tuning()
         self._check_shedding()
+
+    def _check_sites(self) -> None:
+        try:
+            parse_sites(self.sites)
+        except ValueError as exc:
+            raise ConfigError(f"POLLING_SITES={self.sites!r}: {exc}") from None
 
     def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
             raise ConfigError("POLLING_BATCH_WINDOW must be between 0 and 1 second")
         if self.batch_size < 1:
             raise ConfigError("POLLING_BATCH_SIZE must be >= 1")
-        if self.clock_skew_max <= 0:
-            raise ConfigError("POLLING_CLOCK_SKEW_MAX must be > 0")
+        _check_positive(self, "clock_skew_max", "start_rate")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError("POLLING_LOG_FORMAT must be auto, json or text")
         if self.live_heartbeat <= 0 or self.live_queue < 1:
@@ -261,6 +280,12 @@ class Settings:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
         return f"Settings({inner})"
+
+
+def _check_positive(settings: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be > 0")
 
 
 def mask_url(url: str) -> str:

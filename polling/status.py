@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
+
 from . import configcache, heartbeat, queries
 from .alerts.store import open_critical_gateways
 from .chains import ChainState
@@ -12,7 +15,7 @@ from .schedule import ms_to_dt
 
 def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
     chains, overdue = live_chains(rt)
-    consumed = polling_consumed(rt)
+    consumed = served_sites(rt)
     with rt.sessions() as session:
         return queries.gateway_statuses(
             session,
@@ -28,6 +31,59 @@ def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
 def polling_consumed(rt: Runtime) -> bool:
     """Whether a live worker consumes `polling` (by the heartbeats): else chains only wait."""
     return any(w.polls for w in heartbeat.live_workers(rt.redis, rt.keys))
+
+
+def served_sites(rt: Runtime) -> set[str]:
+    """The sites some live worker serves now (by the heartbeats): chains of the others
+    only wait."""
+    return set(heartbeat.serving(heartbeat.live_workers(rt.redis, rt.keys)))
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """One site: its gateways, who serves it, and its slots over the health window."""
+
+    site: str
+    gateways: int
+    active: int
+    workers: list[str]
+    polled: int
+    missed: int
+    window_s: float
+
+    def line(self) -> str:
+        """`site east: 3 gateways (3 active), served by w-east@h; last 300 s: 90 polled,
+        0 missed`."""
+        served = f"served by {', '.join(self.workers)}" if self.workers else "NO WORKER"
+        return (
+            f"site {self.site}: {self.gateways} gateways ({self.active} active), {served}; "
+            f"last {self.window_s:g} s: {self.polled} polled, {self.missed} missed"
+        )
+
+
+def site_summaries(rt: Runtime) -> list[SiteSummary]:
+    """Every known site (those of the gateways and those workers serve), `default` first."""
+    fleet = configcache.fleet(rt)
+    serving = heartbeat.serving(heartbeat.live_workers(rt.redis, rt.keys))
+    window = rt.settings.health_window
+    with rt.sessions() as session:
+        stats = queries.window_stats(session, ms_to_dt(rt.clock()) - timedelta(seconds=window))
+    out = []
+    for site in configcache.known_sites(rt):
+        members = [g for g in fleet if g.config.site == site]
+        found = [stats[g.id] for g in members if g.id in stats]
+        out.append(
+            SiteSummary(
+                site,
+                len(members),
+                sum(g.active for g in members),
+                serving.get(site, []),
+                sum(st.polled for st in found),
+                sum(st.outcomes.get("missed", 0) for st in found),
+                window,
+            )
+        )
+    return out
 
 
 def live_chains(rt: Runtime) -> tuple[dict[int, ChainState], set[int]]:

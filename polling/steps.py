@@ -20,12 +20,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from .schedule import now_ms
+from .sites import DEFAULT_SITE
 
 log = logging.getLogger(__name__)
 
 Step = tuple[int, str, int]
 #: Sends one batch of steps (earliest slot first); raises when the broker is unreachable.
 SendBatch = Callable[[list[Step]], None]
+#: A sender for one site's steps (its batches go to that site's queue).
+SenderFor = Callable[[str], "StepSender"]
 #: Steps whose slots start within this are due: they go at once, all together.
 LEAD_MS = 250
 #: How often a running sender looks for due windows.
@@ -151,6 +154,73 @@ class StepSender:
         if left:
             log.error("%d steps not sent: the broker is unreachable; reconcile restarts them", left)
         return left
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self.send_due()
+            except Exception:  # never let the thread die: held steps would never leave
+                log.exception("step sender tick failed")
+
+
+class SiteSenders:
+    """One `StepSender` per site, made on first use: a site's steps are held, grouped and
+    sent apart from every other site's, so a batch never mixes sites (a worker of one
+    site would poll gateways it cannot reach). One thread ticks them all."""
+
+    def __init__(self, sender_for: SenderFor) -> None:
+        self._sender_for = sender_for
+        self._senders: dict[str, StepSender] = {}
+        self._guard = threading.Lock()
+        self._stopped = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def site(self, site: str) -> StepSender:
+        with self._guard:
+            sender = self._senders.get(site)
+            if sender is None:
+                sender = self._senders[site] = self._sender_for(site)
+                if self._stopped:
+                    sender.stop()  # after a warm shutdown every step leaves at once
+            return sender
+
+    def put(self, steps: Iterable[Step], site: str = DEFAULT_SITE) -> None:
+        self.site(site).put(steps)
+
+    def add(self, gateway_id: int, token: str, slot_ms: int, site: str = DEFAULT_SITE) -> None:
+        """`put` of one step (the `Enqueue` that start, reconcile and repairs call)."""
+        self.site(site).put([(gateway_id, token, slot_ms)])
+
+    def _all(self) -> list[StepSender]:
+        with self._guard:
+            return list(self._senders.values())
+
+    def pending(self) -> int:
+        return sum(sender.pending() for sender in self._all())
+
+    def send_due(self) -> int:
+        return sum(sender.send_due() for sender in self._all())
+
+    def send_all(self) -> int:
+        return sum(sender.send_all() for sender in self._all())
+
+    def start(self) -> SiteSenders:
+        """Send due windows of every site from a thread every `TICK_S` until `stop`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pollctl-sender", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """`StepSender.stop` of every site; returns the steps still unsent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._guard:
+            self._stopped = True
+            senders = list(self._senders.values())
+        return sum(sender.stop() for sender in senders)
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):

@@ -69,8 +69,10 @@ class Worker(CeleryProcess):
         concurrency: int = 8,
         preamble: str = "",
         queues: str = "polling,scheduling,default",
+        hostname: str | None = None,
+        loglevel: str = "INFO",
     ) -> None:
-        self.hostname = f"e2e-{uuid.uuid4().hex[:8]}@localhost"
+        self.hostname = hostname or f"e2e-{uuid.uuid4().hex[:8]}@localhost"
         self.settings = Settings.from_env({**os.environ, **env})
         super().__init__(
             [
@@ -84,7 +86,7 @@ class Worker(CeleryProcess):
                 "-n",
                 self.hostname,
                 "--loglevel",
-                "INFO",
+                loglevel,
                 "--without-gossip",
                 "--without-mingle",
             ],

@@ -181,8 +181,8 @@ def test_api_reports_a_critical_then_healthy_fleet_and_metrics_match_the_poll_lo
     assert counted == logged
     assert samples[("pollctl_poll_lateness_seconds_count", ())] == started
     assert samples[("pollctl_poll_duration_seconds_count", ())] == finished
-    assert samples[("pollctl_gateways", (("state", "stopped"),))] == 3
-    assert samples[("pollctl_queue_consumers", (("queue", "polling"),))] == 1
+    assert samples[("pollctl_gateways", (("site", "default"), ("state", "stopped")))] == 3
+    assert samples[("pollctl_queue_consumers", (("queue", "polling"), ("site", "default")))] == 1
     assert samples[("pollctl_steps_dropped_total", (("guard", "claimed"),))] == 0
     assert samples[("pollctl_health", (("component", "redis"),))] == 0
 

@@ -36,7 +36,7 @@ def setup_fleet(runtime: Runtime, n: int = 2, start_chains: bool = True) -> list
         import_gateways(session, parse_gateways(document))
     sent: list = []
     if start_chains:
-        start(runtime, lambda *args: sent.append(args))
+        start(runtime, lambda *args: sent.append(args[:3]))  # the step, without its site
     return sent
 
 
@@ -120,19 +120,20 @@ def test_failure_rate_grades_health(runtime):
 
 
 def test_workers_check_needs_a_heartbeat_and_a_returning_canary(runtime):
-    result = check_workers(Context(runtime))
+    [result] = check_workers(Context(runtime))
     assert result.status == "error" and "no live worker" in result.message
     publish(runtime, "worker", "w1@host", queues=("polling",), polls=True)
     runtime.settings = dataclasses.replace(runtime.settings, canary_timeout=0.3)
     sent: list = []
-    result = check_workers(Context(runtime, canary=lambda nonce, ttl: sent.append(nonce)))
+    [result] = check_workers(Context(runtime, canary=lambda nonce, ttl, site: sent.append(nonce)))
     assert result.status == "error" and "canary" in result.message and len(sent) == 1
 
-    def answer(nonce: str, ttl: float) -> None:  # what the canary task does on a worker
+    def answer(nonce: str, ttl: float, site: str) -> None:  # what the canary task does
         runtime.redis.rpush(runtime.keys.canary(nonce), "w1@host")
 
-    result = check_workers(Context(runtime, canary=answer))
+    [result] = check_workers(Context(runtime, canary=answer))
     assert result.status == "healthy" and result.details["canary_served_by"] == "w1@host"
+    assert "site default: served by w1@host" in result.message
 
 
 def test_beat_check_and_audit_count_beats(runtime):

@@ -27,15 +27,17 @@ from tests.fleet import ALL_TYPES, fleet
 
 
 class Sent:
-    """Records what would have been enqueued."""
+    """Records what would have been enqueued (and to which site, in `sites`)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, str, int]] = []
+        self.sites: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, gateway_id: int, token: str, slot_ms: int) -> None:
+    def __call__(self, gateway_id: int, token: str, slot_ms: int, site: str = "default") -> None:
         with self._lock:
             self.calls.append((gateway_id, token, slot_ms))
+            self.sites[gateway_id] = site
 
 
 def setup_fleet(runtime, document):

@@ -39,7 +39,7 @@ from polling import fleetview
 from polling.colour import Colour
 from polling.runtime import Runtime
 from polling.settings import Settings, mask_url
-from workers.broker import RedisQueues
+from workers.control import broker_view
 
 from . import alerts, views, ws
 from .live import LiveHub
@@ -57,7 +57,7 @@ def create_api(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or Runtime.build(settings)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(FleetCollector(rt, RedisQueues(rt.redis, rt.keys.broker)))
+        registry.register(FleetCollector(rt, broker_view(rt)))
         app.state.rt, app.state.registry = rt, registry
         app.state.judged = fleetview.JudgedCache()
         app.state.live = LiveHub(rt.settings.redis_url, rt.keys, rt.settings.live_queue)
@@ -145,7 +145,7 @@ def diagnostics(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 2
 @guarded.get("/api/polling/queue-status")
 def queue_status(request: Request) -> dict:
     rt = _rt(request)
-    return views.queue_status(rt, RedisQueues(rt.redis, rt.keys.broker))
+    return views.queue_status(rt, broker_view(rt))
 
 
 @guarded.get("/api/polling/gateways")

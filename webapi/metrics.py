@@ -21,7 +21,9 @@ from polling.healthview import RANK
 from polling.models import GatewayRow
 from polling.queueview import QueueInspector
 from polling.runtime import Runtime
+from polling.sites import DEFAULT_SITE
 from polling.status import live_chains
+from workers.queues import queue_site
 
 from . import views
 
@@ -43,6 +45,7 @@ class FleetCollector(Collector):
                     GatewayRow.enabled,
                     GatewayRow.polling,
                     GatewayRow.disabled_reason,
+                    GatewayRow.site,
                 )
             ).all()
             conflicts = session.scalar(
@@ -115,42 +118,47 @@ class FleetCollector(Collector):
         yield last_ok
 
     def _gateways(
-        self, rows: Sequence[Row[tuple[int, str, bool, bool, str | None]]]
+        self, rows: Sequence[Row[tuple[int, str, bool, bool, str | None, str]]]
     ) -> Iterator[Metric]:
-        states = dict.fromkeys(("polling", "stopped", "disabled", "auto_disabled"), 0)
-        for _, _, enabled, polling, reason in rows:
+        per_site: dict[str, dict[str, int]] = {DEFAULT_SITE: _states()}
+        for _, _, enabled, polling, reason, site in rows:
+            states = per_site.setdefault(site, _states())
             if not enabled:
                 states["auto_disabled" if reason else "disabled"] += 1
             else:
                 states["polling" if polling else "stopped"] += 1
         family = GaugeMetricFamily(
             f"{PREFIX}_gateways",
-            "Gateways by state: polling, stopped (pollctl stop), disabled (by the operator), "
-            "auto_disabled (by failures)",
-            labels=["state"],
+            "Gateways by state and site: polling, stopped (pollctl stop), disabled (by the "
+            "operator), auto_disabled (by failures)",
+            labels=["state", "site"],
         )
-        for state, n in states.items():
-            family.add_metric([state], n)
+        for site, states in sorted(per_site.items()):
+            for state, n in states.items():
+                family.add_metric([state, site], n)
         yield family
 
     def _queues(self) -> Iterator[Metric]:
         now = self.rt.clock()
         workers = heartbeat.live_workers(self.rt.redis, self.rt.keys)
+        # `site` names the site whose polling queue it is (empty: no site's).
+        labels = ["queue", "site"]
         depth = GaugeMetricFamily(
-            f"{PREFIX}_queue_depth", "Messages waiting in each queue", labels=["queue"]
+            f"{PREFIX}_queue_depth", "Messages waiting in each queue", labels=labels
         )
         age = GaugeMetricFamily(
             f"{PREFIX}_queue_oldest_age_seconds",
             "How long the oldest waiting message of each queue has been due (0 when empty)",
-            labels=["queue"],
+            labels=labels,
         )
         consumers = GaugeMetricFamily(
-            f"{PREFIX}_queue_consumers", "Live workers consuming each queue", labels=["queue"]
+            f"{PREFIX}_queue_consumers", "Live workers consuming each queue", labels=labels
         )
         for q in self.queues.queues(now):
-            depth.add_metric([q.name], q.waiting)
-            age.add_metric([q.name], q.oldest_age or 0.0)
-            consumers.add_metric([q.name], views.consumers(workers, q.name))
+            values = [q.name, queue_site(q.name) or ""]
+            depth.add_metric(values, q.waiting)
+            age.add_metric(values, q.oldest_age or 0.0)
+            consumers.add_metric(values, views.consumers(workers, q.name))
         yield depth
         yield age
         yield consumers
@@ -237,3 +245,7 @@ class FleetCollector(Collector):
         for (channel, outcome), n in sorted(alert_counts(self.rt.redis, self.rt.keys).items()):
             family.add_metric([channel, outcome], n)
         yield family
+
+
+def _states() -> dict[str, int]:
+    return dict.fromkeys(("polling", "stopped", "disabled", "auto_disabled"), 0)

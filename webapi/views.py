@@ -14,7 +14,7 @@ from polling.runtime import Runtime
 from polling.schedule import ms_to_dt
 from polling.status import collect_status, live_chains
 from polling.timefmt import iso_z
-from workers.queues import POLLING
+from workers.queues import queue_site
 
 
 def now_utc(rt: Runtime) -> datetime:
@@ -72,6 +72,7 @@ def queue_status(rt: Runtime, queues: QueueInspector) -> dict:
                 "host": w.host,
                 "queues": list(w.queues),
                 "polls": w.polls,
+                "sites": list(w.sites),
                 "clock_skew_ms": w.skew_ms,
             }
             for w in workers
@@ -80,9 +81,10 @@ def queue_status(rt: Runtime, queues: QueueInspector) -> dict:
 
 
 def consumers(workers: list[heartbeat.ProcessInfo], queue: str) -> int:
-    """Live workers consuming `queue` (a worker that paused `polling`, its clock off, not)."""
-    if queue == POLLING:
-        return sum(w.polls for w in workers)
+    """Live workers consuming `queue` (a worker that paused its polling queues, its clock
+    off, not)."""
+    if (site := queue_site(queue)) is not None:
+        return sum(site in w.sites for w in workers)
     return sum(queue in w.queues for w in workers)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import cast
 
@@ -18,7 +18,7 @@ from redis import Redis
 
 from polling.queueview import QueuedStep, QueueState, UnackedState
 
-from .queues import POLL_BATCH_TASK, POLLING, QUEUE_NAMES
+from .queues import POLL_BATCH_TASK, QUEUE_NAMES, queue_site, site_queue
 
 #: Header stamped on every message when it is sent (ms since the epoch).
 SENT_HEADER = "pollctl_sent_ms"
@@ -38,16 +38,25 @@ def queue_keys(queue: str, prefix: str = "") -> list[str]:
 
 class RedisQueues:
     """A `QueueInspector` over kombu's keys in the broker's Redis, under the installation's
-    broker prefix (kombu's `global_keyprefix`)."""
+    broker prefix (kombu's `global_keyprefix`): the app's queues and the polling queue of
+    each site `sites` names when asked (the default site's alone without it)."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, sites: Callable[[], Iterable[str]] | None = None
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.sites = sites
         self.unacked_key = f"{prefix}{UNACKED}"
         self.unacked_index_key = f"{prefix}{UNACKED_INDEX}"
 
+    def names(self) -> list[str]:
+        """The queues looked at: every site's polling queue first, then the others."""
+        polling = [site_queue(site) for site in (self.sites() if self.sites else ())]
+        return list(dict.fromkeys(polling + list(QUEUE_NAMES)))
+
     def queues(self, now_ms: int) -> list[QueueState]:
-        return [self._queue(name, now_ms) for name in QUEUE_NAMES]
+        return [self._queue(name, now_ms) for name in self.names()]
 
     def _queue(self, queue: str, now_ms: int) -> QueueState:
         pipe = self.redis.pipeline(transaction=False)
@@ -68,7 +77,8 @@ class RedisQueues:
         return UnackedState(int(count), oldest if count else None)
 
     def queued_steps(self, chunk: int = 1000) -> Iterator[QueuedStep]:
-        for key in queue_keys(POLLING, self.prefix):
+        polling = [name for name in self.names() if queue_site(name) is not None]
+        for key in (k for name in polling for k in queue_keys(name, self.prefix)):
             start = 0
             while batch := self.redis.lrange(key, start, start + chunk - 1):
                 for raw in batch:

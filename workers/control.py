@@ -7,20 +7,29 @@ from functools import partial
 
 from celery import Celery
 
+from polling import configcache
 from polling.checks.base import Context, Enqueue
 from polling.runtime import Runtime
 
 from .broker import RedisQueues
-from .queues import POLLING
+from .queues import queue_site
 from .senders import send_canary
 
 
 def polling_consumers(app: Celery, timeout: float = 2.0) -> list[str]:
-    """Hostnames of the workers that answer within `timeout` and consume `polling`."""
+    """Hostnames of the workers that answer within `timeout` and consume a site's polling
+    queue (any site's)."""
     replies = app.control.inspect(timeout=timeout).active_queues() or {}
     return sorted(
-        name for name, queues in replies.items() if any(q["name"] == POLLING for q in queues)
+        name
+        for name, queues in replies.items()
+        if any(queue_site(q["name"]) is not None for q in queues)
     )
+
+
+def broker_view(rt: Runtime) -> RedisQueues:
+    """The broker's queues, every known site's polling queue among them."""
+    return RedisQueues(rt.redis, rt.keys.broker, partial(configcache.known_sites, rt))
 
 
 def check_context(
@@ -29,6 +38,4 @@ def check_context(
     """A check context with everything Celery can lend through `app` (asking the workers
     over the broker only for the audit: it takes seconds)."""
     consumers = partial(polling_consumers, app) if ask_workers else None
-    return Context(
-        rt, enqueue, partial(send_canary, app), RedisQueues(rt.redis, rt.keys.broker), consumers
-    )
+    return Context(rt, enqueue, partial(send_canary, app), broker_view(rt), consumers)

@@ -20,7 +20,7 @@ from polling.schedule import now_ms
 from polling.settings import Settings
 
 from .broker import SENT_HEADER
-from .queues import POLLING
+from .queues import served_sites, site_queue
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def stamp_with(clock: Callable[[], int]) -> None:
 class Heartbeat:
     """Publishes this worker's heartbeat every `heartbeat.PERIOD_SECONDS` from a thread,
     with its clock's skew from Redis's measured each time. Past `clock_skew_max` the worker
-    stops consuming `polling` (and says why) until its clock is back within it."""
+    stops consuming its sites' polling queues (and says why) until its clock is back
+    within it."""
 
     def __init__(
         self, app: Celery, clock: FleetClock, hostname: str, queues: tuple[str, ...]
@@ -54,6 +55,9 @@ class Heartbeat:
         self.clock = clock
         self.hostname = hostname
         self.queues = queues
+        #: The sites it serves: the site queues among those it consumes.
+        self.sites = served_sites(queues)
+        self.polling_queues = frozenset(site_queue(site) for site in self.sites)
         self._paused = False
         self._stop = threading.Event()
 
@@ -65,10 +69,10 @@ class Heartbeat:
         self._stop.set()
 
     def set_aside(self) -> frozenset[str]:
-        """The queues this worker does not consume on purpose now: `polling` while its
-        clock is past the bound (the systemd watchdog goes on feeding: a restart would not
-        fix a clock)."""
-        return frozenset({POLLING}) if self._paused else frozenset()
+        """The queues this worker does not consume on purpose now: its polling queues while
+        its clock is past the bound (the systemd watchdog goes on feeding: a restart would
+        not fix a clock)."""
+        return self.polling_queues if self._paused else frozenset()
 
     def _run(self) -> None:
         s = self.settings
@@ -76,14 +80,16 @@ class Heartbeat:
         key = Keys(s.key_prefix).worker(self.hostname)
         while not self._stop.is_set():
             skew = self.clock.measure()
-            if POLLING in self.queues:
+            if self.sites:
                 self._follow_clock(skew)
+            serving = () if self._paused else self.sites
             info = heartbeat.this_process(
                 self.hostname,
                 s,
                 self.clock(),
                 queues=self.queues,
-                polls=POLLING in self.queues and not self._paused,
+                polls=bool(serving),
+                sites=serving,
                 skew_ms=skew,
             )
             try:
@@ -95,11 +101,13 @@ class Heartbeat:
             client.delete(key)
 
     def _follow_clock(self, skew: int | None) -> None:
-        """Stop consuming `polling` while the clock is past the bound, resume once back."""
+        """Stop consuming the polling queues while the clock is past the bound, resume once
+        back."""
         within = self.clock.within(self.settings.clock_skew_max)
         try:
             if not within and not self._paused:
-                self.app.control.cancel_consumer(POLLING, destination=[self.hostname])
+                for queue in sorted(self.polling_queues):
+                    self.app.control.cancel_consumer(queue, destination=[self.hostname])
                 self._paused = True
                 log.error(
                     "not polling: this host's clock is %s, past POLLING_CLOCK_SKEW_MAX "
@@ -108,8 +116,9 @@ class Heartbeat:
                     self.settings.clock_skew_max,
                 )
             elif within and self._paused:
-                self.app.control.add_consumer(POLLING, destination=[self.hostname])
+                for queue in sorted(self.polling_queues):
+                    self.app.control.add_consumer(queue, destination=[self.hostname])
                 self._paused = False
                 log.warning("polling again: this host's clock is back within the bound")
         except Exception as exc:  # the broker may be away; the next beat tries again
-            log.warning("consumer of %s not changed: %s", POLLING, exc)
+            log.warning("consumers of %s not changed: %s", ", ".join(self.polling_queues), exc)

@@ -1,6 +1,8 @@
 """pollctl's hooks into a Celery process's life, wired in one place by `create_app`:
 
 setup_logging         pollctl's log lines (polling/logsetup.py) instead of Celery's
+celeryd_after_setup   a polling worker (`-Q polling`) consumes the queues of the sites
+                      POLLING_SITES names instead (`default` alone: `polling`)
 before_task_publish   every message is stamped with when it was sent
 worker_process_init   a prefork child builds its own state and freezes its GC
 worker_ready          the main process builds its state (a threads or solo pool runs
@@ -20,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from celery import Celery
 from celery.signals import (
     before_task_publish,
+    celeryd_after_setup,
     setup_logging,
     task_received,
     worker_process_init,
@@ -37,6 +41,7 @@ from polling.keys import Keys
 from . import process
 from .gcfreeze import GcFreeze
 from .heartbeat import Heartbeat, stamp_sent_at, stamp_with
+from .queues import served_sites, worker_queues
 from .watchdog import Watchdog, broker_queues
 
 if TYPE_CHECKING:
@@ -74,16 +79,33 @@ def wire(app: PollctlApp) -> None:
         for thread in _threads:
             thread.stop()
 
+    def select_sites(instance: Any, **_: Any) -> None:
+        consume_sites(instance.app, settings.site_list)
+
     def configure_logging(loglevel: Any = None, **_: Any) -> None:
         # Connected, this replaces Celery's own set-up: our lines (JSON off a terminal).
         logsetup.configure(loglevel or "INFO", settings.log_format)
 
     setup_logging.connect(configure_logging, weak=False, dispatch_uid="pollctl-logging")
+    celeryd_after_setup.connect(select_sites, weak=False, dispatch_uid="pollctl-sites")
     before_task_publish.connect(stamp_sent_at, weak=False, dispatch_uid="pollctl-sent-at")
     worker_process_init.connect(child_started, weak=False, dispatch_uid="pollctl-child")
     worker_process_shutdown.connect(child_stopping, weak=False, dispatch_uid="pollctl-child-end")
     worker_ready.connect(ready, weak=False, dispatch_uid="pollctl-ready")
     worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid="pollctl-shutdown")
+
+
+def consume_sites(app: Celery, sites: tuple[str, ...]) -> list[str]:
+    """After `-Q` was applied: a polling worker consumes the queues of `sites` in place of
+    `polling` (see `queues.worker_queues`), polling queues first, as the transport consumes
+    in the order of selection. Returns the queues it consumes."""
+    queues = app.amqp.queues
+    consuming = queues.consume_from
+    wanted = worker_queues(list(consuming), sites)
+    chosen = {name: consuming.get(name) or queues.select_add(name) for name in wanted}
+    consuming.clear()
+    consuming.update(chosen)
+    return wanted
 
 
 def _watchdog(app: PollctlApp) -> Watchdog | None:
@@ -113,7 +135,8 @@ def _watchers(
     started: list[Heartbeat | Watchdog] = [heartbeat] if heartbeat is not None else []
     if watchdog is not None:
         settings = app.settings
-        read = broker_queues(settings.redis_url, Keys(settings.key_prefix).broker, clock)
+        prefix = Keys(settings.key_prefix).broker
+        read = broker_queues(settings.redis_url, prefix, clock, served_sites(queues))
         aside = heartbeat.set_aside if heartbeat is not None else frozenset
         started.append(watchdog.start(frozenset(queues), aside, read))
     return started

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from polling import configcache
 from polling.runtime import Runtime
-from polling.steps import StepSender
+from polling.steps import SiteSenders
 
 from .senders import step_sender
 
@@ -24,7 +24,7 @@ class Process:
     pid: int
     runtime: Runtime
     #: Holds successors until shortly before their window; its thread sends them.
-    sender: StepSender
+    sender: SiteSenders
 
 
 _current: Process | None = None

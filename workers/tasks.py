@@ -21,6 +21,7 @@ from polling import (
 )
 from polling.runtime import Runtime
 from polling.schedule import ms_to_dt
+from polling.sites import DEFAULT_SITE
 
 from . import process
 from .control import check_context
@@ -38,20 +39,22 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name=POLL_BATCH_TASK, ignore_result=True, bind=True)
-def poll_batch(self: Task, steps: list[list]) -> dict[str, int]:
+def poll_batch(self: Task, steps: list[list], site: str = DEFAULT_SITE) -> dict[str, int]:
     """One step of each chain in `steps` ([gateway id, token, slot ms], slots in one
-    window); the successors of the chains it advanced go to this process's sender."""
+    window, gateways of `site`); the successors of the chains it advanced go to this
+    process's sender, each to its gateway's site."""
     state = process.current(self.app)
+    batch = [(int(g), str(t), int(s)) for g, t, s in steps]
     if trouble := state.runtime.clock_trouble():
         # Another worker takes the batch; this one stops consuming (see workers.heartbeat).
         log.error("batch of %d steps handed back, not polled: %s", len(steps), trouble)
-        names = configcache.names(state.runtime)
-        send_batch(self.app, [(int(g), str(t), int(s)) for g, t, s in steps], names)
+        send_batch(self.app, batch, configcache.names(state.runtime), site)
         return {"handed back": len(steps)}
     started = time.monotonic()
     with logsetup.bound(task_id=self.request.id):
-        result = pipeline.poll_batch(state.runtime, [(int(g), str(t), int(s)) for g, t, s in steps])
-        state.sender.put(result.successors)
+        result = pipeline.poll_batch(state.runtime, batch, site)
+        for successor_site, successors in result.by_site().items():
+            state.sender.put(successors, successor_site)
         log.info("%s", _batch_line(len(steps), result, time.monotonic() - started))
     return {str(outcome): n for outcome, n in result.outcomes.items()}
 
@@ -91,8 +94,9 @@ def reconcile(self: Task) -> dict[str, int]:
     except DBAPIError as exc:  # the chains above are what matters; probes wait for the database
         log.warning("recovery probes not claimed: %s", exc.orig or exc)
         probes = []
+    site_of = configcache.sites(rt)
     for gateway_id in probes:
-        send_probe(self.app, gateway_id, max(rt.settings.recovery_first, 5.0))
+        send_probe(self.app, gateway_id, max(rt.settings.recovery_first, 5.0), site_of(gateway_id))
     if actions := report.repairs():
         diagnostics.record_reconcile(rt, actions)
     log.info(

@@ -145,11 +145,14 @@ class _Gatherer:
         )
 
 
-def broker_queues(redis_url: str, prefix: str, clock: Callable[[], int]) -> ReadQueues:
-    """The broker's queues under `prefix` (kombu's `global_keyprefix`), read with a client
-    of the watchdog's own that gives up within seconds (then the broker counts as away)."""
+def broker_queues(
+    redis_url: str, prefix: str, clock: Callable[[], int], sites: tuple[str, ...] = ()
+) -> ReadQueues:
+    """The broker's queues under `prefix` (kombu's `global_keyprefix`), the polling queues
+    of `sites` (the worker's own) among them, read with a client of the watchdog's own that
+    gives up within seconds (then the broker counts as away)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    view = RedisQueues(client, prefix)
+    view = RedisQueues(client, prefix, lambda: sites)
     return lambda: view.queues(clock())
 
 

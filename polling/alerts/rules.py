@@ -11,6 +11,7 @@ from typing import Literal, NamedTuple
 
 from ..checks.base import CheckResult
 from ..settings import Settings
+from ..sites import DEFAULT_SITE
 
 Severity = Literal["warning", "critical"]
 
@@ -177,8 +178,9 @@ CheckRule = tuple[str, Callable[[CheckResult, Limits], list[Finding]]]
 
 def _checked(rule: CheckRule, checks: Mapping[str, CheckResult], limits: Limits) -> list[Finding]:
     component, judge = rule
-    result = checks.get(component)
-    return judge(result, limits) if result is not None else []
+    # A per-site check (`workers`, `workers:east`) is judged for each of its sites.
+    found = [r for name, r in checks.items() if name.partition(":")[0] == component]
+    return [f for result in found for f in judge(result, limits)]
 
 
 def _grade(value: float, warning: float, critical: float) -> Severity | None:
@@ -244,7 +246,9 @@ def buffer_bound(result: CheckResult, limits: Limits) -> list[Finding]:
 def no_consumer(result: CheckResult, _limits: Limits) -> list[Finding]:
     if "polling" not in result.details or result.details["polling"]:
         return []
-    return [Finding("no_consumer", "queue:polling", "critical", result.message)]
+    site = result.details.get("site", DEFAULT_SITE)
+    subject = "queue:polling" if site == DEFAULT_SITE else f"site:{site}"
+    return [Finding("no_consumer", subject, "critical", result.message)]
 
 
 def clock_skew(result: CheckResult, _limits: Limits) -> list[Finding]:

@@ -12,10 +12,11 @@ from ..runtime import Runtime
 Status = Literal["healthy", "warning", "error"]
 SEVERITY: dict[str, int] = {"healthy": 0, "warning": 1, "error": 2}
 
-#: Sends a poll task: (gateway id, token, slot ms).
-Enqueue = Callable[[int, str, int], None]
-#: Sends a canary task to the `polling` queue with this nonce, to expire after `ttl` s.
-SendCanary = Callable[[str, float], None]
+#: Sends a poll task: (gateway id, token, slot ms, site).
+Enqueue = Callable[[int, str, int, str], None]
+#: Sends a canary task to a site's polling queue with this nonce, to expire after `ttl` s:
+#: (nonce, ttl, site).
+SendCanary = Callable[[str, float, str], None]
 #: Hostnames of the workers that answer over the broker and consume the polling queue.
 ListConsumers = Callable[[], list[str]]
 

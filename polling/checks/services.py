@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 
 import redis
 
-from .. import heartbeat
+from .. import configcache, heartbeat
 from ..errors import ServiceUnavailable
 from ..fleetclock import SKEW_WARNING_MS, FleetClock, describe
 from ..migrate import current_revision, head_revision
 from ..redisio import as_text
 from ..runtime import check_redis
 from ..settings import mask_url
+from ..sites import DEFAULT_SITE, sites_of
 from .base import CheckResult, Context, graded, healthy
 
 WORKER_COMMAND = "systemctl start pollctl-worker@1 (or `celery -A workers.app worker -Q polling`)"
@@ -85,33 +87,74 @@ def check_database_service(ctx: Context) -> CheckResult:
     return healthy("database", f"reachable at {url}, schema at head {head}")
 
 
-def check_workers(ctx: Context) -> CheckResult:
-    """Some worker consumes `polling` (heartbeats), and a canary sent there comes back."""
+def check_workers(ctx: Context) -> list[CheckResult]:
+    """Per site with enabled gateways (`default` alone in a fleet without any): some live
+    worker consumes the site's polling queue (heartbeats), and a canary sent there comes
+    back. One result per site, `workers` for the default site and `workers:SITE` for the
+    others, so a site nobody serves is critical alone and the others stay healthy."""
     rt = ctx.rt
     workers = heartbeat.live_workers(rt.redis, rt.keys)
-    pollers = [w.name for w in workers if w.polls]
-    details: dict = {"workers": [w.name for w in workers], "polling": pollers}
-    if not pollers:
-        return CheckResult(
-            "workers",
-            "error",
-            "no live worker consumes the polling queue: no gateway is being polled",
-            details,
-            [f"start a polling worker: {WORKER_COMMAND}"],
-        )
+    serving = heartbeat.serving(workers)
+    sites = sites_of(g.config.site for g in configcache.fleet(rt) if g.enabled)
+    names = [w.name for w in workers]
+    # Every canary goes out first, then each is awaited within the one timeout.
+    nonces = {site: _send_canary(ctx, site) for site in sites if serving.get(site)}
+    deadline = time.monotonic() + rt.settings.canary_timeout
+    alone = sites == [DEFAULT_SITE]
+    return [
+        _site_workers(ctx, site, names, serving.get(site, []), nonces.get(site), deadline, alone)
+        for site in sites
+    ]
+
+
+def workers_component(site: str) -> str:
+    """The check result's component for a site: `workers`, or `workers:SITE`."""
+    return "workers" if site == DEFAULT_SITE else f"workers:{site}"
+
+
+def _send_canary(ctx: Context, site: str) -> str | None:
     if ctx.canary is None:
-        return healthy("workers", f"{len(pollers)} workers consume polling", **details)
-    timeout = rt.settings.canary_timeout
+        return None
     nonce = uuid.uuid4().hex
-    key = rt.keys.canary(nonce)
-    ctx.canary(nonce, timeout)
-    reply = rt.redis.blpop([key], timeout=timeout)
+    ctx.canary(nonce, ctx.rt.settings.canary_timeout, site)
+    return nonce
+
+
+def _site_workers(
+    ctx: Context,
+    site: str,
+    workers: list[str],
+    pollers: list[str],
+    nonce: str | None,
+    deadline: float,
+    alone: bool,
+) -> CheckResult:
+    rt = ctx.rt
+    component = workers_component(site)
+    queue = "the polling queue" if site == DEFAULT_SITE else f"site {site}'s polling queue"
+    details: dict = {"site": site, "workers": workers, "polling": pollers}
+    served = f"site {site}: served by {', '.join(pollers[:5])}" + (
+        f" and {len(pollers) - 5} more" if len(pollers) > 5 else ""
+    )
+    if not pollers:
+        gateways = "no gateway" if alone else f"no gateway of site {site}"
+        return CheckResult(
+            component,
+            "error",
+            f"no live worker consumes {queue}: {gateways} is being polled",
+            details,
+            [f"start a polling worker for site {site}: {worker_command(site)}"],
+        )
+    if nonce is None:
+        return healthy(component, f"{served}; {len(pollers)} workers consume it", **details)
+    timeout = rt.settings.canary_timeout
+    reply = rt.redis.blpop([rt.keys.canary(nonce)], timeout=max(0.01, deadline - time.monotonic()))
     if reply is None:
         return CheckResult(
-            "workers",
+            component,
             "error",
-            f"{len(pollers)} workers heartbeat, but a canary on the polling queue did not "
-            f"come back within {timeout:g} s",
+            f"{len(pollers)} workers of site {site} heartbeat, but a canary on {queue} did "
+            f"not come back within {timeout:g} s",
             details,
             [
                 "restart the polling workers (systemctl restart 'pollctl-worker@*'): they "
@@ -120,8 +163,15 @@ def check_workers(ctx: Context) -> CheckResult:
             ],
         )
     details["canary_served_by"] = as_text(reply[1])
-    return healthy(
-        "workers", f"{len(pollers)} workers consume polling; canary came back", **details
+    return healthy(component, f"{served}; canary came back", **details)
+
+
+def worker_command(site: str) -> str:
+    if site == DEFAULT_SITE:
+        return WORKER_COMMAND
+    return (
+        f"POLLING_SITES={site} in /etc/pollctl/worker-N.env, then systemctl start "
+        f"pollctl-worker@N (or `POLLING_SITES={site} celery -A workers.app worker -Q polling`)"
     )
 
 
