@@ -11,6 +11,7 @@ import pytest
 
 from polling.records import RANGE_FROM
 from polling.service import RECONCILE_BUDGET_SECONDS
+from polling.shedding import is_shed
 from tests.faults.fleets import document
 from tests.faults.harness import wait_until
 
@@ -154,7 +155,17 @@ def test_two_workers_one_restarted_gracefully(rig_factory, free_ports):
         fault_end=stopped_at,
         bound=0.0,
     )
-    assert row.missed == 0 and row.failed == 0
+    assert row.missed == 0
+    # The handoff may deliver a successor to the other worker later than a 1 s gateway's
+    # late limit allows (from half of it, 125 ms, a share of such steps is shed): such a
+    # slot is shed, recorded as skipped, never lost; nothing else may fall short.
+    short = [
+        (name, r.outcome, r.error)
+        for name, rows in rig.record().rows.items()
+        for r in rows
+        if r.outcome != "ok"
+    ]
+    assert all(outcome == "skipped" and is_shed(error) for _, outcome, error in short), short
     assert second.proc.poll() is None
 
 
