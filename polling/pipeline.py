@@ -291,7 +291,7 @@ async def _serve_endpoint(
                 served[index] = Served(Outcome.STALE)
     # Only the endpoint's first poll, and only when it waited for no other poll's lock, can
     # be shed here: the others queue behind it by design (five devices behind one bridge).
-    first = state is LockState.LOCKED
+    may_shed = state is LockState.LOCKED
     for index in indexes:
         if index in served:
             continue
@@ -302,10 +302,10 @@ async def _serve_endpoint(
             late = f"poll task started {(now - step.slot_ms) / 1000:.1f} s after the slot began"
             served[index] = Served(Outcome.MISSED, error=late)
             continue
-        if first and (why := _shed_in_loop(targets[index], step, now)):
+        if may_shed and (why := _shed_in_loop(targets[index], step, now)):
             served[index] = Served(Outcome.SKIPPED, error=why)
             continue
-        first = False
+        may_shed = False
         served[index] = await _poll(rt, targets[index], step)
 
 

@@ -135,8 +135,14 @@ def test_a_poll_target_carries_its_late_limit():
         (
             Load(300, 3_000, 1_212, 1_788, 10.0),
             True,
-            "overload: 1,212 of 3,000 polls shed in the last 5 min (40%); "
+            "overload: 1,212 of 3,000 polls shed in the last 5 min (40.4%); "
             "the workers made 6.0 polls/s of 10 offered",
+        ),
+        (
+            Load(60, 30_000, 30, 29_970, 500.0),
+            False,
+            "30 of 30,000 polls shed in the last 1 min (0.1%), below 1%: not overloaded; "
+            "the workers made 500 polls/s of 500 offered",
         ),
         (
             Load(60, 30_000, 0, 30_000, 500.0),

@@ -40,17 +40,23 @@ class Load:
         return self.made / self.window_s if self.window_s > 0 else 0.0
 
 
+#: Share of the window's slots shed from which the workers count as overloaded: a pause
+#: (a collection, a broker reconnect) sheds a few, which the message still tells.
+OVERLOAD_SHARE = 0.01
+
+
 def judge(load: Load) -> tuple[bool, str]:
-    """Whether the window shows overload (any slot shed), and the line that says so."""
+    """Whether the window shows overload (at least `OVERLOAD_SHARE` of its slots shed),
+    and the line that says so."""
     made = f"the workers made {_rate(load.made_rate)} polls/s of {_rate(load.offered)} offered"
     window = span(load.window_s)
     if not load.shed:
         return False, f"no polls shed in the last {window}; {made}"
     share = load.shed / load.slots if load.slots else 1.0
-    return True, (
-        f"overload: {load.shed:,} of {load.slots:,} polls shed in the last {window} "
-        f"({share:.0%}); {made}"
-    )
+    shed = f"{load.shed:,} of {load.slots:,} polls shed in the last {window} ({share:.1%})"
+    if share < OVERLOAD_SHARE:
+        return False, f"{shed}, below {OVERLOAD_SHARE:.0%}: not overloaded; {made}"
+    return True, f"overload: {shed}; {made}"
 
 
 def _rate(per_s: float) -> str:
