@@ -17,6 +17,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .schedule import PROMPT_START_MIN_MS
+
 #: How a shed slot's poll-log error begins: the poll log keeps the four outcomes, and this
 #: tells a shed slot from one skipped because its endpoint was busy.
 SHED_PREFIX = "shed: "
@@ -25,8 +27,11 @@ SHED_PREFIX = "shed: "
 def late_limit_ms(interval_ms: int, limit_s: float, share: float) -> int | None:
     """A gateway's late limit: the larger of `limit_s` and `share` of its interval (300 ms
     late is worth polling on a 60 s gateway, not on a 2 s one); None when `limit_s` is 0
-    (shedding off: polls run late until their slot ends)."""
-    if limit_s <= 0:
+    (shedding off: polls run late until their slot ends), and for intervals of a minute or
+    more: a start takes their slot in progress while half of it remains (`Grid.starting`),
+    a first poll late on purpose that shedding would drop, and a late poll of such a
+    gateway is still worth making."""
+    if limit_s <= 0 or interval_ms >= PROMPT_START_MIN_MS:
         return None
     return max(round(limit_s * 1000), round(share * interval_ms))
 

@@ -25,7 +25,10 @@ from polling.shedding import (
         (2_000, 0.25, 0.1, 250),  # the floor: 10 % of 2 s is less
         (1_000, 0.25, 0.1, 250),
         (10_000, 0.25, 0.1, 1_000),  # a tenth of the interval
-        (60_000, 0.25, 0.1, 6_000),  # 300 ms late on a minute is still worth a poll
+        (30_000, 0.25, 0.1, 3_000),  # 300 ms late on 30 s is still worth a poll
+        # A minute or more: never shed (a start takes the slot in progress, late on purpose).
+        (60_000, 0.25, 0.1, None),
+        (59_999, 0.25, 0.1, 6_000),
         (500, 0.25, 0.5, 250),
         (2_000, 0.5, 0.0, 500),
         (2_000, 0.0, 0.1, None),  # off
