@@ -55,6 +55,37 @@ def group_steps(
     return batches
 
 
+class Ticker:
+    """Calls `tick` from a thread of its own every `TICK_S` until `stop`; an error is logged
+    and the next tick comes as usual (a dead thread would leave held steps unsent)."""
+
+    def __init__(self, tick: Callable[[], object]) -> None:
+        self._tick = tick
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pollctl-sender", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self._tick()
+            except Exception:
+                log.exception("step sender tick failed")
+
+
 class StepSender:
     """Holds steps and sends each window `LEAD_MS` before it starts, from a thread of its
     own (`start`) or whenever steps are added. A batch the broker refuses is kept and
@@ -77,14 +108,13 @@ class StepSender:
         self._sending = threading.Lock()  # one sender of a window at a time
         self._ticked = 0
         self._failing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Ticker(self.send_due)
 
     def put(self, steps: Iterable[Step]) -> None:
         with self._guard:
             for step in steps:
                 self._windows[step[2] // self.window_ms].append(step)
-        if self._stop.is_set():
+        if self._ticker.stopped:
             # Stopped (a warm shutdown) while batches still run: their successors leave
             # at once, as the process may exit as soon as the last batch ends.
             self.send_all()
@@ -138,29 +168,18 @@ class StepSender:
 
     def start(self) -> StepSender:
         """Send due windows from a thread every `TICK_S` until `stop`."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pollctl-sender", daemon=True)
-            self._thread.start()
+        self._ticker.start()
         return self
 
     def stop(self) -> int:
         """Stop the thread, then send everything held, and from now on every step as it is
         put; returns the steps still unsent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._ticker.stop()
         self.send_all()
         left = self.pending()
         if left:
             log.error("%d steps not sent: the broker is unreachable; reconcile restarts them", left)
         return left
-
-    def _run(self) -> None:
-        while not self._stop.wait(TICK_S):
-            try:
-                self.send_due()
-            except Exception:  # never let the thread die: held steps would never leave
-                log.exception("step sender tick failed")
 
 
 class SiteSenders:
@@ -173,8 +192,7 @@ class SiteSenders:
         self._senders: dict[str, StepSender] = {}
         self._guard = threading.Lock()
         self._stopped = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Ticker(self.send_due)
 
     def site(self, site: str) -> StepSender:
         with self._guard:
@@ -207,24 +225,13 @@ class SiteSenders:
 
     def start(self) -> SiteSenders:
         """Send due windows of every site from a thread every `TICK_S` until `stop`."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pollctl-sender", daemon=True)
-            self._thread.start()
+        self._ticker.start()
         return self
 
     def stop(self) -> int:
         """`StepSender.stop` of every site; returns the steps still unsent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._ticker.stop()
         with self._guard:
             self._stopped = True
             senders = list(self._senders.values())
         return sum(sender.stop() for sender in senders)
-
-    def _run(self) -> None:
-        while not self._stop.wait(TICK_S):
-            try:
-                self.send_due()
-            except Exception:  # never let the thread die: held steps would never leave
-                log.exception("step sender tick failed")
