@@ -4,6 +4,7 @@ the learnt plan, and `pollctl gateway replan` (or the daily retry) tries the ful
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -234,6 +235,11 @@ def test_explain_and_replan_commands(runtime, simulate, free_ports, env):
     assert "unavailable: p9" in shown.output
     assert "poll budget" in shown.output and "mean duration" in shown.output
     assert "refused (exception 2): holding 0..9 of device 1" in shown.output
+    status = runner.invoke(cli.main, ["status", "--json"], env=env)
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)[0]["unavailable"] == ["p9"]
+    detailed = runner.invoke(cli.main, ["status", "--detailed"], env=env)
+    assert "unavailable: p9" in detailed.output
     replanned = runner.invoke(cli.main, ["gateway", "replan", "holey"], env=env)
     assert replanned.exit_code == 0, replanned.output
     assert "full plan" in replanned.output
