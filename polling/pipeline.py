@@ -348,7 +348,7 @@ async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> S
             learned = _learnt(rt, target, read.split)
             if not values:
                 raise DeviceExceptionResponse(
-                    f"no point of {config.name} answered: {learned.events[-1][1]}",
+                    f"{read.refusal}; no point answered: {learned.events[-1][1]}",
                     function_code=0,
                     exception_code=ILLEGAL_ADDRESS,
                 )

@@ -35,6 +35,8 @@ class PlanRead:
     answers: Sequence[Any]
     #: What splitting found, when the device refused a read (None: the plan held).
     split: Split | None = None
+    #: The device's refusal that started the splitting.
+    refusal: str = ""
 
 
 async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
@@ -44,6 +46,14 @@ async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + target.budget
     requests = list(target.requests)
+    if not requests and target.unavailable:
+        gone = ", ".join(p.name for p in target.unavailable)
+        raise DeviceExceptionResponse(
+            f"every point of {config.name} is unavailable (refused with exception 2 when "
+            f"learnt): {gone}; `pollctl gateway replan {config.name}` tries them again",
+            function_code=0,
+            exception_code=ILLEGAL_ADDRESS,
+        )
     try:
         read = pool.read(config.host, config.port, config.timeout, requests)
         return PlanRead(requests, await asyncio.wait_for(read, target.budget))
@@ -54,8 +64,9 @@ async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
     except DeviceExceptionResponse as exc:
         if exc.exception_code != ILLEGAL_ADDRESS:
             raise
+        refusal = str(exc)
     split, answers = await _split(pool, target, requests, deadline)
-    return PlanRead(split.answered, answers, split)
+    return PlanRead(split.answered, answers, split, refusal)
 
 
 async def _split(

@@ -214,11 +214,17 @@ def test_a_device_answering_nothing_fails_the_poll(runtime, simulate, free_ports
             }
         ]
     }
-    simulate(document, holes={(port, 1): {"holding": {0, 1}}})
+    sim = simulate(document, holes={(port, 1): {"holding": {0, 1}}})
     setup_fleet(runtime, document)
     result = pipeline.poll_batch(runtime, started(runtime))
     assert result.outcomes == {Outcome.FAILED: 1}
-    assert "no point of empty answered" in result.failed["empty"]
+    assert "exception 2 (illegal data address) reading holding 0..1" in result.failed["empty"]
+    assert "no point answered" in result.failed["empty"]
+    # Learnt: nothing to read. Its next poll fails at once, saying so, without a request.
+    second = pipeline.poll_batch(runtime, result.successors)
+    assert second.outcomes == {Outcome.FAILED: 1}
+    assert "every point of empty is unavailable" in second.failed["empty"]
+    assert len(sim.traffic.refused) == 4  # 0..1 merged and alone, then p0 and p1 alone
 
 
 def test_explain_and_replan_commands(runtime, simulate, free_ports, env):
