@@ -314,6 +314,13 @@ class Simulator:
         finally:
             self._loop.close()
 
+    def set_holes(self, port: int, device_id: int, holes: Mapping[str, Iterable[int]]) -> None:
+        """From now on the device refuses reads spanning these addresses (a firmware update
+        that changed its map, while pollers have the old plan in memory)."""
+        device = self._ports[port][device_id]
+        blocks = {block: frozenset(addresses) for block, addresses in holes.items()}
+        self._in_loop(lambda: setattr(device, "holes", blocks))
+
     def hold(self) -> None:
         """Requests from now on wait, unanswered, until `release` (they count as in flight)."""
         self._in_loop(lambda: setattr(self.traffic, "gate", asyncio.Event()))

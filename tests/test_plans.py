@@ -5,6 +5,7 @@ the learnt plan, and `pollctl gateway replan` (or the daily retry) tries the ful
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from polling.learnedplan import LearnedPlan, Split, apply, halves, unneeded
 from polling.outcome import Outcome
 from polling.plan import Request, plan_requests
 from tests.test_batch import started
+from tests.test_e2e import processes, wait_until  # noqa: F401  (a fixture, and a helper)
 from tests.test_service import poll_rows, reading_rows, setup_fleet
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -253,3 +255,72 @@ def test_explain_and_replan_commands(runtime, simulate, free_ports, env):
     assert "p0, p1, p2, p5, p6, p9" in shown.output
     unknown = runner.invoke(cli.main, ["explain", "--gateway", "nope"], env=env)
     assert unknown.exit_code != 0 and "nope" in unknown.output
+
+
+# -- end to end: two worker processes, a device whose map changes under them ---------------
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_workers_learn_once_and_both_poll_by_the_learnt_plan(
+    runtime,
+    env,
+    simulate,
+    free_ports,
+    processes,  # noqa: F811  (the fixture imported above)
+    celery_app,
+):
+    from functools import partial
+
+    from tests.processes import Worker
+    from workers.senders import send_poll
+
+    (port,) = free_ports(1)
+    document = {
+        "gateways": [
+            {
+                "name": "holey",
+                "host": "127.0.0.1",
+                "port": port,
+                "interval": 0.5,
+                "timeout": 0.5,
+                "points": HOLEY_POINTS,
+            }
+        ]
+    }
+    sim = simulate(document)  # no holes yet
+    setup_fleet(runtime, document)
+    workers = [processes(Worker, env, f"worker{i}") for i in range(2)]
+    for worker in workers:
+        worker.wait_ready()
+
+    def batches() -> list[int]:
+        return [w.output().count("batch of 1 steps") for w in workers]
+
+    service.start(runtime, partial(send_poll, celery_app))
+    # Both workers poll the gateway by the full plan, and hold it in memory.
+    wait_until(lambda: min(batches()) >= 2, 30, "both workers polling")
+    sim.set_holes(port, 1, HOLES)  # the device's map changes under them
+    holed_at, before = time.time(), batches()
+    wait_until(
+        lambda: min(n - b for n, b in zip(batches(), before, strict=True)) >= 3,
+        30,
+        "both workers polling after the map changed",
+    )
+    service.stop(runtime)
+    # Learnt once: the merged read and its splits were refused once, by one poll; every
+    # later poll, on either worker, read the learnt plan.
+    assert len(sim.traffic.refused) == 5, list(sim.traffic.refused)
+    rows = [r for r in poll_rows(runtime) if r.started_at.timestamp() > holed_at]
+    assert rows and {r.outcome for r in rows} == {"ok"}, [(r.outcome, r.error) for r in rows]
+    by_slot: dict = {}
+    for reading in reading_rows(runtime):
+        by_slot.setdefault(reading.slot_at, set()).add(reading.point)
+    available = {"p0", "p1", "p2", "p5", "p6", "i0"}
+    for row in rows:
+        assert by_slot[row.slot_at] == available, row.slot_at
+    assert _plan_of(runtime, runtime_gateway_id(runtime, "holey")).unavailable == ("p9",)
+
+
+def runtime_gateway_id(runtime, name: str) -> int:
+    return service.named_gateways(runtime, [name])[0].id
