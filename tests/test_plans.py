@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from click.testing import CliRunner
 
-from polling import learnedplan, pipeline, planstore, service
+from polling import configcache, learnedplan, pipeline, planstore, service
 from polling.gateways import Point
 from polling.learnedplan import LearnedPlan, Split, apply, halves, unneeded
 from polling.outcome import Outcome
@@ -324,3 +324,52 @@ def test_two_workers_learn_once_and_both_poll_by_the_learnt_plan(
 
 def runtime_gateway_id(runtime, name: str) -> int:
     return service.named_gateways(runtime, [name])[0].id
+
+
+@pytest.mark.e2e
+def test_splitting_past_the_poll_budget_goes_on_at_the_next_polls(runtime, simulate, free_ports):
+    (port,) = free_ports(1)
+    points = [{"name": f"r{a}", "address": a, "type": "uint16"} for a in range(48)]
+    document = {
+        "gateways": [
+            {
+                "name": "swiss",
+                "host": "127.0.0.1",
+                "port": port,
+                "interval": 2.0,
+                "timeout": 0.1,
+                "points": points,
+            }
+        ]
+    }
+    # Every odd register is a hole: one merged read of 48, split down to single points.
+    # Each answer takes 40 ms, so the 24 answers alone outlast a poll's 0.7 s budget.
+    holes = {"holding": set(range(1, 48, 2))}
+    sim = simulate(document, holes={(port, 1): holes}, latency_ms=40)
+    gateway = setup_fleet(runtime, document)["swiss"]
+    steps = started(runtime)
+    refused, budgets = [], []
+    for _ in range(8):
+        # The budget of the plan this poll reads (a split plan has more requests).
+        budgets.append(configcache.gateways_for_poll(runtime, [gateway.id])[gateway.id].budget)
+        result = pipeline.poll_batch(runtime, steps)
+        assert result.outcomes == {Outcome.OK: 1}, result.failed
+        refused.append(len(sim.traffic.refused))
+        steps = result.successors
+        if len(refused) > 1 and refused[-1] == refused[-2]:
+            break  # a poll with no refusal: learnt
+    rows = poll_rows(runtime)
+    assert len(rows) >= 3, "learnt in one poll: the budget did not bind"
+    first = _plan_of(runtime, gateway.id)
+    assert "still to split" in first.events[0][1]
+    assert budgets[0] == pytest.approx(0.7)  # one request: 0.1 s twice, plus 0.5 s
+    assert {row.outcome for row in rows} == {"ok"}  # none missed: each poll on time
+    for row, budget in zip(rows, budgets, strict=True):  # each poll within its budget
+        assert (row.finished_at - row.started_at).total_seconds() < budget
+    assert refused[-1] == refused[-2], f"still refusing after {len(rows)} polls: {refused}"
+    plan = _plan_of(runtime, gateway.id)
+    assert sorted(plan.unavailable) == sorted(f"r{a}" for a in range(1, 48, 2))
+    assert plan.spans == tuple((1, "holding", a, 1) for a in range(0, 48, 2))
+    last = rows[-1]
+    got = {r.point for r in reading_rows(runtime) if r.slot_at == last.slot_at}
+    assert got == {f"r{a}" for a in range(0, 48, 2)}
