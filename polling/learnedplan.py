@@ -168,7 +168,7 @@ def reset(plan: LearnedPlan, at: datetime, why: str) -> LearnedPlan:
 
 def unneeded(request: Request) -> list[tuple[int, int]]:
     """The runs of addresses a request reads that none of its points needs, (first, last)."""
-    needed = set()
+    needed: set[int] = set()
     for p in request.points:
         needed.update(range(p.address, p.address + p.width))
     runs: list[tuple[int, int]] = []

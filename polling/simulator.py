@@ -157,7 +157,9 @@ class _Device:
 
     def refuses(self, block: str, address: int, count: int) -> bool:
         holes = self.holes.get(block)
-        return bool(holes) and any(a in holes for a in range(address, address + count))
+        if not holes:  # the usual device: no scan per request
+            return False
+        return any(a in holes for a in range(address, address + count))
 
     def size(self, block: str) -> int:
         """Registers in a block (bits are packed 16 to a register)."""
@@ -195,10 +197,10 @@ def _devices(gateways: Sequence[Gateway], holes: Holes) -> dict[int, dict[int, _
             device = devices.setdefault(device_id, _Device(gateway.port, device_id))
             device.points[point.register].append((gateway.name, point))
     for (port, device_id), blocks in holes.items():
-        device = ports.get(port, {}).get(device_id)
-        if device is None:
+        holey = ports.get(port, {}).get(device_id)
+        if holey is None:
             raise ValueError(f"holes for device {device_id} on port {port}: no such device")
-        device.holes = {block: frozenset(addresses) for block, addresses in blocks.items()}
+        holey.holes = {block: frozenset(addresses) for block, addresses in blocks.items()}
     return ports
 
 
