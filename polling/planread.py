@@ -54,8 +54,9 @@ async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
     if not requests and target.unavailable:
         gone = ", ".join(p.name for p in target.unavailable)
         raise DeviceExceptionResponse(
-            f"every point of {config.name} is unavailable (refused with exception 2 when "
-            f"learnt): {gone}; `pollctl gateway replan {config.name}` tries them again",
+            f"every point of {config.name} is unavailable (each refused alone with exception 2 "
+            f"(illegal data address) when learnt): {gone}; `pollctl gateway replan "
+            f"{config.name}` tries them again",
             function_code=0,
             exception_code=ILLEGAL_ADDRESS,
         )
