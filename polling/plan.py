@@ -1,5 +1,6 @@
-"""How a gateway is polled: its points merged into the fewest reads, and the time one poll
-may take. Pure: planned once when a process loads a gateway, never per poll."""
+"""How a gateway is polled: its points merged into the fewest reads (or as its devices'
+refusals taught, polling/learnedplan.py), and the time one poll may take. Pure: planned
+once when a process loads a gateway, never per poll."""
 
 from __future__ import annotations
 
