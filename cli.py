@@ -38,6 +38,7 @@ from polling import (
     retention,
     service,
 )
+from polling import explain as explaining
 from polling.alerts import acknowledge as acknowledge_alert
 from polling.alerts import store as alert_store
 from polling.alerts.delivery import Deliverer, Notification, channels_of
@@ -429,6 +430,18 @@ def gateway_delete(rt: Runtime, name: str, yes: bool) -> None:
     click.echo(f"deleted {name} and its {readings} readings")
 
 
+@gateway.command("replan", epilog="Example: pollctl gateway replan meter-7")
+@click.argument("name", shell_complete=complete_gateway)
+@with_runtime()
+def gateway_replan(rt: Runtime, name: str) -> None:
+    """Drop the request plan the gateway's refusals taught: its next poll reads the full
+    plan again (and learns again if the device still refuses). See `pollctl explain`."""
+    if service.replan(rt, name):
+        click.echo(f"{name}: the full plan again from its next poll")
+    else:
+        click.echo(f"{name}: had no learnt plan; it polls by the full plan")
+
+
 def _confirm(question: str) -> None:
     """Ask on a terminal; elsewhere (a script, a pipe) there is no one to ask: --yes."""
     if not sys.stdin.isatty():
@@ -618,6 +631,8 @@ def status(
         row += [_next_due(s), s.ok, s.failed, s.consecutive_failures]
         if detailed:
             note = s.disabled_reason or (s.last_error if s.last_outcome != "ok" else "") or ""
+            if s.unavailable and not note:
+                note = "unavailable: " + ", ".join(s.unavailable)
             row += [s.skipped, s.shed, s.missed, note]
         rows.append(row)
     lines = []
@@ -725,6 +740,21 @@ def readings(
         click.echo(out.getvalue(), nl=False)
         return
     click.echo(table(headers, cells))
+
+
+@watching.command(epilog="Example: pollctl explain --gateway meter-7")
+@click.option(
+    "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
+)
+@with_runtime()
+def explain(rt: Runtime, name: str) -> None:
+    """How a gateway is polled: its requests (function, device, first register, count,
+    points, registers read that no point needs), the points no device answers, the poll
+    budget, the mean poll duration, and what learning from refusals changed and when."""
+    target = service.select_gateways(rt, [name])[0]
+    with rt.sessions() as session:
+        found = explaining.explain(session, target, ms_to_dt(rt.clock()))
+    click.echo(explaining.render(found))
 
 
 def _reading_cells(row: queries.ReadingRow, timefmt: Callable[[datetime], object]) -> tuple:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .gateways import Point
+from .learnedplan import LearnedPlan
 from .outcome import Outcome, PollKind
 from .records import Entry, MissedRun, PollEntry, PollRecord, reading_row
 from .schedule import Grid, ms_to_dt
@@ -30,6 +31,8 @@ class Served:
     error: str | None = None
     #: Each point with its decoded value (an ok poll only).
     values: Sequence[tuple[Point, object]] = ()
+    #: The plan this poll learnt from a refusal, to be saved (see polling/planread.py).
+    learned: LearnedPlan | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
-from . import heartbeat
+from . import heartbeat, planstore
 from .db import is_unreachable
 from .plan import PollTarget
 from .repository import load_gateways, load_gateways_by_id
@@ -44,9 +44,8 @@ def gateways_for_poll(rt: Runtime, ids: Iterable[int]) -> dict[int, PollTarget |
         return out
     try:
         with rt.sessions() as session:
-            loaded = {
-                g.id: PollTarget.of(g, rt.settings) for g in load_gateways_by_id(session, stale)
-            }
+            stored = load_gateways_by_id(session, stale)
+            loaded = {g.id: g for g in planstore.targets(session, stored, rt.settings)}
     except DBAPIError as exc:
         if not is_unreachable(exc):
             raise
@@ -71,7 +70,7 @@ def fleet(rt: Runtime) -> list[PollTarget]:
     if rt.fleet is not None and rt.fleet[0] == stamp:
         return rt.fleet[1]
     with rt.sessions() as session:
-        gateways = [PollTarget.of(g, rt.settings) for g in load_gateways(session)]
+        gateways = planstore.targets(session, load_gateways(session), rt.settings)
     rt.fleet = (stamp, gateways)
     return gateways
 

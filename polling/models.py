@@ -232,3 +232,26 @@ class AlertRow(Base):
     acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ack_note: Mapped[str | None] = mapped_column(Text)
     ack_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class RequestPlanRow(Base):
+    """The request plan a gateway's refusals taught (polling/learnedplan.py): one row per
+    gateway that ever refused a read with exception 2, shared by every worker."""
+
+    __tablename__ = "request_plans"
+
+    gateway_id: Mapped[int] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: A digest of the points and planning limits the plan was learnt for: a plan whose
+    #: basis no longer matches the configuration is ignored (the full plan is used).
+    basis: Mapped[str] = mapped_column(String(40))
+    #: The learnt requests, [device, register, address, count] each; NULL: the full plan.
+    spans: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: Names of the points no device answers (refused alone): not read, not failed.
+    unavailable: Mapped[list] = mapped_column(JSON)
+    learned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the full plan is tried again (a device's map may have been fixed).
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: What the learning changed and when: [[time ISO, text], ...], the newest last.
+    events: Mapped[list] = mapped_column(JSON)

@@ -30,13 +30,17 @@ from collections import Counter, defaultdict
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import configcache, counters, live, saving, shedding
+from sqlalchemy.exc import DBAPIError
+
+from . import configcache, counters, learnedplan, live, planstore, saving, shedding
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
-from .errors import GatewayTimeout, ModbusError
+from .errors import DeviceExceptionResponse, ModbusError
+from .learnedplan import LearnedPlan, Split
 from .outcome import Outcome, PollKind
 from .plan import PollTarget
+from .planread import ILLEGAL_ADDRESS, read_plan
 from .repository import set_chain_tokens
 from .runtime import Runtime
 from .schedule import ms_to_dt
@@ -82,6 +86,7 @@ def poll_batch(rt: Runtime, steps: Sequence[Step], site: str | None = None) -> B
     now = rt.clock()
     begun, endpoints, shed = _claim(rt, loaded, now)
     served, held = _read(rt, [target for target, _ in loaded], begun, endpoints, now, shed)
+    _save_learned(rt, [(loaded[i][0].id, s.learned) for i, s in served.items() if s.learned])
     ledger = account(begun, served, rt.clock())
     disabled = saving.save(rt, ledger.entries)
     for index, (target, _) in enumerate(loaded if disabled else ()):
@@ -331,21 +336,25 @@ async def _take_lock(
 
 async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> Served:
     """One read of every request of the gateway, within its budget, decoded (`step`: the
-    chain step it serves, none for a manual poll)."""
+    chain step it serves, none for a manual poll). A refusal with exception 2 splits the
+    plan (polling/planread.py): the poll is ok with the points that answered."""
     config = target.config
     started = ms_to_dt(rt.clock())
+    learned = None
     try:
-        read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
-        try:
-            answers = await asyncio.wait_for(read, target.budget)
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"no answer from {config.host}:{config.port} within {target.budget:.1f} s"
-            ) from None
-        values = decode_answers(target.requests, answers)
+        read = await read_plan(rt.modbus, target)
+        values = decode_answers(read.requests, read.answers)
+        if read.split is not None:
+            learned = _learnt(rt, target, read.split)
+            if not values:
+                raise DeviceExceptionResponse(
+                    f"{read.refusal}; no point answered: {learned.events[-1][1]}",
+                    function_code=0,
+                    exception_code=ILLEGAL_ADDRESS,
+                )
         if log.isEnabledFor(logging.DEBUG):  # the fields cost a per-poll format otherwise
             log.debug("poll ok: %d values", len(values), extra=_poll_fields(target, step))
-        return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values)
+        return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values, learned=learned)
     except ModbusError as exc:
         error = str(exc)
     except Exception as exc:
@@ -354,7 +363,34 @@ async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> S
         error = f"unexpected error: {type(exc).__name__}: {exc}"
     if log.isEnabledFor(logging.DEBUG):
         log.debug("poll failed: %s", error, extra=_poll_fields(target, step))
-    return Served(Outcome.FAILED, started, ms_to_dt(rt.clock()), error=error)
+    return Served(Outcome.FAILED, started, ms_to_dt(rt.clock()), error=error, learned=learned)
+
+
+def _learnt(rt: Runtime, target: PollTarget, split: Split) -> LearnedPlan:
+    """The plan a refusal taught, logged (the poll saves it once recorded)."""
+    at = ms_to_dt(rt.clock())
+    learned = learnedplan.learn(target.learned, target.basis, target.requests, split, at)
+    log.warning(
+        "gateway %s: request plan learnt: %s",
+        target.config.name,
+        learned.events[-1][1],
+        extra={"gateway": target.config.name},
+    )
+    return learned
+
+
+def _save_learned(rt: Runtime, plans: Sequence[tuple[int, LearnedPlan]]) -> None:
+    """Store the plans polls learnt and tell every process (configcache reloads the
+    gateways); with the database down they are lost, and the next refusal teaches again."""
+    if not plans:
+        return
+    try:
+        with rt.sessions() as session, session.begin():
+            planstore.save(session, plans)
+    except DBAPIError as exc:
+        log.warning("learnt request plans not saved: %s", exc)
+        return
+    rt.bump_config()
 
 
 def _advance(
@@ -431,6 +467,7 @@ def poll_once(rt: Runtime, target: PollTarget, kind: PollKind = PollKind.MANUAL)
             _poll_locked(rt, target, lock, deadline_ms), timeout=ttl_ms / 1000 + 60
         )
         saving.save(rt, [poll_entry(target.id, slot_ms, kind, served)])
+        _save_learned(rt, [(target.id, served.learned)] if served.learned else [])
     finally:
         rt.chains.release([lock])
     return served

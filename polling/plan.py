@@ -1,16 +1,21 @@
-"""How a gateway is polled: its points merged into the fewest reads, and the time one poll
-may take. Pure: planned once when a process loads a gateway, never per poll."""
+"""How a gateway is polled: its points merged into the fewest reads (or as its devices'
+refusals taught, polling/learnedplan.py), and the time one poll may take. Pure: planned
+once when a process loads a gateway, never per poll."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .gateways import Gateway, Point
 from .repository import StoredGateway
 from .schedule import Grid
 from .settings import Settings
 from .shedding import late_limit_ms
+
+if TYPE_CHECKING:
+    from .learnedplan import LearnedPlan
 
 BIT_REGISTERS = ("coil", "discrete")
 
@@ -86,17 +91,30 @@ class PollTarget(StoredGateway):
     claim_ttl_ms: int
     #: A step begun later than this after its slot is shed (polling/shedding.py); None: never.
     late_limit_ms: int | None = None
+    #: Points left out of every request: no device answers them (see learnedplan).
+    unavailable: tuple[Point, ...] = ()
+    #: The plan the gateway's refusals taught, as stored (None: it never refused).
+    learned: LearnedPlan | None = None
+    #: The digest of the configuration a learnt plan must match (`learnedplan.basis_of`).
+    basis: str = ""
 
     @classmethod
-    def of(cls, stored: StoredGateway, settings: Settings) -> PollTarget:
+    def of(
+        cls, stored: StoredGateway, settings: Settings, learned: LearnedPlan | None = None
+    ) -> PollTarget:
+        from . import learnedplan  # it builds on this module's requests
+
         config = stored.config
-        requests = plan_requests(
+        limits = (settings.max_gap, settings.max_registers, settings.max_bits)
+        full = plan_requests(
             config.points,
             default_device_id=config.device_id,
             max_gap=settings.max_gap,
             max_registers=settings.max_registers,
             max_bits=settings.max_bits,
         )
+        basis = learnedplan.basis_of(config, limits)
+        requests, unavailable = learnedplan.apply(full, learned, basis, config.device_id)
         budget = poll_budget(config, len(requests))
         grid = Grid.for_gateway(config.name, config.interval)
         return cls(
@@ -106,6 +124,9 @@ class PollTarget(StoredGateway):
             budget=budget,
             claim_ttl_ms=claim_ttl_ms(config, budget),
             late_limit_ms=late_limit_ms(grid.interval_ms, settings.late_limit, settings.late_share),
+            unavailable=unavailable,
+            learned=learned,
+            basis=basis,
         )
 
     @property

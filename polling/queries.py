@@ -48,6 +48,8 @@ class GatewayStatus:
     next_probe_at: datetime | None = None
     #: The network it lives on (polling/sites.py).
     site: str = DEFAULT_SITE
+    #: Points no device answers (refused alone with exception 2; see polling/learnedplan.py).
+    unavailable: tuple[str, ...] = ()
 
     def as_json(self) -> dict:
         data = asdict(self)

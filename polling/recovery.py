@@ -16,12 +16,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from . import live, service
+from . import live, planstore, service
 from .accounting import Served
 from .models import GatewayRow
 from .outcome import Outcome, PollKind
 from .pipeline import poll_once
-from .plan import PollTarget
 from .repository import StoredGateway, load_gateways_by_id
 from .runtime import Runtime
 from .schedule import ms_to_dt
@@ -71,7 +70,8 @@ def probe(rt: Runtime, gateway_id: int, enqueue: service.Enqueue) -> Served | No
     stored = _still_open(rt, gateway_id)
     if stored is None:
         return None
-    target = PollTarget.of(stored, rt.settings)
+    with rt.sessions() as session:
+        target = planstore.targets(session, [stored], rt.settings)[0]
     name = target.config.name
     served = poll_once(rt, target, PollKind.PROBE)
     now = ms_to_dt(rt.clock())

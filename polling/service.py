@@ -17,7 +17,7 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 from sqlalchemy.orm import Session
 
-from . import configcache, counters
+from . import configcache, counters, planstore
 from .accounting import Served
 from .chains import ChainState, EndpointLock
 from .errors import GatewayNotFound
@@ -77,9 +77,32 @@ class FleetReport:
         return actions
 
 
+def retry_full_plans(rt: Runtime) -> int:
+    """The daily retry of learnt request plans (polling/learnedplan.py): those past their
+    `retry_at` go back to the full plan, and every process is told. One indexed query
+    when none is due."""
+    with rt.sessions() as session, session.begin():
+        count = planstore.retry_due(session, ms_to_dt(rt.clock()))
+    if count:
+        rt.bump_config()
+    return count
+
+
+def replan(rt: Runtime, name: str) -> bool:
+    """`pollctl gateway replan`: the full plan again for the gateway, at its next poll;
+    False if it had no learnt plan to drop."""
+    gateway = named_gateways(rt, [name])[0]
+    with rt.sessions() as session, session.begin():
+        count = planstore.reset_plans(session, [gateway.id], ms_to_dt(rt.clock()), "replan")
+    rt.bump_config()
+    return bool(count)
+
+
 def select_gateways(rt: Runtime, names: Iterable[str] | None) -> list[PollTarget]:
     """The named gateways (all when `names` is None), planned; unknown names are an error."""
-    return [PollTarget.of(g, rt.settings) for g in named_gateways(rt, names)]
+    stored = named_gateways(rt, names)
+    with rt.sessions() as session:
+        return planstore.targets(session, stored, rt.settings)
 
 
 def named_gateways(rt: Runtime, names: Iterable[str] | None) -> list[StoredGateway]:
@@ -281,6 +304,7 @@ def reconcile(rt: Runtime, enqueue: Enqueue) -> FleetReport:
         report.flushed = flush(rt)  # before gaps are computed from the database
         with rt.sessions() as session:
             configcache.note_fleet(rt, *fleet_summary(session))
+        retry_full_plans(rt)
         gateways = {g.id: g for g in configcache.fleet(rt)}
         chains = rt.chains.all()
         now = rt.clock()

@@ -12,10 +12,11 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -130,6 +131,11 @@ class Traffic:
     #: (time, port, function code, address) of the requests served, the newest ones
     #: (bounded, so a long `pollctl simulate` does not grow without end).
     reads: deque[tuple[float, int, int, int]] = field(default_factory=lambda: deque(maxlen=500_000))
+    #: (time, port, function code, address, count) of the requests refused with exception 2
+    #: (a read spanning one of a device's holes).
+    refused: deque[tuple[float, int, int, int, int]] = field(
+        default_factory=lambda: deque(maxlen=100_000)
+    )
     #: Requests being answered right now (device latency makes this non-zero for a while).
     in_flight: int = 0
     #: While set and not released, every request waits for it: a device that answers only
@@ -145,6 +151,15 @@ class _Device:
         default_factory=lambda: {b: [] for b in BLOCKS}
     )
     ticks: dict[str, int] = field(default_factory=dict)
+    #: Addresses of each block the device refuses with exception 2 (illegal data address):
+    #: a register map with holes, which a read spanning one is refused as a whole.
+    holes: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    def refuses(self, block: str, address: int, count: int) -> bool:
+        holes = self.holes.get(block)
+        if not holes:  # the usual device: no scan per request
+            return False
+        return any(a in holes for a in range(address, address + count))
 
     def size(self, block: str) -> int:
         """Registers in a block (bits are packed 16 to a register)."""
@@ -168,7 +183,11 @@ class _Device:
                 registers[point.address : point.address + len(words)] = words
 
 
-def _devices(gateways: Sequence[Gateway]) -> dict[int, dict[int, _Device]]:
+#: Per (port, device id): register kind -> addresses refused with exception 2.
+Holes = Mapping[tuple[int, int], Mapping[str, Iterable[int]]]
+
+
+def _devices(gateways: Sequence[Gateway], holes: Holes) -> dict[int, dict[int, _Device]]:
     """Devices by port, then by device id."""
     ports: dict[int, dict[int, _Device]] = {}
     for gateway in gateways:
@@ -177,6 +196,11 @@ def _devices(gateways: Sequence[Gateway]) -> dict[int, dict[int, _Device]]:
             device_id = point.device_id if point.device_id is not None else gateway.device_id
             device = devices.setdefault(device_id, _Device(gateway.port, device_id))
             device.points[point.register].append((gateway.name, point))
+    for (port, device_id), blocks in holes.items():
+        holey = ports.get(port, {}).get(device_id)
+        if holey is None:
+            raise ValueError(f"holes for device {device_id} on port {port}: no such device")
+        holey.holes = {block: frozenset(addresses) for block, addresses in blocks.items()}
     return ports
 
 
@@ -188,12 +212,15 @@ async def _action(
     function_code: int,
     _start: int,
     address: int,
-    _count: int,
+    count: int,
     registers: list[int],
     _values: object,
-) -> None:
+) -> ExcCodes | None:
     traffic.reads.append((time.time(), device.port, function_code, address))
     block = FUNCTION_BLOCK.get(function_code)
+    if block is not None and device.refuses(block, address, count):
+        traffic.refused.append((time.time(), device.port, function_code, address, count))
+        return ExcCodes.ILLEGAL_ADDRESS
     if block is not None:
         device.refresh(block, registers, current_tick(tick_seconds))
     if latency or traffic.gate is not None:
@@ -204,6 +231,7 @@ async def _action(
             await asyncio.sleep(latency)
         finally:
             traffic.in_flight -= 1
+    return None
 
 
 def _sim_device(
@@ -232,10 +260,11 @@ class Simulator:
         host: str = "127.0.0.1",
         latency_ms: float = 0.0,
         tick_seconds: float = 1.0,
+        holes: Holes | None = None,
     ) -> None:
         self.host = host
         self.tick_seconds = tick_seconds
-        self._ports = _devices(gateways)
+        self._ports = _devices(gateways, holes or {})
         self._latency = latency_ms / 1000
         self._servers: list[ModbusTcpServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -286,6 +315,13 @@ class Simulator:
             self._ready.set()
         finally:
             self._loop.close()
+
+    def set_holes(self, port: int, device_id: int, holes: Mapping[str, Iterable[int]]) -> None:
+        """From now on the device refuses reads spanning these addresses (a firmware update
+        that changed its map, while pollers have the old plan in memory)."""
+        device = self._ports[port][device_id]
+        blocks = {block: frozenset(addresses) for block, addresses in holes.items()}
+        self._in_loop(lambda: setattr(device, "holes", blocks))
 
     def hold(self) -> None:
         """Requests from now on wait, unanswered, until `release` (they count as in flight)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from . import configcache, heartbeat, queries
@@ -17,7 +17,7 @@ def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
     chains, overdue = live_chains(rt)
     consumed = served_sites(rt)
     with rt.sessions() as session:
-        return queries.gateway_statuses(
+        statuses = queries.gateway_statuses(
             session,
             chains,
             overdue,
@@ -26,6 +26,12 @@ def collect_status(rt: Runtime) -> list[queries.GatewayStatus]:
             settings=rt.settings,
             critical=open_critical_gateways(session),
         )
+    # The learnt plans' unavailable points, from the fleet `live_chains` just read.
+    gone = {g.config.name: g.unavailable for g in configcache.fleet(rt) if g.unavailable}
+    return [
+        replace(s, unavailable=tuple(p.name for p in gone[s.name])) if s.name in gone else s
+        for s in statuses
+    ]
 
 
 def polling_consumed(rt: Runtime) -> bool:
