@@ -156,3 +156,18 @@ def gateways_file(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Starts test processes (`tests/processes.py` classes) and stops them, by PID, after."""
+    started = []
+
+    def start(cls, env, name):
+        proc = cls(env, tmp_path / f"{name}.log")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -34,20 +34,6 @@ RUN_SECONDS = 22
 INTERVALS = [0.5, 1.0, 1.5, 2.0]
 
 
-@pytest.fixture
-def processes(tmp_path):
-    started = []
-
-    def start(cls, env, name):
-        proc = cls(env, tmp_path / f"{name}.log")
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

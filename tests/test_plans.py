@@ -17,7 +17,7 @@ from polling.learnedplan import LearnedPlan, Split, apply, halves, unneeded
 from polling.outcome import Outcome
 from polling.plan import Request, plan_requests
 from tests.test_batch import started
-from tests.test_e2e import processes, wait_until  # noqa: F401  (a fixture, and a helper)
+from tests.test_e2e import wait_until
 from tests.test_service import poll_rows, reading_rows, setup_fleet
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -267,7 +267,7 @@ def test_two_workers_learn_once_and_both_poll_by_the_learnt_plan(
     env,
     simulate,
     free_ports,
-    processes,  # noqa: F811  (the fixture imported above)
+    processes,
     celery_app,
 ):
     from functools import partial

@@ -21,7 +21,6 @@ from polling.models import GatewayRow, PollLog
 from polling.repository import import_gateways
 from tests.fleet import fleet
 from tests.processes import ROOT, Beat, Worker
-from tests.test_e2e import processes as processes  # a fixture
 from tests.test_e2e import wait_until
 from workers.senders import send_poll
 
