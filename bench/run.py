@@ -170,6 +170,9 @@ class Bench:
         finally:
             for proc in self.procs:
                 self.stop(proc)
+            if os.environ.get("BENCH_KEEP_DB"):  # to study its poll log afterwards
+                print(f"kept database {self.database}")
+                return
             with psycopg.connect(PG_SERVER, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 

@@ -40,8 +40,10 @@ def group_steps(
 ) -> list[list[Step]]:
     """Steps by window of slot start, at most `size` per batch, earliest batch first; each
     batch is ordered by slot and gateway, so a window's batches are the same from one
-    interval to the next. Steps whose slots start by `due_ms` travel together whatever
-    their window: they are due, and splitting them would only add tasks to a backlog."""
+    interval to the next. Steps whose slots started by `due_ms` (late ones) travel together
+    whatever their window: splitting them would only add tasks to a backlog. Steps not yet
+    due never join them, even within the lead: a batch ends after its last slot, and a late
+    step in a batch with later windows would have its successor late again, every interval."""
     windows: dict[int, list[Step]] = defaultdict(list)
     for step in steps:
         if due_ms is not None and step[2] <= due_ms:
@@ -133,12 +135,11 @@ class StepSender:
         """Send every window that starts within `LEAD_MS`; returns the steps sent."""
         now = self._clock()
         self._ticked = now
-        return self._send_until(now + LEAD_MS, now + LEAD_MS)
+        return self._send_until(now + LEAD_MS, now)
 
     def send_all(self) -> int:
         """Send everything held (due steps together, the rest by window)."""
-        now = self._clock()
-        return self._send_until(None, now + LEAD_MS)
+        return self._send_until(None, self._clock())
 
     def _send_until(self, horizon_ms: int | None, due_ms: int) -> int:
         with self._sending:

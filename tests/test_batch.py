@@ -55,6 +55,23 @@ def test_sender_holds_steps_until_their_window_is_due_and_sends_each_window_once
     assert sender.send_due() == 0 and sender.pending() == 0
 
 
+def test_a_late_step_never_travels_with_steps_of_later_windows():
+    """A late step in one batch with the lead's later windows ends the batch later still, and
+    its successor is late again, interval after interval: at 0.25 s intervals (lead =
+    interval) two gateways stayed 180 ms late for good, every other poll shed."""
+    sent: list[list] = []
+    now = [10_000]
+    sender = StepSender(sent.append, 100, 10, clock=lambda: now[0])
+    sender.put([(1, "t", 9_820), (2, "t", 10_010), (3, "t", 10_120), (4, "t", 10_230)])
+    # The late step goes at once with what is due by now; each later window on its own.
+    assert sent == [[(1, "t", 9_820)], [(2, "t", 10_010)], [(3, "t", 10_120)], [(4, "t", 10_230)]]
+    # Steps of one window still travel together, late or not.
+    sent.clear()
+    sender.put([(5, "t", 9_990), (6, "t", 9_999), (7, "t", 10_050), (8, "t", 10_099)])
+    sender.send_due()
+    assert sent == [[(5, "t", 9_990), (6, "t", 9_999)], [(7, "t", 10_050), (8, "t", 10_099)]]
+
+
 def test_sender_sends_everything_on_send_all():
     sent: list[list] = []
     sender = StepSender(sent.append, 100, 10, clock=lambda: 0)
@@ -83,7 +100,8 @@ def test_sender_keeps_what_the_broker_refused_and_sends_it_later():
     assert sender.send_due() == 0 and sender.pending() == 2
     broker_up[0] = True
     assert sender.send_due() == 2
-    assert sent == [[(1, "t", 100), (2, "t", 1_000)]]  # both due by now: one batch
+    # The late one at once; the other, not yet due, in its own window's batch.
+    assert sent == [[(1, "t", 100)], [(2, "t", 1_000)]]
 
 
 def test_sender_thread_sends_due_windows_and_stop_sends_the_rest():
