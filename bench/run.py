@@ -172,9 +172,9 @@ class Bench:
                 self.stop(proc)
             if os.environ.get("BENCH_KEEP_DB"):  # to study its poll log afterwards
                 print(f"kept database {self.database}")
-                return
-            with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            else:
+                with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def _wait_for_port(self, port: int, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + 120
