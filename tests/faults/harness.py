@@ -119,6 +119,8 @@ class Row:
     bound: float | None
     #: Records the database's unique keys refused for a slot held otherwise.
     refused: int = 0
+    #: Slots recorded skipped (shed by an overloaded worker, or a busy endpoint), not failed.
+    skipped: int = 0
 
 
 SUMMARY: list[Row] = []
@@ -405,12 +407,13 @@ class Rig:
             fault,
             expected,
             total["ok"],
-            total["failed"] + total["skipped"],
+            total["failed"],
             total["missed"],
             duplicates,
             round(recovery, 1) if fault_end is not None else None,
             bound,
             sum(refused.values()),
+            total["skipped"],
         )
         SUMMARY.append(row)
         return row
@@ -464,6 +467,7 @@ def summary_table(rows: list[Row]) -> str:
         "slots expected",
         "polled",
         "failed",
+        "skipped",
         "missed",
         "duplicates at the device",
         "refused by the database",
@@ -479,6 +483,7 @@ def summary_table(rows: list[Row]) -> str:
             r.expected,
             r.polled,
             r.failed,
+            r.skipped,
             r.missed,
             r.duplicates,
             r.refused,
