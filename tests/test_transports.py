@@ -1,0 +1,178 @@
+"""Transports beyond Modbus TCP: their YAML validation, and a read of each through ModbusPool
+against a pymodbus server with the matching framer on loopback (serial through a socat pty
+pair, TLS with a certificate made here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from polling.errors import GatewayTimeout, ModbusError
+from polling.modbus import ModbusPool
+from polling.plan import Request
+from polling.transports import TCP, Transport, parse_transport
+
+POINTS = [{"name": "p", "register": "holding", "address": 0, "type": "uint16"}]
+READ = [Request(device_id=1, register="holding", address=0, count=2)]
+
+
+def faults(data: dict) -> tuple[Transport, object, list[str]]:
+    found: list[str] = []
+    transport, port = parse_transport(data, lambda key, msg: found.append(f"{key}: {msg}"))
+    return transport, port, found
+
+
+def test_a_gateway_without_transport_is_plain_tcp_with_its_int_port():
+    assert faults({"port": 502}) == (TCP, 502, [])
+    assert faults({}) == (TCP, 502, [])
+
+
+def test_serial_needs_a_device_path_and_takes_line_settings():
+    transport, port, found = faults(
+        {"transport": "serial", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "E"}
+    )
+    assert found == [] and port == "/dev/ttyUSB0"
+    assert transport.option("baudrate") == 9600 and transport.option("parity") == "E"
+    assert faults({"transport": "serial", "port": 502})[2] == [
+        "port: transport serial needs a device path (e.g. /dev/ttyUSB0), got 502"
+    ]
+    assert faults({"transport": "serial", "port": "/dev/x", "parity": "X"})[2] == [
+        "parity: must be one of N, E, O, got 'X'"
+    ]
+
+
+def test_network_transports_refuse_a_path_port_and_serial_keys():
+    assert faults({"transport": "udp", "port": "/dev/ttyUSB0"})[2] == [
+        "port: must be a TCP/UDP port between 1 and 65535, got '/dev/ttyUSB0'"
+    ]
+    assert faults({"transport": "tcp", "baudrate": 9600})[2] == [
+        "baudrate: only for transport serial, not tcp"
+    ]
+    assert faults({"transport": "modbus"})[2] == [
+        "transport: must be one of tcp, rtu-over-tcp, udp, tls, serial, got 'modbus'"
+    ]
+
+
+def test_tls_needs_its_ca_and_cert_with_key():
+    transport, port, found = faults({"transport": "tls", "tls": {"ca": "/ca.pem"}})
+    assert found == [] and port == 802 and transport.option("ca") == "/ca.pem"
+    assert faults({"transport": "tls"})[2] == [
+        "tls: required for transport tls: a mapping with ca, cert and key paths"
+    ]
+    assert faults({"transport": "tls", "tls": {"ca": "/a", "cert": "/c"}})[2] == [
+        "tls.key: cert and key go together"
+    ]
+
+
+def read(transport: Transport | None, port, requests=READ, timeout: float = 1.0):
+    pool = ModbusPool()
+    try:
+        return pool.run(pool.read("127.0.0.1", port, timeout, requests, transport), timeout=10)
+    finally:
+        pool.close()
+
+
+def document(port: int, devices: tuple[int, ...] = (1,)) -> dict:
+    return {
+        "gateways": [
+            {
+                "name": f"gw{d}",
+                "host": "127.0.0.1",
+                "port": port,
+                "device_id": d,
+                "interval": 1,
+                "points": POINTS,
+            }
+            for d in devices
+        ]
+    }
+
+
+@pytest.mark.parametrize("kind", ["rtu-over-tcp", "udp"])
+def test_a_network_transport_reads_from_its_matching_server(simulate, free_ports, kind):
+    [port] = free_ports(1)
+    simulate(document(port), transport=kind)
+    values = read(Transport(kind), port)[0]
+    assert len(values) == 2 and all(isinstance(v, int) for v in values)
+
+
+def test_tcp_framing_against_an_rtu_server_is_no_answer(simulate, free_ports):
+    """The pool keys clients by transport: the same host:port as tcp gets no valid frame."""
+    [port] = free_ports(1)
+    simulate(document(port), transport="rtu-over-tcp")
+    with pytest.raises(ModbusError):
+        read(None, port, timeout=0.5)
+    assert len(read(Transport("rtu-over-tcp"), port)[0]) == 2
+
+
+def _certificate(tmp: Path) -> tuple[str, str]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    args += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        ["openssl", *args, "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return str(cert), str(key)
+
+
+def test_tls_reads_from_a_server_whose_certificate_the_ca_signed(simulate, free_ports, tmp_path):
+    import ssl
+
+    cert, key = _certificate(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    [port] = free_ports(1)
+    simulate(document(port), transport="tls", sslctx=server)
+    tls = Transport.of("tls", {"ca": cert})
+    assert len(read(tls, port)[0]) == 2
+
+
+@pytest.fixture
+def pty_pair(tmp_path):
+    """Two linked ptys made by socat: the server on one end, the client on the other."""
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed")
+    a, b = tmp_path / "bus-a", tmp_path / "bus-b"
+    proc = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (a.exists() and b.exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "socat gave no ptys"
+            time.sleep(0.01)
+        yield os.fspath(a), os.fspath(b)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_serial_reads_every_device_of_a_bus_and_goes_on_after_a_silent_bus(simulate, pty_pair):
+    """A silent bus (no server yet on the other end) times out and drops the client; the
+    next read reopens the port and every device on the bus answers in turn."""
+    server_end, client_end = pty_pair
+    serial = Transport.of("serial", {"baudrate": 19200})
+    both = [READ[0], Request(device_id=2, register="holding", address=0, count=2)]
+    pool = ModbusPool()
+    try:
+
+        def run(requests, timeout=1.0):
+            return pool.run(pool.read("", client_end, timeout, requests, serial), timeout=10)
+
+        with pytest.raises(GatewayTimeout):
+            run(both, timeout=0.3)
+        simulate(document(1, devices=(1, 2)), transport="serial", serial_port=server_end)
+        assert [len(v) for v in run(both)] == [2, 2]
+        assert [len(v) for v in run(both)] == [2, 2]
+    finally:
+        pool.close()
