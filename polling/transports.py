@@ -16,14 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus import FramerType
-from pymodbus.client import (
-    AsyncModbusSerialClient,
-    AsyncModbusTcpClient,
-    AsyncModbusTlsClient,
-    AsyncModbusUdpClient,
-)
-
 TRANSPORTS = ("tcp", "rtu-over-tcp", "udp", "tls", "serial")
 NETWORK = ("tcp", "rtu-over-tcp", "udp", "tls")
 SERIAL_FIELDS = {"baudrate", "parity", "stopbits", "bytesize", "handle_local_echo"}
@@ -53,6 +45,9 @@ class Transport:
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
+
+    def with_device(self, device: str | None) -> Transport:
+        return Transport.of(self.kind, {**self.as_json(), "device": device})
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.options)
@@ -151,7 +146,17 @@ def make_client(
     trace_connect: Callable[[bool], None],
 ) -> Any:
     """The pymodbus client for `transport`, never retrying or reconnecting on its own (the
-    next poll reconnects), as ModbusPool's own TCP client."""
+    next poll reconnects), as ModbusPool's own TCP client. For serial the device is the
+    transport's `device` option when it has one (a stored gateway), else `port`."""
+    # Imported here: the Gateway model carries a Transport and needs no pymodbus.
+    from pymodbus import FramerType
+    from pymodbus.client import (
+        AsyncModbusSerialClient,
+        AsyncModbusTcpClient,
+        AsyncModbusTlsClient,
+        AsyncModbusUdpClient,
+    )
+
     common: dict[str, Any] = dict(
         timeout=timeout, retries=0, reconnect_delay=0, trace_connect=trace_connect
     )
@@ -166,7 +171,8 @@ def make_client(
         return AsyncModbusTlsClient(host, port=port, sslctx=ssl_context(transport), **common)
     if kind == "serial":
         options = transport.as_json()
-        return AsyncModbusSerialClient(port, framer=FramerType.RTU, **options, **common)
+        device = options.pop("device", port)
+        return AsyncModbusSerialClient(device, framer=FramerType.RTU, **options, **common)
     raise ValueError(f"unknown transport {kind!r}")
 
 
@@ -185,3 +191,10 @@ def describe(transport: Transport, host: str, port: Any) -> str:
     if transport.serial:
         return f"serial {port}"
     return f"{transport.kind} {host}:{port}"
+
+
+def transport_of(kind: str | None, options: dict[str, Any] | None) -> Transport:
+    """A stored gateway's transport from its row's columns (tcp for rows before 0009)."""
+    if (kind or "tcp") == "tcp" and not options:
+        return TCP
+    return Transport.of(kind, options)

@@ -176,3 +176,71 @@ def test_serial_reads_every_device_of_a_bus_and_goes_on_after_a_silent_bus(simul
         assert [len(v) for v in run(both)] == [2, 2]
     finally:
         pool.close()
+
+
+# -- the gateways file and storage -------------------------------------------------------------
+
+BUS = [
+    {"name": "plain", "host": "10.0.0.1", "interval": 1, "points": POINTS},
+    {
+        "name": "line1",
+        "transport": "serial",
+        "port": "/dev/ttyUSB0",
+        "baudrate": 9600,
+        "parity": "E",
+        "device_id": 3,
+        "site": "plant",
+        "interval": 1,
+        "points": POINTS,
+    },
+    {
+        "name": "secure",
+        "transport": "tls",
+        "host": "10.0.0.2",
+        "tls": {"ca": "/etc/pollctl/ca.pem", "cert": "/etc/c.pem", "key": "/etc/k.pem"},
+        "interval": 1,
+        "points": POINTS,
+    },
+    {"name": "conv", "transport": "rtu-over-tcp", "host": "10.0.0.3", "port": 4001}
+    | {"interval": 1, "points": POINTS},
+]
+
+
+def test_the_file_reads_each_transport_and_a_serial_gateway_needs_no_host():
+    from polling.gatewayfile import parse_gateways
+
+    plain, line1, secure, conv = parse_gateways({"gateways": BUS})
+    assert plain.transport is TCP and plain.port == 502
+    assert line1.transport.kind == "serial" and line1.port == 0 and line1.host == ""
+    assert line1.transport.option("device") == "/dev/ttyUSB0"
+    assert secure.transport.option("ca") == "/etc/pollctl/ca.pem" and secure.port == 802
+    assert conv.transport == Transport("rtu-over-tcp") and conv.port == 4001
+
+
+def test_a_transport_fault_is_one_line_naming_file_gateway_and_field(tmp_path):
+    import yaml
+
+    from polling.errors import ConfigError
+    from polling.gatewayfile import load_gateways
+
+    path = tmp_path / "gateways.yaml"
+    bad = dict(BUS[1], port=502)
+    path.write_text(yaml.safe_dump({"gateways": [bad]}))
+    with pytest.raises(ConfigError) as info:
+        load_gateways(path)
+    assert str(info.value) == (
+        f"{path}: gateway 'line1': field 'port': transport serial needs a device path "
+        "(e.g. /dev/ttyUSB0), got 502"
+    )
+
+
+def test_transports_round_trip_through_storage(runtime):
+    from polling.gatewayfile import parse_gateways
+    from polling.repository import import_gateways, load_gateways
+
+    gateways = parse_gateways({"gateways": BUS})
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, gateways)
+    with runtime.sessions() as session:
+        stored = {g.config.name: g.config for g in load_gateways(session)}
+    assert [stored[g.name] for g in gateways] == gateways
