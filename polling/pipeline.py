@@ -335,7 +335,8 @@ async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> S
     config = target.config
     started = ms_to_dt(rt.clock())
     try:
-        read = rt.modbus.read(config.host, config.port, config.timeout, list(target.requests))
+        requests = list(target.requests)
+        read = rt.modbus.read(config.host, config.port, config.timeout, requests, config.transport)
         try:
             answers = await asyncio.wait_for(read, target.budget)
         except TimeoutError:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .gateways import Gateway, Point
 from .repository import StoredGateway
 from .schedule import Grid
 from .settings import Settings
 from .shedding import late_limit_ms
+from .transports import serial_endpoint
 
 BIT_REGISTERS = ("coil", "discrete")
 
@@ -109,8 +111,13 @@ class PollTarget(StoredGateway):
         )
 
     @property
-    def endpoint(self) -> tuple[str, int]:
-        return self.config.host, self.config.port
+    def endpoint(self) -> tuple[str, Any]:
+        """The line its polls take turns on: host and port, or for a serial bus this
+        worker's host and the device (one bus: every device on it waits its turn)."""
+        config = self.config
+        if config.transport.serial:
+            return serial_endpoint(config.transport)
+        return config.host, config.port
 
 
 def poll_budget(gateway: Gateway, n_requests: int) -> float:

@@ -11,6 +11,7 @@ YAML (per gateway):
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +139,14 @@ def endpoint_of(transport: Transport, host: str, port: Any, worker_host: str) ->
     return (host, port)
 
 
+#: A serial port exists on one host: its lock names the host whose worker opens it.
+WORKER_HOST = socket.gethostname()
+
+
+def serial_endpoint(transport: Transport) -> tuple[str, Any]:
+    return WORKER_HOST, transport.option("device")
+
+
 def make_client(
     transport: Transport,
     host: str,
@@ -189,7 +198,7 @@ def describe(transport: Transport, host: str, port: Any) -> str:
     if transport.kind == "tcp":
         return f"{host}:{port}"
     if transport.serial:
-        return f"serial {port}"
+        return f"serial {transport.option('device', port)}"
     return f"{transport.kind} {host}:{port}"
 
 

@@ -244,3 +244,46 @@ def test_transports_round_trip_through_storage(runtime):
     with runtime.sessions() as session:
         stored = {g.config.name: g.config for g in load_gateways(session)}
     assert [stored[g.name] for g in gateways] == gateways
+
+
+# -- through the real pipeline (a manual poll: lock, read, decode, record) ---------------------
+
+
+def _store(runtime, document: dict) -> None:
+    from polling.gatewayfile import parse_gateways
+    from polling.repository import import_gateways
+
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+
+
+@pytest.mark.parametrize("kind", ["rtu-over-tcp", "udp"])
+def test_a_poll_through_the_pipeline_over_a_network_transport(runtime, simulate, free_ports, kind):
+    from polling import service
+
+    [port] = free_ports(1)
+    doc = document(port)
+    simulate(doc, transport=kind)
+    doc["gateways"][0]["transport"] = kind
+    _store(runtime, doc)
+    served = service.poll_now(runtime, "gw1")
+    assert served.outcome == "ok", served.error
+    assert [p.name for p, _ in served.values] == ["p"]
+
+
+def test_a_poll_through_the_pipeline_over_a_serial_bus(runtime, simulate, pty_pair):
+    from polling import service
+
+    server_end, client_end = pty_pair
+    simulate(document(1, devices=(1, 2)), transport="serial", serial_port=server_end)
+    doc = document(1, devices=(1, 2))
+    for gateway in doc["gateways"]:
+        gateway.pop("host")
+        gateway |= {"transport": "serial", "port": client_end}
+    _store(runtime, doc)
+    for name in ("gw1", "gw2"):
+        served = service.poll_now(runtime, name)
+        assert served.outcome == "ok", served.error
+    [one, two] = service.select_gateways(runtime, ["gw1", "gw2"])
+    assert one.endpoint == two.endpoint  # one bus, one lock: the devices take turns
+    assert one.endpoint[1] == client_end
