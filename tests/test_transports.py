@@ -255,6 +255,7 @@ def _store(runtime, document: dict) -> None:
 
     with runtime.sessions() as session, session.begin():
         import_gateways(session, parse_gateways(document))
+    runtime.bump_config()  # as `gateway import` does: the cached fleet is read again
 
 
 @pytest.mark.parametrize("kind", ["rtu-over-tcp", "udp"])
@@ -287,3 +288,20 @@ def test_a_poll_through_the_pipeline_over_a_serial_bus(runtime, simulate, pty_pa
     [one, two] = service.select_gateways(runtime, ["gw1", "gw2"])
     assert one.endpoint == two.endpoint  # one bus, one lock: the devices take turns
     assert one.endpoint[1] == client_end
+
+
+def test_validate_lists_serial_buses_by_site_and_warns_on_the_default_site(runtime):
+    from polling.checks.base import Context
+    from polling.checks.serial import check_serial_buses
+
+    assert check_serial_buses(Context(runtime)).status == "healthy"
+    shared = dict(BUS[1], name="line2", device_id=4)
+    del shared["site"]
+    _store(runtime, {"gateways": [BUS[0], BUS[1], shared]})
+    result = check_serial_buses(Context(runtime))
+    assert result.status == "warning"
+    assert result.message == (
+        "serial buses, each opened by the worker serving its site: "
+        "site default: /dev/ttyUSB0 (1 gateways); site plant: /dev/ttyUSB0 (1 gateways)"
+    )
+    assert result.details["buses"]["plant"] == {"/dev/ttyUSB0": ["line1"]}
