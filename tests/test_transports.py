@@ -305,3 +305,72 @@ def test_validate_lists_serial_buses_by_site_and_warns_on_the_default_site(runti
         "site default: /dev/ttyUSB0 (1 gateways); site plant: /dev/ttyUSB0 (1 gateways)"
     )
     assert result.details["buses"]["plant"] == {"/dev/ttyUSB0": ["line1"]}
+
+
+# -- faults on an RTU line: a tiny raw server answering what a real bus can --------------------
+
+
+def _crc(frame: bytes) -> bytes:
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+@pytest.fixture
+def raw_rtu_server():
+    """A TCP server answering each RTU request with `answer(request)`; stopped at teardown."""
+    import socket
+    import threading
+
+    servers: list[tuple[socket.socket, threading.Thread]] = []
+
+    def start(answer) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+
+        def serve() -> None:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # closed at teardown
+                return
+            with conn:
+                while request := conn.recv(256):
+                    conn.sendall(answer(request))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        servers.append((sock, thread))
+        return sock.getsockname()[1]
+
+    yield start
+    for sock, thread in servers:
+        sock.close()
+        thread.join(5)
+
+
+def _reply(device_id: int) -> bytes:
+    body = bytes([device_id, 3, 4, 0, 1, 0, 2])
+    return body + _crc(body)
+
+
+def test_an_answer_with_a_bad_crc_is_no_valid_answer(raw_rtu_server):
+    good = _reply(1)
+    port = raw_rtu_server(lambda request: good[:-1] + bytes([good[-1] ^ 0xFF]))
+    with pytest.raises(GatewayTimeout, match="no valid answer"):
+        read(Transport("rtu-over-tcp"), port, timeout=0.3)
+
+
+def test_a_good_answer_on_the_raw_server_is_read(raw_rtu_server):
+    port = raw_rtu_server(lambda request: _reply(1))
+    assert read(Transport("rtu-over-tcp"), port) == [[1, 2]]
+
+
+def test_an_answer_from_the_wrong_device_is_not_taken(raw_rtu_server):
+    """pymodbus skips a frame from another device id: the read times out, never mixes up."""
+    port = raw_rtu_server(lambda request: _reply(5))
+    with pytest.raises(GatewayTimeout, match="no valid answer"):
+        read(Transport("rtu-over-tcp"), port, timeout=0.3)
