@@ -72,6 +72,7 @@ from polling.status import (
     summary,
 )
 from polling.timefmt import iso_z, local, span
+from polling.transports import describe
 from polling.values import cell, shown
 from workers.app import create_app
 from workers.control import check_context
@@ -398,7 +399,7 @@ def gateway_list(rt: Runtime) -> None:
         rows = [
             (
                 g.config.name,
-                f"{g.config.host}:{g.config.port}",
+                describe(g.config.transport, g.config.host, g.config.port),
                 g.config.device_id,
                 f"{g.config.interval:g}",
                 len(g.config.points),

@@ -26,6 +26,7 @@ from .checks.fleet import (
 )
 from .checks.overload import check_overload
 from .checks.records import check_records
+from .checks.serial import check_serial_buses
 from .checks.services import (
     check_beat,
     check_clocks,
@@ -60,6 +61,7 @@ CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_records, None),
     (check_limits, None),
     (check_overload, None),
+    (check_serial_buses, None),
 )
 #: Runs kept in the database.
 KEEP_RUNS = 2000

@@ -24,6 +24,7 @@ from .gateways import (
 )
 from .gatewaystream import NotAList, Progress, read_entries
 from .sites import DEFAULT_SITE, site_problem
+from .transports import TCP, TRANSPORT_FIELDS, Transport, parse_transport
 
 
 class _Errors:
@@ -199,10 +200,7 @@ def _gateway(
         return None
     f = _Fields(entry, f"gateway '{name}'", errors)
     f.unknown(GATEWAY_FIELDS)
-    host = f.get("host", (str,), required=True)
-    if host is not None and (why := host_problem(host)):
-        f.bad("host", why)
-    port = f.integer("port", 1, 65535, default=502)
+    host, port, transport = _endpoint(entry, f)
     device_id = f.integer("device_id", 0, 255, default=1)
     enabled = f.get("enabled", (bool,), default=True)
     site = _site(f)
@@ -239,8 +237,26 @@ def _gateway(
         timeout=timeout or DEFAULT_TIMEOUT,
         enabled=enabled,
         site=site,
+        transport=transport,
         points=_points(entry.get("points"), name, errors),
     )
+
+
+def _endpoint(entry: dict, f: _Fields) -> tuple[str | None, Any, Transport]:
+    """host, port and transport; a serial gateway's port (its device path) moves into its
+    transport's options, and it needs no host."""
+    transport: Transport | None = None
+    port: Any = 0
+    if not TRANSPORT_FIELDS.isdisjoint(entry):
+        transport, port = parse_transport(entry, f.bad)
+    host = f.get("host", (str,), required=transport is None or not transport.serial)
+    if host is not None and (why := host_problem(host)):
+        f.bad("host", why)
+    if transport is None:  # today's path, unchanged
+        port = f.integer("port", 1, 65535, default=502)
+    elif transport.serial:
+        transport, port = transport.with_device(port), 0
+    return host, port, transport or TCP
 
 
 def _site(f: _Fields) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import codec
 from .sites import DEFAULT_SITE
+from .transports import TCP, TRANSPORT_FIELDS, Transport
 
 REGISTERS = ("holding", "input", "coil", "discrete")
 MAX_ADDRESS = 65535
@@ -14,7 +15,7 @@ DEFAULT_TIMEOUT = 3.0
 
 GATEWAY_FIELDS = {
     "name", "host", "port", "device_id", "interval", "timeout", "enabled", "points", "site",
-}  # fmt: skip
+} | TRANSPORT_FIELDS  # fmt: skip
 POINT_FIELDS = {
     "name",
     "register",
@@ -70,3 +71,6 @@ class Gateway:
     enabled: bool = True
     #: The network it lives on: only workers serving this site poll it (polling/sites.py).
     site: str = DEFAULT_SITE
+    #: tcp unless the file says otherwise (polling/transports.py); a serial gateway's device
+    #: path is its `device` option, and its port 0.
+    transport: Transport = TCP

@@ -22,6 +22,7 @@ from pymodbus.pdu import ModbusPDU
 
 from .errors import DeviceExceptionResponse, GatewayTimeout, GatewayUnreachable, ModbusError
 from .plan import Request
+from .transports import Transport, make_client
 
 T = TypeVar("T")
 
@@ -43,7 +44,9 @@ READERS = {
     "discrete": "read_discrete_inputs",
 }
 
-Endpoint = tuple[str, int]
+# (host, port) for plain TCP, as ever; (transport, host, port) for any other, so a tcp and
+# an rtu-over-tcp gateway at one host:port never share a client.
+Endpoint = tuple[Any, ...]
 
 
 def where_of(request: Request, host: str, port: int) -> str:
@@ -94,7 +97,7 @@ class ModbusPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Lock()
-        self._clients: dict[Endpoint, AsyncModbusTcpClient] = {}
+        self._clients: dict[Endpoint, Any] = {}
         self._busy: dict[Endpoint, asyncio.Lock] = {}
         self._links: dict[Endpoint, _Link] = {}
 
@@ -119,10 +122,19 @@ class ModbusPool:
             return self._loop
 
     async def read(
-        self, host: str, port: int, timeout: float, requests: list[Request]
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        requests: list[Request],
+        transport: Transport | None = None,
     ) -> list[Any]:
-        """Run `requests` in order on the endpoint's connection; errors as our ModbusError."""
-        endpoint = (host, port)
+        """Run `requests` in order on the endpoint's connection; errors as our ModbusError.
+        `transport` None (or tcp) is plain Modbus TCP; for serial, `port` is the device."""
+        if transport is None or transport.kind == "tcp":
+            endpoint: Endpoint = (host, port)
+        else:
+            endpoint = (transport, host, port)
         busy = self._busy.get(endpoint)
         if busy is None:
             busy = self._busy[endpoint] = asyncio.Lock()
@@ -139,14 +151,14 @@ class ModbusPool:
                 self._discard(endpoint)
                 raise
 
-    async def _connected(self, endpoint: Endpoint, timeout: float) -> AsyncModbusTcpClient:
+    async def _connected(self, endpoint: Endpoint, timeout: float) -> Any:
         client = self._clients.get(endpoint)
         fresh = client is not None and client.comm_params.timeout_connect == timeout
         if client is not None and fresh and client.connected:
             return client
         if client is not None:
             self._discard(endpoint)
-        host, port = endpoint
+        transport, host, port = endpoint if len(endpoint) == 3 else (None, *endpoint)
         link = _Link()
 
         def on_connect(up: bool) -> None:
@@ -154,9 +166,17 @@ class ModbusPool:
                 link.drop()
 
         # reconnect_delay=0: no reconnecting behind our back; the next poll reconnects.
-        client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout, retries=0, reconnect_delay=0, trace_connect=on_connect
-        )
+        if transport is None:
+            client = AsyncModbusTcpClient(
+                host,
+                port=port,
+                timeout=timeout,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=on_connect,
+            )
+        else:
+            client = make_client(transport, host, port, timeout, on_connect)
         try:
             connected = await asyncio.wait_for(client.connect(), timeout)
         except (OSError, TimeoutError) as exc:
@@ -204,7 +224,7 @@ class _Link:
 
 
 async def _read_one(
-    client: AsyncModbusTcpClient, link: _Link, request: Request, host: str, port: int
+    client: Any, link: _Link, request: Request, host: str, port: int
 ) -> list[int] | list[bool]:
     where = where_of(request, host, port)
     if link.lost:

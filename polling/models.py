@@ -69,6 +69,10 @@ class GatewayRow(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     #: The network it lives on (polling/sites.py): its polls go to that site's queue.
     site: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    #: tcp, rtu-over-tcp, udp, tls or serial (polling/transports.py), and its options (TLS
+    #: paths; a serial line's device and settings); port is 0 for serial.
+    transport: Mapped[str] = mapped_column(String(16), default="tcp", server_default="tcp")
+    transport_options: Mapped[dict | None] = mapped_column(JSON)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
     polling: Mapped[bool] = mapped_column(Boolean, default=False)

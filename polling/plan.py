@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .gateways import Gateway, Point
 from .repository import StoredGateway
 from .schedule import Grid
 from .settings import Settings
 from .shedding import late_limit_ms
+from .transports import serial_endpoint
 
 if TYPE_CHECKING:
     from .learnedplan import LearnedPlan
@@ -130,8 +131,13 @@ class PollTarget(StoredGateway):
         )
 
     @property
-    def endpoint(self) -> tuple[str, int]:
-        return self.config.host, self.config.port
+    def endpoint(self) -> tuple[str, Any]:
+        """The line its polls take turns on: host and port, or for a serial bus this
+        worker's host and the device (one bus: every device on it waits its turn)."""
+        config = self.config
+        if config.transport.serial:
+            return serial_endpoint(config.transport)
+        return config.host, config.port
 
 
 def poll_budget(gateway: Gateway, n_requests: int) -> float:

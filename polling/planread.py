@@ -61,7 +61,7 @@ async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
             exception_code=ILLEGAL_ADDRESS,
         )
     try:
-        read = pool.read(config.host, config.port, config.timeout, requests)
+        read = pool.read(config.host, config.port, config.timeout, requests, config.transport)
         return PlanRead(requests, await asyncio.wait_for(read, target.budget))
     except TimeoutError:
         raise GatewayTimeout(
@@ -95,7 +95,7 @@ async def _split(
         if remaining <= 0:
             pending += [request, *queue]
             break
-        read = pool.read(config.host, config.port, config.timeout, [request])
+        read = pool.read(config.host, config.port, config.timeout, [request], config.transport)
         try:
             answer = await asyncio.wait_for(read, remaining)
         except TimeoutError:  # the poll's deadline, not the device's timeout

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from .gateways import Gateway, Point
 from .models import GatewayRow, PointRow, utcnow
+from .transports import transport_of
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def _settings(gateway: Gateway, *, enabled: bool) -> dict[str, object]:
         "timeout_s": gateway.timeout,
         "enabled": enabled,
         "site": gateway.site,
+        "transport": gateway.transport.kind,
+        "transport_options": gateway.transport.as_json() or None,
     }
 
 
@@ -142,6 +145,7 @@ def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[
 _GATEWAY_COLUMNS = (
     "id", "name", "host", "port", "device_id", "interval_s", "timeout_s",
     "enabled", "polling", "disabled_reason", "polling_since", "site",
+    "transport", "transport_options",
 )  # fmt: skip
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
@@ -178,6 +182,7 @@ def _load(session: Session, condition: ColumnElement[bool] | None) -> list[Store
                 timeout=row.timeout_s,
                 enabled=row.enabled,
                 site=row.site,
+                transport=transport_of(row.transport, row.transport_options),
             ),
             row.enabled,
             row.polling,

@@ -15,9 +15,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer, ModbusTlsServer, ModbusUdpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from . import codec
@@ -261,12 +263,18 @@ class Simulator:
         latency_ms: float = 0.0,
         tick_seconds: float = 1.0,
         holes: Holes | None = None,
+        transport: str = "tcp",
+        sslctx: Any = None,
+        serial_port: str | None = None,
     ) -> None:
+        """`transport` as a gateway's (tcp, rtu-over-tcp, udp, tls with `sslctx`, serial on
+        `serial_port`, one bus serving every device of the file)."""
         self.host = host
+        self.transport, self._sslctx, self._serial_port = transport, sslctx, serial_port
         self.tick_seconds = tick_seconds
         self._ports = _devices(gateways, holes or {})
         self._latency = latency_ms / 1000
-        self._servers: list[ModbusTcpServer] = []
+        self._servers: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -284,7 +292,7 @@ class Simulator:
                 _sim_device(d, self.tick_seconds, self._latency, self.traffic)
                 for d in devices.values()
             ]
-            server = ModbusTcpServer(sims, address=(self.host, port))
+            server = self._server(sims, port)
             if not await server.listen():
                 raise OSError(f"simulator cannot listen on {self.host}:{port}")
             self._servers.append(server)
@@ -295,6 +303,18 @@ class Simulator:
             for server in self._servers:
                 await server.shutdown()
             self._servers.clear()
+
+    def _server(self, sims: list[Any], port: int) -> Any:
+        address = (self.host, port)
+        if self.transport == "rtu-over-tcp":
+            return ModbusTcpServer(sims, address=address, framer=FramerType.RTU)
+        if self.transport == "udp":
+            return ModbusUdpServer(sims, address=address)
+        if self.transport == "tls":
+            return ModbusTlsServer(sims, address=address, sslctx=self._sslctx)
+        if self.transport == "serial":
+            return ModbusSerialServer(sims, port=self._serial_port or "", baudrate=19200)
+        return ModbusTcpServer(sims, address=address)
 
     def start(self, timeout: float = 10.0) -> Simulator:
         self._thread = threading.Thread(target=self._run, name="modbus-simulator", daemon=True)
