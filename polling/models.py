@@ -70,6 +70,10 @@ class GatewayRow(Base):
     #: The network it lives on (polling/sites.py): its polls go to that site's queue.
     site: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    #: Writes one holding register per request (function 6), for devices without function 16.
+    single_register_write: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
     polling: Mapped[bool] = mapped_column(Boolean, default=False)
     polling_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -232,3 +236,25 @@ class AlertRow(Base):
     acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ack_note: Mapped[str | None] = mapped_column(Text)
     ack_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WriteRow(Base):
+    """One `pollctl write`: who, when, what it read before and after, and how it ended."""
+
+    __tablename__ = "writes"
+    __table_args__ = (Index("ix_writes_gateway_at", "gateway", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: The OS user who ran the command.
+    user: Mapped[str] = mapped_column(String(200))
+    #: Names, not ids: the record outlives the gateway's configuration.
+    gateway: Mapped[str] = mapped_column(String(200))
+    point: Mapped[str] = mapped_column(String(200))
+    #: Values as the point shows them (text); old: before the write, None if unread.
+    old: Mapped[str | None] = mapped_column(Text)
+    new: Mapped[str] = mapped_column(Text)
+    read_back: Mapped[str | None] = mapped_column(Text)
+    #: ok | mismatch | failed | busy
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,182 @@
+"""`pollctl write` against simulated devices, real Redis and a real database: every type
+and order written and read back by a poll, a write waiting for a poll's endpoint lock,
+refused writes sending nothing and recording nothing."""
+
+from __future__ import annotations
+
+import threading
+from itertools import product
+
+import pytest
+from sqlalchemy import delete, select
+
+from polling import codec, service, writes
+from polling.chains import EndpointLock
+from polling.gatewayfile import parse_gateways
+from polling.models import GatewayRow, WriteRow
+from polling.repository import import_gateways
+from polling.values import cell, shown
+
+#: A value for each type that the simulator never holds on its own.
+VALUES = {
+    "int16": "-1234",
+    "uint16": "54321",
+    "int32": "-2000000001",
+    "uint32": "4000000001",
+    "int64": "-9000000000000000001",
+    "uint64": "18000000000000000001",
+    "float32": "-123.25",
+    "float64": "0.1",
+    "bool": "true",
+    "string": "set-7",
+}
+WRITE_FUNCTIONS = (5, 6, 15, 16)
+
+
+def _points() -> list[dict]:
+    points = []
+    for i, (type_, order) in enumerate(product(codec.TYPES, codec.ORDERS)):
+        point = {"name": f"{type_}_{order}", "register": "holding", "address": 8 * i}
+        point |= {"type": type_, "order": order}
+        if type_ == "string":
+            point["count"] = 4
+        points.append(point)
+    points += [
+        {"name": "scaled", "register": "holding", "address": 900, "type": "int16"},
+        {"name": "pump", "register": "coil", "address": 3},
+        {"name": "temp", "register": "input", "address": 0},
+        {"name": "alarm", "register": "discrete", "address": 0},
+    ]
+    points[-4] |= {"scale": 0.1, "offset": -40}
+    return points
+
+
+@pytest.fixture
+def device(runtime, simulate, free_ports):
+    (port,) = free_ports(1)
+    document = {
+        "gateways": [
+            {"name": "plc", "host": "127.0.0.1", "port": port, "interval": 60, "timeout": 2,
+             "points": _points()},
+        ]
+    }  # fmt: skip
+    sim = simulate(document)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    yield sim
+    with runtime.engine.begin() as conn:
+        conn.execute(delete(WriteRow))
+
+
+def _rows(runtime) -> list[WriteRow]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(WriteRow).order_by(WriteRow.id)))
+
+
+def _write(runtime, point: str, value: str, **kwargs) -> writes.WriteResult:
+    planned = writes.plan_write(runtime, "plc", point, value)
+    return writes.write(runtime, planned, user="tester", **kwargs)
+
+
+def test_every_type_and_order_is_written_and_read_back_by_a_poll(runtime, device):
+    wanted = {}
+    for type_, order in product(codec.TYPES, codec.ORDERS):
+        name = f"{type_}_{order}"
+        result = _write(runtime, name, VALUES[type_])
+        assert (result.outcome, result.error) == ("ok", None), name
+        assert result.read_back == result.new
+        wanted[name] = result.new
+    polled = service.poll_now(runtime, "plc")
+    assert polled.outcome == "ok"
+    seen = {p.name: cell(shown(p, v)) for p, v in polled.values}
+    assert {name: seen[name] for name in wanted} == wanted
+    assert wanted["float32_CDAB"] == "-123.25" and wanted["uint64_DCBA"] == VALUES["uint64"]
+    assert {c for _, _, c, _ in device.traffic.reads} >= {16}
+    rows = _rows(runtime)
+    assert len(rows) == len(wanted) and {r.outcome for r in rows} == {"ok"}
+    assert rows[0].user == "tester" and rows[0].gateway == "plc" and rows[0].old is not None
+
+
+def test_scale_and_offset_are_inverted_and_coils_take_function_5(runtime, device):
+    result = _write(runtime, "scaled", "-12.5")  # raw (-12.5 + 40) / 0.1 = 275
+    assert (result.outcome, result.read_back) == ("ok", "-12.5")
+    assert _write(runtime, "pump", "on").read_back == "true"
+    assert _write(runtime, "pump", "off").read_back == "false"
+    functions = [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
+    # pymodbus's simulator calls the action twice per coil write (a check, then the write).
+    assert functions[0] == 16 and set(functions[1:]) == {5}
+
+
+def test_single_register_write_uses_function_6(runtime, device):
+    with runtime.sessions() as session, session.begin():
+        session.get(GatewayRow, session.scalar(select(GatewayRow.id))).single_register_write = True
+    result = _write(runtime, "int32_ABCD", "-7")
+    assert result.outcome == "ok"
+    sent = {(c, a) for _, _, c, a in device.traffic.reads if c in WRITE_FUNCTIONS}
+    assert sent == {(6, 64), (6, 65)}  # int32_ABCD at address 64: one register each
+
+
+@pytest.mark.parametrize(
+    ("gateway", "point", "value", "why"),
+    [
+        ("nosuch", "pump", "1", "unknown gateway: nosuch"),
+        ("plc", "nosuch", "1", "gateway plc has no point nosuch"),
+        ("plc", "temp", "1", "plc/temp is a read-only input register"),
+        ("plc", "alarm", "1", "plc/alarm is a read-only discrete input"),
+        (
+            "plc",
+            "int16_ABCD",
+            "40000",
+            "plc/int16_ABCD: 40000 is out of range for int16 (raw -32768..32767)",
+        ),
+        ("plc", "scaled", "3300", "plc/scaled: 3300 is out of range for int16 (raw -32768..32767)"),
+        ("plc", "float64_ABCD", "ten", "plc/float64_ABCD: 'ten' is not a number"),
+    ],
+)
+def test_refused_writes_send_nothing_and_record_nothing(
+    runtime, device, gateway, point, value, why
+):
+    with pytest.raises(writes.WriteRefused) as refused:
+        writes.plan_write(runtime, gateway, point, value)
+    assert str(refused.value) == why
+    assert device.traffic.reads == type(device.traffic.reads)()
+    assert _rows(runtime) == []
+
+
+def test_a_write_waits_for_the_poll_holding_the_endpoint_lock(runtime, device):
+    """The poll's request is held unanswered at the device; the write must not send a
+    request until the poll has finished, and then runs after it."""
+    device.hold()
+    polled = {}
+    poll = threading.Thread(target=lambda: polled.update(s=service.poll_now(runtime, "plc")))
+    poll.start()
+    key = runtime.keys.endpoint_lock("127.0.0.1", device.ports[0])
+    probe = EndpointLock(key, "probe", 1000)
+    while runtime.chains.take(probe) is not None:  # until the poll holds the lock
+        runtime.chains.release([probe])
+    waiting = threading.Event()
+    result = {}
+    writer = threading.Thread(
+        target=lambda: result.update(r=_write(runtime, "uint16_ABCD", "7", waiting=waiting.set))
+    )
+    writer.start()
+    assert waiting.wait(10), "the write never found the lock busy"
+    assert device.traffic.in_flight == 1  # only the poll's request reached the device
+    device.release()
+    poll.join(10)
+    writer.join(10)
+    assert not poll.is_alive() and not writer.is_alive()
+    assert polled["s"].outcome == "ok" and result["r"].outcome == "ok"
+    # uint16_ABCD is at address 32; the poll's merged reads start at 0.
+    first_write_request = min(t for t, _, _, a in device.traffic.reads if a == 32)
+    assert polled["s"].finished is not None
+    assert polled["s"].finished.timestamp() <= first_write_request
+
+
+def test_a_write_that_never_gets_the_lock_is_recorded_busy(runtime, device):
+    key = runtime.keys.endpoint_lock("127.0.0.1", device.ports[0])
+    runtime.chains.take(EndpointLock(key, "someone", 60_000))
+    result = _write(runtime, "uint16_ABCD", "7")
+    assert result.outcome == "busy" and "busy" in (result.error or "")
+    assert not [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
+    assert [r.outcome for r in _rows(runtime)] == ["busy"]
