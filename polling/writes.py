@@ -107,16 +107,24 @@ def plan_write(rt: Runtime, gateway: str, point_name: str, value: str) -> Planne
 
 
 def write(
-    rt: Runtime, planned: Planned, *, user: str, waiting: Callable[[], None] | None = None
+    rt: Runtime,
+    planned: Planned,
+    *,
+    user: str,
+    waiting: Callable[[], None] | None = None,
+    wait_s: float | None = None,
 ) -> WriteResult:
     """Send a planned write under the endpoint's lock and record it (whatever its outcome).
-    `waiting` is called once if a poll holds the lock (tests watch for it)."""
+    The lock is waited for at most `wait_s` (default: the gateway's timeout plus one poll
+    budget); `waiting` is called once if a poll holds it (tests watch for it)."""
     target = planned.target
     host, port = target.endpoint
-    bound_s = target.config.timeout + target.budget
-    lock = EndpointLock(
-        rt.keys.endpoint_lock(host, port), uuid.uuid4().hex, round(1000 * (3 * bound_s + 1))
-    )
+    bound_s = target.config.timeout + target.budget if wait_s is None else wait_s
+    # Held through connect, read, each write request and the read back, each at most the
+    # gateway's timeout.
+    exchanges = 3 + (len(planned.payload) if planned.single else 1)
+    ttl_ms = round(1000 * (exchanges * target.config.timeout + 1))
+    lock = EndpointLock(rt.keys.endpoint_lock(host, port), uuid.uuid4().hex, ttl_ms)
     at = utcnow()
     try:
         if not _take(rt, lock, bound_s, waiting):

@@ -176,7 +176,7 @@ def test_a_write_waits_for_the_poll_holding_the_endpoint_lock(runtime, device):
 def test_a_write_that_never_gets_the_lock_is_recorded_busy(runtime, device):
     key = runtime.keys.endpoint_lock("127.0.0.1", device.ports[0])
     runtime.chains.take(EndpointLock(key, "someone", 60_000))
-    result = _write(runtime, "uint16_ABCD", "7")
+    result = _write(runtime, "uint16_ABCD", "7", wait_s=0.3)
     assert result.outcome == "busy" and "busy" in (result.error or "")
     assert not [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
     assert [r.outcome for r in _rows(runtime)] == ["busy"]
