@@ -4,12 +4,15 @@ refused writes sending nothing and recording nothing."""
 
 from __future__ import annotations
 
+import re
 import threading
 from itertools import product
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import delete, select
 
+from cli import main
 from polling import codec, service, writes
 from polling.chains import EndpointLock
 from polling.gatewayfile import parse_gateways
@@ -180,3 +183,28 @@ def test_a_write_that_never_gets_the_lock_is_recorded_busy(runtime, device):
     assert result.outcome == "busy" and "busy" in (result.error or "")
     assert not [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
     assert [r.outcome for r in _rows(runtime)] == ["busy"]
+
+
+def test_the_cli_writes_asks_without_yes_and_lists_writes(runtime, device, env):
+    runner = CliRunner()
+
+    def pollctl(*args: str, code: int = 0):
+        result = runner.invoke(main, list(args), env=env)
+        assert result.exit_code == code, result.output + str(result.exception)
+        return result
+
+    out = pollctl("write", "--gateway", "plc", "--point", "scaled", "21.5", "--yes").stdout
+    assert re.fullmatch(r"plc/scaled: -?[\d.]+ -> 21\.5\n", out)
+    # Not on a terminal and no --yes: nothing asked, nothing sent.
+    asked = pollctl("write", "--gateway", "plc", "--point", "scaled", "22", code=1)
+    assert asked.stderr == "error: write 22.0 to plc/scaled: not on a terminal, so add --yes\n"
+    refused = pollctl("write", "--gateway", "plc", "--point", "temp", "1", "--yes", code=1)
+    assert refused.stderr == "error: plc/temp is a read-only input register\n"
+    listed = pollctl("writes", "--gateway", "plc", "--since", "1h").stdout
+    header, row = listed.splitlines()[0], listed.splitlines()[-1]
+    assert header.split() == [
+        "at", "user", "gateway", "point", "old", "new", "read_back", "outcome", "error",
+    ]  # fmt: skip
+    assert row.split()[3:5] == ["plc", "scaled"] and row.split()[-3:] == ["21.5", "21.5", "ok"]
+    assert len(listed.splitlines()) == 3  # header, rule, one write
+    assert pollctl("writes", "--gateway", "other").stdout.count("\n") <= 2
