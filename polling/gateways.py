@@ -15,6 +15,8 @@ DEFAULT_TIMEOUT = 3.0
 GATEWAY_FIELDS = {
     "name", "host", "port", "device_id", "interval", "timeout", "enabled", "points", "site",
 }  # fmt: skip
+#: `pollctl write`: devices without function 16 take holding registers one at a time (6).
+GATEWAY_FIELDS |= {"single_register_write"}
 POINT_FIELDS = {
     "name",
     "register",
@@ -70,3 +72,5 @@ class Gateway:
     enabled: bool = True
     #: The network it lives on: only workers serving this site poll it (polling/sites.py).
     site: str = DEFAULT_SITE
+    #: Writes send each holding register alone (function 6), not all at once (16).
+    single_register_write: bool = False

@@ -109,6 +109,7 @@ def _settings(gateway: Gateway, *, enabled: bool) -> dict[str, object]:
         "timeout_s": gateway.timeout,
         "enabled": enabled,
         "site": gateway.site,
+        "single_register_write": gateway.single_register_write,
     }
 
 
@@ -142,6 +143,7 @@ def load_gateways(session: Session, names: Iterable[str] | None = None) -> list[
 _GATEWAY_COLUMNS = (
     "id", "name", "host", "port", "device_id", "interval_s", "timeout_s",
     "enabled", "polling", "disabled_reason", "polling_since", "site",
+    "single_register_write",
 )  # fmt: skip
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
@@ -178,6 +180,7 @@ def _load(session: Session, condition: ColumnElement[bool] | None) -> list[Store
                 timeout=row.timeout_s,
                 enabled=row.enabled,
                 site=row.site,
+                single_register_write=row.single_register_write,
             ),
             row.enabled,
             row.polling,

@@ -29,7 +29,7 @@ from .chains import EndpointLock
 from .errors import GatewayNotFound, ModbusError, PollingError
 from .gateways import Point
 from .modbus import READERS, as_modbus_error, payload_of
-from .models import GatewayRow, WriteRow, utcnow
+from .models import WriteRow, utcnow
 from .plan import PollTarget, Request
 from .runtime import Runtime
 from .service import select_gateways
@@ -96,12 +96,7 @@ def plan_write(rt: Runtime, gateway: str, point_name: str, value: str) -> Planne
     except ValueError as exc:
         raise WriteRefused(f"{gateway}/{point_name}: {exc}") from None
     new = _shown(point, payload)
-    with rt.sessions() as session:
-        single = bool(
-            session.scalar(
-                select(GatewayRow.single_register_write).where(GatewayRow.name == gateway)
-            )
-        )
+    single = target.config.single_register_write
     device_id = point.device_id if point.device_id is not None else target.config.device_id
     return Planned(target, point, device_id, payload, new, single)
 

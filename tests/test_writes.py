@@ -54,15 +54,19 @@ def _points() -> list[dict]:
     return points
 
 
-@pytest.fixture
-def device(runtime, simulate, free_ports):
-    (port,) = free_ports(1)
-    document = {
+def _document(port: int) -> dict:
+    return {
         "gateways": [
             {"name": "plc", "host": "127.0.0.1", "port": port, "interval": 60, "timeout": 2,
              "points": _points()},
         ]
     }  # fmt: skip
+
+
+@pytest.fixture
+def device(runtime, simulate, free_ports):
+    (port,) = free_ports(1)
+    document = _document(port)
     sim = simulate(document)
     with runtime.sessions() as session, session.begin():
         import_gateways(session, parse_gateways(document))
@@ -111,8 +115,13 @@ def test_scale_and_offset_are_inverted_and_coils_take_function_5(runtime, device
 
 
 def test_single_register_write_uses_function_6(runtime, device):
+    """`single_register_write: true` in the gateways file, imported."""
+    document = _document(device.ports[0])
+    document["gateways"][0]["single_register_write"] = True
     with runtime.sessions() as session, session.begin():
-        session.get(GatewayRow, session.scalar(select(GatewayRow.id))).single_register_write = True
+        import_gateways(session, parse_gateways(document))
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.single_register_write))
     result = _write(runtime, "int32_ABCD", "-7")
     assert result.outcome == "ok"
     sent = {(c, a) for _, _, c, a in device.traffic.reads if c in WRITE_FUNCTIONS}
