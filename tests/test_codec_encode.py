@@ -6,7 +6,7 @@ import pytest
 
 from polling import codec
 
-SAMPLES = {
+SAMPLES: dict[str, list[codec.Value]] = {
     "int16": [-32768, -1, 0, 12345, 32767],
     "uint16": [0, 1, 65535],
     "int32": [-(2**31), -70000, 2**31 - 1],
