@@ -10,10 +10,10 @@ from itertools import product
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, select
+from sqlalchemy import delete, inspect, select, text
 
 from cli import main
-from polling import codec, service, writes
+from polling import codec, migrate, service, writes
 from polling.chains import EndpointLock
 from polling.gatewayfile import parse_gateways
 from polling.models import GatewayRow, WriteRow
@@ -217,3 +217,21 @@ def test_the_cli_writes_asks_without_yes_and_lists_writes(runtime, device, env):
     assert row.split()[3:5] == ["plc", "scaled"] and row.split()[-3:] == ["21.5", "21.5", "ok"]
     assert len(listed.splitlines()) == 3  # header, rule, one write
     assert pollctl("writes", "--gateway", "other").stdout.count("\n") <= 2
+
+
+def test_migration_0010_goes_down_and_up_keeping_the_gateways(runtime, device):
+    assert _write(runtime, "uint16_ABCD", "7").outcome == "ok"
+    service.poll_now(runtime, "plc")
+    migrate.downgrade(runtime.engine, "0008")
+    assert migrate.current_revision(runtime.engine) == "0008"
+    tables = inspect(runtime.engine).get_table_names()
+    assert "writes" not in tables
+    columns = {c["name"] for c in inspect(runtime.engine).get_columns("gateways")}
+    assert "single_register_write" not in columns
+    with runtime.engine.connect() as conn:  # no cascade from a copied `gateways` (see 0008)
+        assert conn.scalar(text("SELECT count(*) FROM gateways")) == 1
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
+    migrate.upgrade(runtime.engine)
+    assert _rows(runtime) == []
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.single_register_write)) is False
