@@ -219,7 +219,7 @@ def test_the_cli_writes_asks_without_yes_and_lists_writes(runtime, device, env):
     assert pollctl("writes", "--gateway", "other").stdout.count("\n") <= 2
 
 
-def test_migration_0010_goes_down_and_up_keeping_the_gateways(runtime, device):
+def test_migration_0010_goes_down_and_up_keeping_gateways_and_readings(runtime, device):
     assert _write(runtime, "uint16_ABCD", "7").outcome == "ok"
     service.poll_now(runtime, "plc")
     migrate.downgrade(runtime.engine, "0008")
@@ -233,5 +233,7 @@ def test_migration_0010_goes_down_and_up_keeping_the_gateways(runtime, device):
         assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
     migrate.upgrade(runtime.engine)
     assert _rows(runtime) == []
+    with runtime.engine.connect() as conn:  # nor from the way up (a plain ADD COLUMN)
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.single_register_write)) is False

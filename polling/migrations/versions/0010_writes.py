@@ -18,12 +18,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("gateways", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column(
-                "single_register_write", sa.Boolean(), nullable=False, server_default=sa.false()
-            )
-        )
+    # A plain ADD COLUMN on both backends, never batch mode: on SQLite, batch mode may copy
+    # `gateways` and drop the old one, which cascades to every reading and poll-log row.
+    op.add_column(
+        "gateways",
+        sa.Column("single_register_write", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     # Names, not foreign keys: the record of a write outlives the gateway's configuration.
     op.create_table(
         "writes",
