@@ -237,3 +237,18 @@ def test_migration_0010_goes_down_and_up_keeping_gateways_and_readings(runtime, 
         assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.single_register_write)) is False
+
+
+def test_a_device_that_does_not_answer_is_recorded_failed(runtime, device):
+    device.hold()  # requests reach the device and stay unanswered past the 2 s timeout
+    try:
+        result = _write(runtime, "uint16_ABCD", "7")
+    finally:
+        device.release()
+    assert (result.outcome, result.old, result.read_back) == ("failed", None, None)
+    assert "plc/uint16_ABCD" in (result.error or "")
+    assert not [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
+    (row,) = _rows(runtime)
+    assert (row.outcome, row.error, row.user) == ("failed", result.error, "tester")
+    key = runtime.keys.endpoint_lock("127.0.0.1", device.ports[0])
+    assert runtime.redis.exists(key) == 0  # released
