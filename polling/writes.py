@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from . import codec
 from .chains import EndpointLock
-from .errors import GatewayNotFound, ModbusError, PollingError
+from .errors import DeviceExceptionResponse, GatewayNotFound, ModbusError, PollingError
 from .gateways import Point
 from .modbus import READERS, as_modbus_error, payload_of
 from .models import WriteRow, utcnow
@@ -194,7 +194,10 @@ async def _read(
 
 async def _send(client: AsyncModbusTcpClient, planned: Planned, host: str, port: int) -> None:
     request = _request(planned)
-    where = f"writing {planned.target.config.name}/{planned.point.name} at {host}:{port}"
+    where = (
+        f"writing {planned.target.config.name}/{planned.point.name} "
+        f"({request.register} {request.address}) at {host}:{port}"
+    )
     address, device_id = request.address, request.device_id
     try:
         if request.register == "coil":
@@ -213,10 +216,21 @@ async def _send(client: AsyncModbusTcpClient, planned: Planned, host: str, port:
             words = [int(w) for w in planned.payload]
             response = await client.write_registers(address, words, device_id=device_id)
             _check(response, request, where)
-    except ModbusError:
-        raise
+    except ModbusError as exc:
+        raise _writing(exc) from None
     except Exception as exc:
-        raise as_modbus_error(exc, where) from None
+        error = as_modbus_error(exc, where)
+        raise (_writing(error) if isinstance(error, ModbusError) else error) from None
+
+
+def _writing(error: ModbusError) -> ModbusError:
+    """The error as the write's: modbus.py's messages say `reading`."""
+    text = str(error).replace(" reading ", " ", 1)
+    if isinstance(error, DeviceExceptionResponse):
+        return DeviceExceptionResponse(
+            text, function_code=error.function_code, exception_code=error.exception_code
+        )
+    return type(error)(text)
 
 
 def _check(response: object, request: Request, where: str) -> None:

@@ -252,3 +252,20 @@ def test_a_device_that_does_not_answer_is_recorded_failed(runtime, device):
     assert (row.outcome, row.error, row.user) == ("failed", result.error, "tester")
     key = runtime.keys.endpoint_lock("127.0.0.1", device.ports[0])
     assert runtime.redis.exists(key) == 0  # released
+
+
+def test_write_errors_say_writing_and_keep_the_exception_codes():
+    from polling.errors import DeviceExceptionResponse, GatewayTimeout
+
+    timeout = writes._writing(GatewayTimeout("no valid answer reading writing plc/p at h:1"))
+    assert isinstance(timeout, GatewayTimeout)
+    assert str(timeout) == "no valid answer writing plc/p at h:1"
+    said_no = writes._writing(
+        DeviceExceptionResponse(
+            "device answered exception 2 (illegal data address) reading writing plc/p",
+            function_code=16,
+            exception_code=2,
+        )
+    )
+    assert str(said_no) == "device answered exception 2 (illegal data address) writing plc/p"
+    assert (said_no.function_code, said_no.exception_code) == (16, 2)
