@@ -37,6 +37,7 @@ from polling import (
     report,
     retention,
     service,
+    writes,
 )
 from polling import explain as explaining
 from polling.alerts import acknowledge as acknowledge_alert
@@ -545,6 +546,33 @@ def poll_now(rt: Runtime, name: str) -> None:
         sys.exit(1)
 
 
+@running.command(
+    "write", epilog="Example: pollctl write --gateway boiler-1 --point setpoint 65.5 --yes"
+)
+@click.option(
+    "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
+)
+@click.option("--point", required=True, help="A holding register or coil point of its map.")
+@click.argument("value")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
+@with_runtime()
+def write(rt: Runtime, name: str, point: str, value: str, yes: bool) -> None:
+    """Write one point's value to its device, under the endpoint's lock.
+
+    Encoded with the point's type, order, scale and offset; read back, and recorded (see
+    `pollctl writes`). Exit 1 unless the read back value is the one written."""
+    planned = writes.plan_write(rt, name, point, value)
+    if not yes:
+        _confirm(f"write {planned.new} to {name}/{point}?")
+    result = writes.write(rt, planned, user=getpass.getuser())
+    old = result.old if result.old is not None else "?"
+    if result.outcome == "ok":
+        click.echo(f"{name}/{point}: {old} -> {result.read_back}")
+        return
+    click.echo(f"{name}/{point}: {result.outcome}: {result.error} (was {old})", err=True)
+    sys.exit(1)
+
+
 # -- watching --------------------------------------------------------------------------------
 
 
@@ -756,6 +784,25 @@ def explain(rt: Runtime, name: str) -> None:
     with rt.sessions() as session:
         found = explaining.explain(session, target, ms_to_dt(rt.clock()))
     click.echo(explaining.render(found))
+
+
+@watching.command("writes", epilog="Example: pollctl writes --gateway boiler-1 --since 1d")
+@click.option("--gateway", "name", shell_complete=complete_gateway, help="Only this gateway.")
+@click.option("--since", help="10m, 2h, 1d, or an ISO time.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Most rows."
+)
+@with_runtime()
+def writes_list(rt: Runtime, name: str | None, since: str | None, limit: int) -> None:
+    """Writes made with `pollctl write`, newest first: who, when, old and new values."""
+    rows = writes.recent(rt, gateway=name, since=parse_since(since), limit=limit)
+    headers = ["at", "user", "gateway", "point", "old", "new", "read_back", "outcome", "error"]
+    cells = [
+        (local(r.at), r.user, r.gateway, r.point, r.old or "", r.new, r.read_back or "",
+         r.outcome, r.error or "")
+        for r in rows
+    ]  # fmt: skip
+    click.echo(table(headers, cells))
 
 
 def _reading_cells(row: queries.ReadingRow, timefmt: Callable[[datetime], object]) -> tuple:

@@ -121,3 +121,80 @@ def decode_answers(
             raw = decode(words[start : start + point.width], point.type, point.order)
             values.append((point, scaled(raw, point.scale, point.offset)))
     return values
+
+
+#: Raw ranges of the integer types: a value outside one cannot be written.
+INT_RANGES: Final = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+FLOAT32_MAX: Final = 3.4028234663852886e38
+
+
+def unscaled(value: Value, type_: str, scale: float, offset: float) -> Value:
+    """The raw value whose `scaled` is `value` (the inverse: (value - offset) / scale,
+    rounded to the nearest integer for integer types). ValueError when `value` does not
+    fit the type, naming the range."""
+    if type_ == "string":
+        return str(value)
+    if type_ == "bool":
+        return _bool(value)
+    number = _number(value)
+    if scale == 0:
+        raise ValueError("the point's scale is 0: no raw value gives this value")
+    exact = type_ in INT_RANGES and isinstance(number, int) and scale == 1 and offset == 0
+    raw: float | int = number if exact else (number - offset) / scale
+    if type_ in INT_RANGES:
+        low, high = INT_RANGES[type_]
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            raise ValueError(f"{value} is not a number")
+        raw = round(raw)
+        if not low <= raw <= high:
+            raise ValueError(f"{value} is out of range for {type_} (raw {low}..{high})")
+        return raw
+    if type_ == "float32" and abs(raw) > FLOAT32_MAX:
+        raise ValueError(f"{value} is out of range for float32")
+    return float(raw)
+
+
+def _bool(value: Value) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "on", "off"):
+        raise ValueError(f"{value!r} is not a bool (true/false, 1/0, on/off)")
+    return text in ("true", "1", "on")
+
+
+def _number(value: Value) -> int | float:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    text = value.strip()
+    try:
+        return int(text)  # exact: a 64-bit counter keeps every digit
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+
+
+def encode_point(
+    value: Value,
+    type_: str,
+    order: str = "ABCD",
+    count: int | None = None,
+    scale: float = 1.0,
+    offset: float = 0.0,
+) -> list[int]:
+    """Registers holding the engineering `value` of a point (the inverse of `decode` then
+    `scaled`); ValueError when it does not fit the type."""
+    raw = unscaled(value, type_, scale, offset)
+    if type_ == "string" and len(str(raw).encode("latin-1", "replace")) > 2 * width(type_, count):
+        raise ValueError(f"{value!r} is longer than {2 * width(type_, count)} characters")
+    return encode(raw, type_, order, count)

@@ -204,6 +204,7 @@ def _gateway(
     device_id = f.integer("device_id", 0, 255, default=1)
     enabled = f.get("enabled", (bool,), default=True)
     site = _site(f)
+    single_register_write = f.get("single_register_write", (bool,), default=False)
     min_interval, max_interval = limits
     interval = f.number("interval", required=True)
     if interval is not None and interval <= 0:
@@ -238,6 +239,7 @@ def _gateway(
         enabled=enabled,
         site=site,
         transport=transport,
+        single_register_write=single_register_write,
         points=_points(entry.get("points"), name, errors),
     )
 

@@ -16,6 +16,8 @@ DEFAULT_TIMEOUT = 3.0
 GATEWAY_FIELDS = {
     "name", "host", "port", "device_id", "interval", "timeout", "enabled", "points", "site",
 } | TRANSPORT_FIELDS  # fmt: skip
+#: `pollctl write`: devices without function 16 take holding registers one at a time (6).
+GATEWAY_FIELDS |= {"single_register_write"}
 POINT_FIELDS = {
     "name",
     "register",
@@ -74,3 +76,5 @@ class Gateway:
     #: tcp unless the file says otherwise (polling/transports.py); a serial gateway's device
     #: path is its `device` option, and its port 0.
     transport: Transport = TCP
+    #: Writes send each holding register alone (function 6), not all at once (16).
+    single_register_write: bool = False

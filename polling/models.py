@@ -74,6 +74,10 @@ class GatewayRow(Base):
     transport: Mapped[str] = mapped_column(String(16), default="tcp", server_default="tcp")
     transport_options: Mapped[dict | None] = mapped_column(JSON)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    #: Writes one holding register per request (function 6), for devices without function 16.
+    single_register_write: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
     polling: Mapped[bool] = mapped_column(Boolean, default=False)
     polling_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -259,3 +263,25 @@ class RequestPlanRow(Base):
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     #: What the learning changed and when: [[time ISO, text], ...], the newest last.
     events: Mapped[list] = mapped_column(JSON)
+
+
+class WriteRow(Base):
+    """One `pollctl write`: who, when, what it read before and after, and how it ended."""
+
+    __tablename__ = "writes"
+    __table_args__ = (Index("ix_writes_gateway_at", "gateway", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: The OS user who ran the command.
+    user: Mapped[str] = mapped_column(String(200))
+    #: Names, not ids: the record outlives the gateway's configuration.
+    gateway: Mapped[str] = mapped_column(String(200))
+    point: Mapped[str] = mapped_column(String(200))
+    #: Values as the point shows them (text); old: before the write, None if unread.
+    old: Mapped[str | None] = mapped_column(Text)
+    new: Mapped[str] = mapped_column(Text)
+    read_back: Mapped[str | None] = mapped_column(Text)
+    #: ok | mismatch | failed | busy
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BLOCKS = ("coil", "discrete", "holding", "input")
 FUNCTION_BLOCK = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 4: "input"}
+#: Writes (functions 5, 15, 6, 16): what they set stays set, as on a device's setpoint.
+WRITE_BLOCK = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
 #: Registers served beyond the last configured one, so gap-merged reads stay legal.
 MARGIN = 128
 
@@ -156,6 +158,8 @@ class _Device:
     #: Addresses of each block the device refuses with exception 2 (illegal data address):
     #: a register map with holes, which a read spanning one is refused as a whole.
     holes: dict[str, frozenset[int]] = field(default_factory=dict)
+    #: Addresses a write set: no longer moved by the ticks.
+    held: dict[str, set[int]] = field(default_factory=lambda: {b: set() for b in BLOCKS})
 
     def refuses(self, block: str, address: int, count: int) -> bool:
         holes = self.holes.get(block)
@@ -175,6 +179,8 @@ class _Device:
             return
         self.ticks[block] = tick
         for gateway, point in self.points[block]:
+            if not self.held[block].isdisjoint(range(point.address, point.address + point.width)):
+                continue
             value = simulated_raw(gateway, point, tick)
             if block in ("coil", "discrete"):
                 word, bit = divmod(point.address, 16)
@@ -216,15 +222,18 @@ async def _action(
     address: int,
     count: int,
     registers: list[int],
-    _values: object,
+    values: list[int] | list[bool] | None,
 ) -> ExcCodes | None:
     traffic.reads.append((time.time(), device.port, function_code, address))
     block = FUNCTION_BLOCK.get(function_code)
     if block is not None and device.refuses(block, address, count):
         traffic.refused.append((time.time(), device.port, function_code, address, count))
         return ExcCodes.ILLEGAL_ADDRESS
+    block = block or WRITE_BLOCK.get(function_code)
     if block is not None:
         device.refresh(block, registers, current_tick(tick_seconds))
+    if function_code in WRITE_BLOCK and values:
+        device.held[WRITE_BLOCK[function_code]].update(range(address, address + len(values)))
     if latency or traffic.gate is not None:
         traffic.in_flight += 1
         try:
