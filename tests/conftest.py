@@ -4,7 +4,10 @@ this run's own, SQLite files, simulated devices on loopback ports."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +174,25 @@ def processes(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def pty_pair(tmp_path):
+    """Two linked ptys made by socat: the server on one end, the client on the other."""
+    if shutil.which("socat") is None:  # .ci/run installs it
+        pytest.fail("socat is not installed: apt-get install socat")
+    a, b = tmp_path / "bus-a", tmp_path / "bus-b"
+    proc = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (a.exists() and b.exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "socat gave no ptys"
+            time.sleep(0.01)
+        yield os.fspath(a), os.fspath(b)
+    finally:
+        proc.terminate()
+        proc.wait(5)

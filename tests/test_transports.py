@@ -4,10 +4,7 @@ pair, TLS with a certificate made here)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +107,7 @@ def test_tcp_framing_against_an_rtu_server_is_no_answer(simulate, free_ports):
     assert len(read(Transport("rtu-over-tcp"), port)[0]) == 2
 
 
-def _certificate(tmp: Path) -> tuple[str, str]:
+def self_signed_certificate(tmp: Path) -> tuple[str, str]:
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     args += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
@@ -126,35 +123,13 @@ def _certificate(tmp: Path) -> tuple[str, str]:
 def test_tls_reads_from_a_server_whose_certificate_the_ca_signed(simulate, free_ports, tmp_path):
     import ssl
 
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     [port] = free_ports(1)
     simulate(document(port), transport="tls", sslctx=server)
     tls = Transport.of("tls", {"ca": cert})
     assert len(read(tls, port)[0]) == 2
-
-
-@pytest.fixture
-def pty_pair(tmp_path):
-    """Two linked ptys made by socat: the server on one end, the client on the other."""
-    if shutil.which("socat") is None:
-        pytest.skip("socat is not installed")
-    a, b = tmp_path / "bus-a", tmp_path / "bus-b"
-    proc = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not (a.exists() and b.exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, "socat gave no ptys"
-            time.sleep(0.01)
-        yield os.fspath(a), os.fspath(b)
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_serial_reads_every_device_of_a_bus_and_goes_on_after_a_silent_bus(simulate, pty_pair):
