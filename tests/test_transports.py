@@ -282,6 +282,24 @@ def test_validate_lists_serial_buses_by_site_and_warns_on_the_default_site(runti
     assert result.details["buses"]["plant"] == {"/dev/ttyUSB0": ["line1"]}
 
 
+def test_validate_finds_gateways_of_one_bus_with_different_line_settings(runtime):
+    """One device path on one site is one line: a second client on it at another baud rate
+    would garble both (clients are kept per transport and options), so it is an error."""
+    from polling.checks.base import Context
+    from polling.checks.serial import check_serial_buses
+
+    other = dict(BUS[1], name="line2", device_id=4, baudrate=19200)
+    same = dict(BUS[1], name="line3", device_id=5)
+    _store(runtime, {"gateways": [BUS[1], other, same]})
+    result = check_serial_buses(Context(runtime))
+    assert result.status == "error"
+    assert result.message == (
+        "serial bus /dev/ttyUSB0 on site plant: its gateways disagree on the line settings: "
+        "line1, line3 at 9600 baud, parity E, 1 stop bits, 8 data bits; "
+        "line2 at 19200 baud, parity E, 1 stop bits, 8 data bits"
+    )
+
+
 # -- faults on an RTU line: a tiny raw server answering what a real bus can --------------------
 
 

@@ -6,20 +6,39 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .. import configcache
+from ..plan import PollTarget
 from ..sites import DEFAULT_SITE
+from ..transports import SERIAL_DEFAULTS
 from .base import CheckResult, Context, healthy
+
+#: What makes a line: every gateway on one device must open it alike.
+LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
 
 
 def check_serial_buses(ctx: Context) -> CheckResult:
     """Every serial bus by site and device; a warning for buses on the `default` site,
     which every host's workers serve unless told otherwise."""
     buses: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    lines: dict[tuple[str, str], list[PollTarget]] = defaultdict(list)
     for target in configcache.fleet(ctx.rt):
         transport = target.config.transport
         if transport.serial:
-            buses[target.config.site][transport.option("device")].append(target.config.name)
+            device = transport.option("device")
+            buses[target.config.site][device].append(target.config.name)
+            lines[target.config.site, device].append(target)
     if not buses:
         return healthy("serial", "no serial gateways")
+    for (site, device), targets in sorted(lines.items()):
+        if conflict := _settings_conflict(targets):
+            return CheckResult(
+                "serial",
+                "error",
+                f"serial bus {device} on site {site}: its gateways disagree on the line "
+                f"settings: {conflict}",
+                {"site": site, "device": device},
+                ["give every gateway on one serial port the same baudrate, parity, stopbits "
+                 "and bytesize: they share one line"],
+            )  # fmt: skip
     details = {site: {dev: sorted(names) for dev, names in d.items()} for site, d in buses.items()}
     listing = "; ".join(
         f"site {site}: {dev} ({len(names)} gateways)"
@@ -39,4 +58,21 @@ def check_serial_buses(ctx: Context) -> CheckResult:
             f"only the host with the port serves (POLLING_SITES); on '{DEFAULT_SITE}' any "
             "worker may take their polls and find no such device"
         ],
+    )
+
+
+def _settings_conflict(targets: list[PollTarget]) -> str | None:
+    """`line1, line3 at 9600 baud, ...; line2 at 19200 baud, ...` when the gateways of one
+    line would open it with different settings; None when they agree."""
+    by_settings: dict[tuple, list[str]] = defaultdict(list)
+    for target in targets:
+        transport = target.config.transport
+        key = tuple(transport.option(k, SERIAL_DEFAULTS.get(k)) for k in LINE_SETTINGS)
+        by_settings[key].append(target.config.name)
+    if len(by_settings) < 2:
+        return None
+    groups = sorted((sorted(names), settings) for settings, names in by_settings.items())
+    return "; ".join(
+        f"{', '.join(names)} at {baud} baud, parity {parity}, {stop} stop bits, {size} data bits"
+        for names, (baud, parity, stop, size) in groups
     )
