@@ -25,6 +25,7 @@ from .checks.fleet import (
     fix_schedules,
 )
 from .checks.overload import check_overload
+from .checks.plans import check_learnt_plans
 from .checks.records import check_records
 from .checks.serial import check_serial_buses
 from .checks.services import (
@@ -62,6 +63,7 @@ CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_limits, None),
     (check_overload, None),
     (check_serial_buses, None),
+    (check_learnt_plans, None),
 )
 #: Runs kept in the database.
 KEEP_RUNS = 2000

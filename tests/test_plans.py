@@ -101,14 +101,14 @@ HOLEY_POINTS = [
 HOLES = {"holding": {3, 9}}
 
 
-def _holey(runtime, simulate, port):
+def _holey(runtime, simulate, port, interval: float = 1.0):
     document = {
         "gateways": [
             {
                 "name": "holey",
                 "host": "127.0.0.1",
                 "port": port,
-                "interval": 1.0,
+                "interval": interval,
                 "timeout": 1.0,
                 "points": HOLEY_POINTS,
             }
@@ -121,6 +121,24 @@ def _holey(runtime, simulate, port):
 def _plan_of(runtime, gateway_id):
     with runtime.sessions() as session:
         return planstore.load(session, [gateway_id]).get(gateway_id)
+
+
+def test_validate_warns_when_a_learnt_plan_outgrew_its_interval(runtime, simulate, free_ports):
+    """The full plan's 2 requests fit a 5 s interval (budget 3.5 s at a 1 s timeout); the
+    learnt plan's 4 do not (5.5 s): a slow device could run one poll into the next."""
+    from polling.checks.base import Context
+    from polling.checks.plans import check_learnt_plans
+
+    (port,) = free_ports(1)
+    _holey(runtime, simulate, port, interval=5.0)
+    assert check_learnt_plans(Context(runtime)).status == "healthy"
+    assert service.poll_now(runtime, "holey").outcome == "ok"
+    result = check_learnt_plans(Context(runtime))
+    assert result.status == "warning"
+    assert result.message == (
+        "1 learnt request plans outgrew their interval: "
+        "holey (4 requests, budget 5.5 s, interval 5 s)"
+    )
 
 
 def test_a_refused_read_is_split_and_the_next_poll_uses_the_learnt_plan(
