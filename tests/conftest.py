@@ -177,22 +177,34 @@ def processes(tmp_path):
 
 
 @pytest.fixture
-def pty_pair(tmp_path):
-    """Two linked ptys made by socat: the server on one end, the client on the other."""
+def pty_pairs(tmp_path):
+    """Makes pairs of linked ptys with socat (`make("bus")` -> the two ends' paths), each a
+    serial line with one end for the server and one for the client; stopped after."""
     if shutil.which("socat") is None:  # .ci/run installs it
         pytest.fail("socat is not installed: apt-get install socat")
-    a, b = tmp_path / "bus-a", tmp_path / "bus-b"
-    proc = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    procs: list[subprocess.Popen] = []
+
+    def make(name: str) -> tuple[str, str]:
+        a, b = tmp_path / f"{name}-a", tmp_path / f"{name}-b"
+        proc = subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
         deadline = time.monotonic() + 10
-        while not (a.exists() and b.exists()):
+        while not (a.exists() and b.exists()):  # socat makes the links once the ptys are up
             assert proc.poll() is None and time.monotonic() < deadline, "socat gave no ptys"
             time.sleep(0.01)
-        yield os.fspath(a), os.fspath(b)
-    finally:
+        return os.fspath(a), os.fspath(b)
+
+    yield make
+    for proc in procs:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.fixture
+def pty_pair(pty_pairs):
+    """One serial line: the server on one end, the client on the other."""
+    return pty_pairs("bus")

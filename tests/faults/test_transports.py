@@ -13,6 +13,7 @@ import pytest
 
 from tests.faults.fleets import POINTS
 from tests.faults.harness import wait_until
+from tests.serialrelay import SerialRelay
 from tests.test_transports import self_signed_certificate
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.long]
@@ -71,3 +72,39 @@ def test_each_transport_polls_every_slot_once(rig_factory, free_ports, tmp_path,
     rig.pollctl("stop")
     row = rig.check(f"18 transport {kind}, three gateways", started=started, stopped=time.time())
     assert row.failed == 0 and row.missed == 0 and row.skipped == 0, row
+
+
+def test_a_silent_device_on_a_serial_bus_costs_the_others_no_slot(rig_factory, pty_pairs):
+    """Three devices on one line, the second dead (a relay drops every request to it): its
+    polls fail on their timeout, the line's client is reopened, and the other two, which
+    wait for the bus behind it, are still polled in every slot, once."""
+    rig = rig_factory()
+    worker_end, relay_client = pty_pairs("line")
+    relay_server, device_end = pty_pairs("devices")
+    relay = SerialRelay(relay_client, relay_server).start()
+    try:
+        relay.silent.add(2)
+        doc = fleet("serial", [], {"port": worker_end, "baudrate": 19200, "timeout": 0.3})
+        rig.simulate(doc, transport="serial", serial_port=device_end)
+        rig.install(doc)
+        rig.worker()
+        rig.beat()
+        rig.pollctl("start")
+        started = time.time()
+        alive = ["serial-0", "serial-2"]
+        wait_until(lambda: rig.polled_since(started, alive), 20, "the live devices polled")
+        time.sleep(RUN_S)  # the run itself: slots keep coming at 1 s
+        rig.pollctl("stop")
+        row = rig.check(
+            "18 serial bus, one device of three silent: the other two",
+            started=started,
+            stopped=time.time(),
+            names=alive,
+        )
+    finally:
+        relay.stop()
+    assert row.failed == 0 and row.missed == 0 and row.skipped == 0, row
+    silent = rig.record().rows["serial-1"]
+    assert silent and all(r.outcome == "failed" for r in silent), [r.outcome for r in silent]
+    assert "No response received" in (silent[0].error or ""), silent[0].error
+    assert relay.dropped >= len(silent)
