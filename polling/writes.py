@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from sqlalchemy import select
 
 from . import codec
@@ -33,6 +33,7 @@ from .models import WriteRow, utcnow
 from .plan import PollTarget, Request
 from .runtime import Runtime
 from .service import select_gateways
+from .transports import make_client
 from .values import cell, shown
 
 #: Registers that can be written; the others (input registers, discrete inputs) are read-only.
@@ -149,8 +150,10 @@ def _take(
 
 async def _exchange(planned: Planned, host: str, port: int) -> WriteResult:
     """Read, write, read back, on a connection of its own (this process is no worker)."""
-    timeout = planned.target.config.timeout
-    client = AsyncModbusTcpClient(host, port=port, timeout=timeout, retries=0, reconnect_delay=0)
+    config = planned.target.config
+    timeout = config.timeout
+    # The gateway's own transport (RTU framing, UDP, TLS, a serial line), as a poll's.
+    client = make_client(config.transport, config.host, config.port, timeout, lambda _: None)
     old: str | None = None
     try:
         try:
@@ -178,7 +181,7 @@ def _request(planned: Planned) -> Request:
 
 
 async def _read(
-    client: AsyncModbusTcpClient, planned: Planned, host: str, port: int
+    client: ModbusBaseClient, planned: Planned, host: str, port: int
 ) -> list[int] | list[bool]:
     request = _request(planned)
     where = f"{planned.target.config.name}/{planned.point.name} ({request.register} " + (
@@ -192,7 +195,7 @@ async def _read(
     return payload_of(response, request, where)
 
 
-async def _send(client: AsyncModbusTcpClient, planned: Planned, host: str, port: int) -> None:
+async def _send(client: ModbusBaseClient, planned: Planned, host: str, port: int) -> None:
     request = _request(planned)
     where = (
         f"writing {planned.target.config.name}/{planned.point.name} "

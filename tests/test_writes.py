@@ -104,6 +104,31 @@ def test_every_type_and_order_is_written_and_read_back_by_a_poll(runtime, device
     assert rows[0].user == "tester" and rows[0].gateway == "plc" and rows[0].old is not None
 
 
+@pytest.mark.parametrize("kind", ["rtu-over-tcp", "udp", "serial"])
+def test_a_write_goes_over_the_gateways_own_transport(runtime, simulate, free_ports, kind, request):
+    """A write opens the client of the gateway's transport (RTU framing, UDP, a serial line),
+    not plain Modbus TCP, and a poll over it reads the value back."""
+    entry = {"name": "plc", "interval": 60, "timeout": 2, "transport": kind}
+    entry["points"] = [{"name": "setpoint", "register": "holding", "address": 4, "type": "int16"}]
+    sim_options: dict = {"transport": kind}
+    if kind == "serial":
+        server_end, client_end = request.getfixturevalue("pty_pair")
+        entry |= {"port": client_end}
+        sim_options["serial_port"] = server_end
+    else:
+        (port,) = free_ports(1)
+        entry |= {"host": "127.0.0.1", "port": port}
+    document = {"gateways": [entry]}
+    simulate(document, **sim_options)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    runtime.bump_config()
+    result = _write(runtime, "setpoint", "-321")
+    assert (result.outcome, result.error, result.read_back) == ("ok", None, "-321")
+    polled = service.poll_now(runtime, "plc")
+    assert polled.outcome == "ok" and [cell(shown(p, v)) for p, v in polled.values] == ["-321"]
+
+
 def test_scale_and_offset_are_inverted_and_coils_take_function_5(runtime, device):
     result = _write(runtime, "scaled", "-12.5")  # raw (-12.5 + 40) / 0.1 = 275
     assert (result.outcome, result.read_back) == ("ok", "-12.5")
