@@ -79,6 +79,17 @@ def _merge(device: int, register: str, points: list[Point], limit: int, gap: int
     return out
 
 
+def full_plan(gateway: Gateway, settings: Settings) -> list[Request]:
+    """The gateway's points merged as the settings allow, before any learning."""
+    return plan_requests(
+        gateway.points,
+        default_device_id=gateway.device_id,
+        max_gap=settings.max_gap,
+        max_registers=settings.max_registers,
+        max_bits=settings.max_bits,
+    )
+
+
 @dataclass(frozen=True)
 class PollTarget(StoredGateway):
     """A stored gateway with what a poll of it needs: its slot grid, its requests, and its
@@ -107,13 +118,7 @@ class PollTarget(StoredGateway):
 
         config = stored.config
         limits = (settings.max_gap, settings.max_registers, settings.max_bits)
-        full = plan_requests(
-            config.points,
-            default_device_id=config.device_id,
-            max_gap=settings.max_gap,
-            max_registers=settings.max_registers,
-            max_bits=settings.max_bits,
-        )
+        full = full_plan(config, settings)
         basis = learnedplan.basis_of(config, limits)
         requests, unavailable = learnedplan.apply(full, learned, basis, config.device_id)
         budget = poll_budget(config, len(requests))

@@ -56,15 +56,6 @@ PLANT: dict[str, tuple[float, float, int]] = {
     "Wh": (1_200_000.0, 5.0, 0),
     "m3": (3_400.0, 0.01, 0),
 }
-#: Raw ranges of the integer types a plant value must fit after unscaling.
-INT_RANGE = {
-    "int16": (-(2**15), 2**15 - 1),
-    "uint16": (0, 2**16 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint64": (0, 2**64 - 1),
-}
 
 
 def _plant_raw(point: Point, s: int, t: int) -> codec.Value | None:
@@ -80,8 +71,8 @@ def _plant_raw(point: Point, s: int, t: int) -> codec.Value | None:
         phase = (s + t) % period
         value = low + (high - low) * abs(2 * phase - period) / period
     raw = (value - point.offset) / (point.scale or 1.0)
-    if point.type in INT_RANGE:
-        lowest, highest = INT_RANGE[point.type]
+    if point.type in codec.INT_RANGES:
+        lowest, highest = codec.INT_RANGES[point.type]
         return round(raw) if lowest <= round(raw) <= highest else None
     return round(raw * 4) / 4  # quarters are exact in float32
 

@@ -5,7 +5,7 @@ that passes the interval a device that answers slowly can run one poll into the 
 from __future__ import annotations
 
 from .. import configcache
-from ..plan import plan_requests, poll_budget
+from ..plan import full_plan, poll_budget
 from .base import CheckResult, Context, healthy
 
 
@@ -18,13 +18,7 @@ def check_learnt_plans(ctx: Context) -> CheckResult:
         if target.learned is None or target.learned.basis != target.basis:
             continue
         config = target.config
-        full = plan_requests(
-            config.points,
-            default_device_id=config.device_id,
-            max_gap=settings.max_gap,
-            max_registers=settings.max_registers,
-            max_bits=settings.max_bits,
-        )
+        full = full_plan(config, settings)
         if target.budget > config.interval >= poll_budget(config, len(full)):
             grown.append(
                 f"{config.name} ({len(target.requests)} requests, budget {target.budget:.1f} s, "
