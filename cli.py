@@ -775,15 +775,19 @@ def readings(
 @click.option(
     "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
 )
+@click.option("--json", "as_json", is_flag=True, help="As JSON, times in UTC with Z.")
 @with_runtime()
-def explain(rt: Runtime, name: str) -> None:
+def explain(rt: Runtime, name: str, as_json: bool) -> None:
     """How a gateway is polled: its requests (function, device, first register, count,
     points, registers read that no point needs), the points no device answers, the poll
     budget, the mean poll duration, and what learning from refusals changed and when."""
     target = service.select_gateways(rt, [name])[0]
     with rt.sessions() as session:
         found = explaining.explain(session, target, ms_to_dt(rt.clock()))
-    click.echo(explaining.render(found))
+    if as_json:
+        click.echo(json.dumps(explaining.as_json(found), indent=2))
+    else:
+        click.echo(explaining.render(found))
 
 
 @watching.command("writes", epilog="Example: pollctl writes --gateway boiler-1 --since 1d")

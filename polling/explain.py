@@ -13,7 +13,8 @@ from .learnedplan import LearnedPlan, unneeded
 from .models import PollLog
 from .plan import PollTarget, Request
 from .report import table
-from .timefmt import local
+from .timefmt import iso_z, local
+from .transports import describe
 
 FUNCTIONS = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 #: The window the mean duration is measured over.
@@ -80,7 +81,8 @@ def render(x: Explanation) -> str:
         state = f"learnt {local(learned.learned_at)}, full plan retried {local(learned.retry_at)}"
     elif learned is not None:
         state = "full (the learnt one was dropped; a refusal teaches it again)"
-    lines = [f"gateway {t.config.name} ({t.config.host}:{t.config.port}): plan {state}"]
+    where = describe(t.config.transport, t.config.host, t.config.port)
+    lines = [f"gateway {t.config.name} ({where}): plan {state}"]
     headers = ["function", "device", "first", "count", "points", "unneeded"]
     lines.append(table(headers, request_rows(t.requests)))
     if t.unavailable:
@@ -98,3 +100,37 @@ def render(x: Explanation) -> str:
         lines.append("learning:")
         lines += [f"  {local(at)}  {what}" for at, what in t.learned.events]
     return "\n".join(lines)
+
+
+def as_json(x: Explanation) -> dict:
+    """The explanation for scripts (`explain --json`): times in UTC with Z."""
+    t = x.target
+    learned = x.learned
+    plan = "learnt" if learned is not None and learned.spans is not None else "full"
+    return {
+        "gateway": t.config.name,
+        "where": describe(t.config.transport, t.config.host, t.config.port),
+        "plan": plan,
+        "learned_at": iso_z(learned.learned_at) if plan == "learnt" and learned else None,
+        "retry_at": iso_z(learned.retry_at) if plan == "learnt" and learned else None,
+        "requests": [
+            {
+                "function": FUNCTIONS[r.register],
+                "register": r.register,
+                "device": r.device_id,
+                "first": r.address,
+                "count": r.count,
+                "points": [p.name for p in r.points],
+                "unneeded": [list(span) for span in unneeded(r)],
+            }
+            for r in t.requests
+        ],
+        "unavailable": [p.name for p in t.unavailable],
+        "budget_s": round(t.budget, 3),
+        "durations": [
+            {"since": iso_z(d.since), "mean_ms": d.mean_ms, "polls": d.polls} for d in x.durations
+        ],
+        "learning": [
+            {"at": iso_z(at), "what": what} for at, what in (t.learned.events if t.learned else [])
+        ],
+    }

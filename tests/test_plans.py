@@ -261,6 +261,22 @@ def test_explain_and_replan_commands(runtime, simulate, free_ports, env):
     assert "unavailable: p9" in shown.output
     assert "poll budget" in shown.output and "mean duration" in shown.output
     assert "refused (exception 2): holding 0..9 of device 1" in shown.output
+    as_json = runner.invoke(cli.main, ["explain", "--gateway", "holey", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    found = json.loads(as_json.output)
+    assert found["gateway"] == "holey" and found["plan"] == "learnt"
+    assert found["requests"][0] == {
+        "function": 3,
+        "register": "holding",
+        "device": 1,
+        "first": 0,
+        "count": 3,
+        "points": ["p0", "p1", "p2"],
+        "unneeded": [],
+    }
+    assert found["unavailable"] == ["p9"] and found["budget_s"] == 5.5
+    assert found["learning"][0]["what"].startswith("refused (exception 2)")
+    assert found["learning"][0]["at"].endswith("Z")
     status = runner.invoke(cli.main, ["status", "--json"], env=env)
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)[0]["unavailable"] == ["p9"]
