@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from polling import (
     migrate,
     partitions,
     queries,
+    replies,
     report,
     retention,
     service,
@@ -54,6 +56,7 @@ from polling.errors import ConfigError, PollingError, ServiceUnavailable
 from polling.gatewayfile import load_gateways, stream_gateways
 from polling.keys import Keys
 from polling.models import GatewayRow, Reading
+from polling.plan import PollTarget
 from polling.queries import GatewayStatus
 from polling.report import table
 from polling.repository import delete_gateway, import_gateways
@@ -78,7 +81,8 @@ from polling.values import cell, shown
 from workers.app import create_app
 from workers.control import check_context
 from workers.heartbeat import stamp_with
-from workers.senders import step_sender
+from workers.queues import POLL_NOW_TASK, WRITE_TASK
+from workers.senders import send_command, step_sender
 
 
 def _settings() -> Settings:
@@ -528,22 +532,62 @@ def reconcile(rt: Runtime) -> None:
     )
 
 
+VIA_WORKER_HELP = (
+    "Have a worker of the gateway's site do it, over its own connection (always so for a "
+    "serial gateway: its line is on the worker's host)."
+)
+
+
 @running.command("poll-now", epilog="Example: pollctl poll-now --gateway meter-7")
 @click.option(
     "--gateway", "name", required=True, shell_complete=complete_gateway, help="The gateway."
 )
+@click.option("--via-worker", is_flag=True, help=VIA_WORKER_HELP)
 @with_runtime()
-def poll_now(rt: Runtime, name: str) -> None:
+def poll_now(rt: Runtime, name: str, via_worker: bool) -> None:
     """Poll one gateway at once, outside its schedule.
 
     Recorded as a manual poll, under the endpoint's lock; exit 1 unless it is ok."""
-    outcome = service.poll_now(rt, name)
-    click.echo(f"{name}: {outcome.outcome}" + (f": {outcome.error}" if outcome.error else ""))
-    for point, value in outcome.values:
-        unit = f" {point.unit}" if point.unit else ""
-        click.echo(f"  {point.name} = {cell(shown(point, value))}{unit}")
-    if outcome.outcome != "ok":
+    target = service.select_gateways(rt, [name])[0]
+    if via_worker or target.config.transport.serial:
+        got = _ask_worker(rt, target, POLL_NOW_TASK, (name,), target.budget + 5)
+        lines = [
+            f"  {p} = {text}" + (f" {unit}" if unit else "") for p, text, unit in got["values"]
+        ]
+        outcome, error = got["outcome"], got["error"]
+    else:
+        served = service.poll_now(rt, name)
+        lines = [
+            f"  {p.name} = {cell(shown(p, v))}" + (f" {p.unit}" if p.unit else "")
+            for p, v in served.values
+        ]
+        outcome, error = str(served.outcome), served.error
+    click.echo(f"{name}: {outcome}" + (f": {error}" if error else ""))
+    for line in lines:
+        click.echo(line)
+    if outcome != "ok":
         sys.exit(1)
+
+
+def _ask_worker(rt: Runtime, target: PollTarget, task: str, args: tuple, run_s: float) -> dict:
+    """Send a command to a worker of the gateway's site and wait for its answer (see
+    polling/replies.py); one line and exit 1 when none answers."""
+    site = target.config.site
+    wait_s = max(rt.settings.canary_timeout, 5.0)
+    nonce = uuid.uuid4().hex
+    send_command(create_app(rt.settings), task, (*args, nonce), site, wait_s)
+    got, given_up = replies.ask(rt.redis, rt.keys, nonce, wait_s, run_s)
+    if got is not None:
+        return got
+    if given_up:  # nobody took it: it never runs
+        raise click.ClickException(
+            f"no worker of site {site} took the command within {wait_s:g} s: nothing was "
+            f"sent to {target.config.name} (`pollctl status --site {site}` shows its workers)"
+        )
+    raise click.ClickException(
+        f"a worker of site {site} took the command but gave no answer within {run_s:g} s "
+        f"(see its log; `pollctl writes` shows a write it finished)"
+    )
 
 
 @running.command(
@@ -555,8 +599,9 @@ def poll_now(rt: Runtime, name: str) -> None:
 @click.option("--point", required=True, help="A holding register or coil point of its map.")
 @click.argument("value")
 @click.option("--yes", is_flag=True, help="Do not ask (needed when not on a terminal).")
+@click.option("--via-worker", is_flag=True, help=VIA_WORKER_HELP)
 @with_runtime()
-def write(rt: Runtime, name: str, point: str, value: str, yes: bool) -> None:
+def write(rt: Runtime, name: str, point: str, value: str, yes: bool, via_worker: bool) -> None:
     """Write one point's value to its device, under the endpoint's lock.
 
     Encoded with the point's type, order, scale and offset; read back, and recorded (see
@@ -564,12 +609,26 @@ def write(rt: Runtime, name: str, point: str, value: str, yes: bool) -> None:
     planned = writes.plan_write(rt, name, point, value)
     if not yes:
         _confirm(f"write {planned.new} to {name}/{point}?")
-    result = writes.write(rt, planned, user=getpass.getuser())
-    old = result.old if result.old is not None else "?"
-    if result.outcome == "ok":
-        click.echo(f"{name}/{point}: {old} -> {result.read_back}")
+    target = planned.target
+    if via_worker or target.config.transport.serial:
+        run_s = 2 * (target.budget + target.config.timeout) + 5  # the lock, then the write
+        args = (name, point, value, getpass.getuser())
+        got = _ask_worker(rt, target, WRITE_TASK, args, run_s)
+        outcome, error, old, back = (
+            got["outcome"],
+            got["error"],
+            got.get("old"),
+            got.get("read_back"),
+        )
+    else:
+        result = writes.write(rt, planned, user=getpass.getuser())
+        outcome, error, old, back = result.outcome, result.error, result.old, result.read_back
+    if outcome == "ok":
+        click.echo(f"{name}/{point}: {old if old is not None else '?'} -> {back}")
         return
-    click.echo(f"{name}/{point}: {result.outcome}: {result.error} (was {old})", err=True)
+    click.echo(
+        f"{name}/{point}: {outcome}: {error} (was {old if old is not None else '?'})", err=True
+    )
     sys.exit(1)
 
 

@@ -74,6 +74,14 @@ class Keys:
         """List a canary task pushes to when a polling worker has run it."""
         return f"{self.prefix}:canary:{nonce}"
 
+    def command(self, nonce: str) -> str:
+        """Who took a command sent to a worker (`worker`, or `cli` when it gave up)."""
+        return f"{self.prefix}:command:{nonce}"
+
+    def reply(self, nonce: str) -> str:
+        """List a worker pushes a command's answer to."""
+        return f"{self.prefix}:reply:{nonce}"
+
     @property
     def config_stamp(self) -> str:
         """Random value replaced on every configuration change (see configcache)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -131,18 +131,35 @@ class ModbusPool:
     ) -> list[Any]:
         """Run `requests` in order on the endpoint's connection; errors as our ModbusError.
         `transport` None (or tcp) is plain Modbus TCP; for serial, `port` is the device."""
-        if transport is None or transport.kind == "tcp":
-            endpoint: Endpoint = (host, port)
-        else:
-            endpoint = (transport, host, port)
+
+        async def read_all(client: Any, link: _Link) -> list[Any]:
+            return [await _read_one(client, link, request, host, port) for request in requests]
+
+        return await self._on(_endpoint(host, port, transport), timeout, read_all)
+
+    async def use(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        transport: Transport | None,
+        work: Callable[[Any], Awaitable[T]],
+    ) -> T:
+        """`work(client)` on the endpoint's own connection, taking turns with the polls (a
+        write in a worker: a serial line or a one-connection device has no room for a
+        second client)."""
+        return await self._on(_endpoint(host, port, transport), timeout, lambda c, _: work(c))
+
+    async def _on(
+        self, endpoint: Endpoint, timeout: float, work: Callable[[Any, _Link], Awaitable[T]]
+    ) -> T:
         busy = self._busy.get(endpoint)
         if busy is None:
             busy = self._busy[endpoint] = asyncio.Lock()
         async with busy:
             client = await self._connected(endpoint, timeout)
-            link = self._links[endpoint]
             try:
-                return [await _read_one(client, link, request, host, port) for request in requests]
+                return await work(client, self._links[endpoint])
             except ModbusError as exc:
                 if not isinstance(exc, DeviceExceptionResponse):
                     self._discard(endpoint)  # out of step after a timeout or a reset
@@ -207,6 +224,13 @@ class ModbusPool:
         if self._thread is not None:
             self._thread.join(5)
         self._loop = self._thread = None
+
+
+def _endpoint(host: str, port: int, transport: Transport | None) -> Endpoint:
+    """Plain tcp keeps its (host, port) key; other transports add themselves to it."""
+    if transport is None or transport.kind == "tcp":
+        return (host, port)
+    return (transport, host, port)
 
 
 class _Link:

@@ -28,7 +28,7 @@ from . import codec
 from .chains import EndpointLock
 from .errors import DeviceExceptionResponse, GatewayNotFound, ModbusError, PollingError
 from .gateways import Point
-from .modbus import READERS, as_modbus_error, payload_of
+from .modbus import READERS, ModbusPool, as_modbus_error, payload_of
 from .models import WriteRow, utcnow
 from .plan import PollTarget, Request
 from .runtime import Runtime
@@ -109,10 +109,13 @@ def write(
     user: str,
     waiting: Callable[[], None] | None = None,
     wait_s: float | None = None,
+    pool: ModbusPool | None = None,
 ) -> WriteResult:
     """Send a planned write under the endpoint's lock and record it (whatever its outcome).
     The lock is waited for at most `wait_s` (default: the gateway's timeout plus one poll
-    budget); `waiting` is called once if a poll holds it (tests watch for it)."""
+    budget); `waiting` is called once if a poll holds it (tests watch for it). With `pool`
+    (a worker's), the write goes over the connection the polls use; else over one of its
+    own."""
     target = planned.target
     host, port = target.endpoint
     bound_s = target.config.timeout + target.budget if wait_s is None else wait_s
@@ -126,6 +129,8 @@ def write(
         if not _take(rt, lock, bound_s, waiting):
             busy = f"endpoint {host}:{port} busy: a poll held its lock for {bound_s:.1f} s"
             result = _result(planned, None, None, "busy", busy)
+        elif pool is not None:
+            result = pool.run(_pooled(pool, planned, host, port))
         else:
             result = asyncio.run(_exchange(planned, host, port))
     finally:
@@ -154,7 +159,6 @@ async def _exchange(planned: Planned, host: str, port: int) -> WriteResult:
     timeout = config.timeout
     # The gateway's own transport (RTU framing, UDP, TLS, a serial line), as a poll's.
     client = make_client(config.transport, config.host, config.port, timeout, lambda _: None)
-    old: str | None = None
     try:
         try:
             connected = await asyncio.wait_for(client.connect(), timeout)
@@ -162,13 +166,34 @@ async def _exchange(planned: Planned, host: str, port: int) -> WriteResult:
             return _result(planned, None, None, "failed", f"cannot connect to {host}:{port}: {exc}")
         if not connected:
             return _result(planned, None, None, "failed", f"cannot connect to {host}:{port}")
+        return await _read_write_read(client, planned, host, port)
+    finally:
+        client.close()
+
+
+async def _pooled(pool: ModbusPool, planned: Planned, host: str, port: int) -> WriteResult:
+    """Read, write, read back on a worker's own connection to the endpoint."""
+    config = planned.target.config
+
+    async def work(client: ModbusBaseClient) -> WriteResult:
+        return await _read_write_read(client, planned, host, port)
+
+    try:
+        return await pool.use(config.host, config.port, config.timeout, config.transport, work)
+    except ModbusError as exc:  # the connection itself (connect, a lost line)
+        return _result(planned, None, None, "failed", str(exc))
+
+
+async def _read_write_read(
+    client: ModbusBaseClient, planned: Planned, host: str, port: int
+) -> WriteResult:
+    old: str | None = None
+    try:
         old = _shown(planned.point, await _read(client, planned, host, port))
         await _send(client, planned, host, port)
         back = _shown(planned.point, await _read(client, planned, host, port))
     except ModbusError as exc:
         return _result(planned, old, None, "failed", str(exc))
-    finally:
-        client.close()
     if back != planned.new:
         return _result(planned, old, back, "mismatch", f"read back {back}, not {planned.new}")
     return _result(planned, old, back, "ok", None)

@@ -27,6 +27,9 @@ DIAGNOSE_TASK = "pollctl.diagnose"
 CANARY_TASK = "pollctl.canary"
 PROBE_TASK = "pollctl.probe"
 CLEANUP_TASK = "pollctl.cleanup"
+#: Commands the CLI has a worker of the gateway's site run (polling/replies.py).
+POLL_NOW_TASK = "pollctl.poll_now"
+WRITE_TASK = "pollctl.write"
 
 # Poll batches, canaries and probes name their site's queue when sent; these routes are
 # the default site's.
@@ -37,6 +40,8 @@ ROUTES = {
     CANARY_TASK: {"queue": POLLING},
     PROBE_TASK: {"queue": POLLING},
     CLEANUP_TASK: {"queue": SCHEDULING},
+    POLL_NOW_TASK: {"queue": POLLING},
+    WRITE_TASK: {"queue": POLLING},
 }
 
 

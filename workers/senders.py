@@ -64,6 +64,11 @@ def send_probe(app: Celery, gateway_id: int, ttl: float, site: str = DEFAULT_SIT
     app.send_task(PROBE_TASK, (gateway_id,), queue=site_queue(site), expires=ttl)
 
 
+def send_command(app: Celery, task: str, args: tuple, site: str, expires: float) -> None:
+    """A command for a worker of `site` (polling/replies.py); not run once `expires` s old."""
+    app.send_task(task, args, queue=site_queue(site), expires=expires)
+
+
 def step_sender(app: Celery, settings: Settings, name_of: NameOf | None = None) -> SiteSenders:
     """A sender through `app`, one per site (batches never mix sites); for one operation
     (start, reconcile, a repair), call `send_all` at its end."""

@@ -16,12 +16,16 @@ from polling import (
     logsetup,
     pipeline,
     recovery,
+    replies,
     retention,
     service,
+    writes,
 )
+from polling.errors import PollingError
 from polling.runtime import Runtime
 from polling.schedule import ms_to_dt
 from polling.sites import DEFAULT_SITE
+from polling.values import cell, shown
 
 from . import process
 from .control import check_context
@@ -30,8 +34,10 @@ from .queues import (
     CLEANUP_TASK,
     DIAGNOSE_TASK,
     POLL_BATCH_TASK,
+    POLL_NOW_TASK,
     PROBE_TASK,
     RECONCILE_TASK,
+    WRITE_TASK,
 )
 from .senders import send_batch, send_probe, step_sender
 
@@ -189,3 +195,52 @@ def cleanup(self: Task) -> dict[str, int]:
     for report in reports:
         log.info("retention: %s", report.line(dry_run=False))
     return {report.table: report.removed for report in reports}
+
+
+@shared_task(name=POLL_NOW_TASK, ignore_result=True, bind=True)
+def poll_now(self: Task, name: str, nonce: str) -> None:
+    """`pollctl poll-now` of a gateway only this site's workers reach, over this worker's
+    own connection to it; the answer goes back on the nonce's reply list."""
+    rt = process.current(self.app).runtime
+    if not replies.take(rt.redis, rt.keys, nonce, replies.WORKER):
+        log.warning("poll-now of %s not run: the command line stopped waiting", name)
+        return
+    try:
+        served = service.poll_now(rt, name)
+        payload = {
+            "outcome": str(served.outcome),
+            "error": served.error,
+            "values": [[p.name, cell(shown(p, v)), p.unit] for p, v in served.values],
+        }
+    except Exception as exc:  # the command line waits for an answer, whatever happened
+        payload = {"outcome": "failed", "error": _command_error(exc), "values": []}
+    replies.answer(rt.redis, rt.keys, nonce, payload)
+
+
+@shared_task(name=WRITE_TASK, ignore_result=True, bind=True)
+def write(self: Task, gateway: str, point: str, value: str, user: str, nonce: str) -> None:
+    """`pollctl write` to a gateway only this site's workers reach, over this worker's own
+    connection (a serial line has room for one client), under the endpoint's lock."""
+    rt = process.current(self.app).runtime
+    if not replies.take(rt.redis, rt.keys, nonce, replies.WORKER):
+        log.warning("write to %s/%s not run: the command line stopped waiting", gateway, point)
+        return
+    try:
+        planned = writes.plan_write(rt, gateway, point, value)
+        result = writes.write(rt, planned, user=user, pool=rt.modbus)
+        payload = {
+            "outcome": result.outcome,
+            "error": result.error,
+            "old": result.old,
+            "read_back": result.read_back,
+        }
+    except Exception as exc:
+        payload = {"outcome": "refused", "error": _command_error(exc)}
+    replies.answer(rt.redis, rt.keys, nonce, payload)
+
+
+def _command_error(exc: Exception) -> str:
+    if isinstance(exc, PollingError):
+        return str(exc)
+    log.exception("command failed")
+    return f"unexpected error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,68 @@
+"""`pollctl poll-now` and `pollctl write` of a serial gateway go through a worker of its
+site, over the worker's own connection to the line (a serial port has room for one client,
+and it is on the worker's host); with no worker to take them, one line and nothing sent,
+and the command never runs later."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from polling.gatewayfile import parse_gateways
+from polling.repository import import_gateways
+from tests.processes import Worker
+
+pytestmark = [pytest.mark.e2e]
+
+POINT = {"name": "setpoint", "register": "holding", "address": 4, "type": "int16", "unit": "C"}
+
+
+def _document(client_end: str) -> dict:
+    return {
+        "gateways": [
+            {"name": "boiler", "transport": "serial", "port": client_end, "device_id": 3,
+             "site": "plant", "interval": 60, "timeout": 1, "points": [POINT]},
+        ]
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_poll_now_and_write_of_a_serial_gateway_go_through_its_sites_worker(
+    runtime, env, simulate, pty_pair, tmp_path
+):
+    server_end, client_end = pty_pair
+    document = _document(client_end)
+    sim = simulate(document, transport="serial", serial_port=server_end)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    env = {**env, "POLLING_CANARY_TIMEOUT": "3"}
+    runner = CliRunner()
+
+    # No worker serves `plant` yet: one line, nothing sent, and the command is given up.
+    refused = runner.invoke(main, ["write", "--gateway", "boiler", "--point", "setpoint",
+                                   "--yes", "--", "-7"], env=env)  # fmt: skip
+    assert refused.exit_code == 1
+    assert "no worker of site plant took the command within 5 s: nothing was sent" in (
+        refused.output
+    )
+    worker = Worker({**env, "POLLING_SITES": "plant"}, tmp_path / "plant.log", 4,
+                    queues="polling", hostname="w-plant@localhost")  # fmt: skip
+    try:
+        worker.wait_ready()
+        polled = runner.invoke(main, ["poll-now", "--gateway", "boiler"], env=env)
+        assert polled.exit_code == 0, polled.output
+        assert polled.output.startswith("boiler: ok\n  setpoint = "), polled.output
+        wrote = runner.invoke(main, ["write", "--gateway", "boiler", "--point", "setpoint",
+                                     "42", "--yes"], env=env)  # fmt: skip
+        assert wrote.exit_code == 0, wrote.output
+        assert wrote.output.endswith(" -> 42\n"), wrote.output
+        again = runner.invoke(main, ["poll-now", "--gateway", "boiler"], env=env)
+        assert "setpoint = 42 C" in again.output, again.output
+        writes = [c for _, _, c, _ in list(sim.traffic.reads) if c in (6, 16)]
+        # The refused write never reached the device, not even once the worker came.
+        assert len(writes) == 1, writes
+        listed = runner.invoke(main, ["writes", "--gateway", "boiler"], env=env)
+        assert "42" in listed.output and "-7" not in listed.output, listed.output
+    finally:
+        worker.stop()
