@@ -13,6 +13,7 @@ from polling.errors import GatewayTimeout, ModbusError
 from polling.modbus import ModbusPool
 from polling.plan import Request
 from polling.transports import TCP, Transport, parse_transport
+from tests.test_sites import publish
 
 POINTS = [{"name": "p", "register": "holding", "address": 0, "type": "uint16"}]
 READ = [Request(device_id=1, register="holding", address=0, count=2)]
@@ -274,12 +275,34 @@ def test_validate_lists_serial_buses_by_site_and_warns_on_the_default_site(runti
     del shared["site"]
     _store(runtime, {"gateways": [BUS[0], BUS[1], shared]})
     result = check_serial_buses(Context(runtime))
+    publish(runtime, "pollctl-worker-1@plant-pc", ("plant",))
+    result = check_serial_buses(Context(runtime))
     assert result.status == "warning"
     assert result.message == (
         "serial buses, each opened by the worker serving its site: "
-        "site default: /dev/ttyUSB0 (1 gateways); site plant: /dev/ttyUSB0 (1 gateways)"
+        "site default (no live worker): /dev/ttyUSB0 (1 gateways); "
+        "site plant (pollctl-worker-1@plant-pc): /dev/ttyUSB0 (1 gateways)"
     )
     assert result.details["buses"]["plant"] == {"/dev/ttyUSB0": ["line1"]}
+
+
+def test_validate_warns_when_workers_on_two_hosts_serve_a_site_with_a_serial_bus(runtime):
+    """A serial port is on one host: a second host's worker serving the site would take
+    polls of a device it does not have. Two workers of one host are fine (they take turns
+    under the bus's lock)."""
+    from polling.checks.base import Context
+    from polling.checks.serial import check_serial_buses
+
+    _store(runtime, {"gateways": [BUS[1]]})
+    publish(runtime, "pollctl-worker-1@plant-pc", ("plant",))
+    publish(runtime, "pollctl-worker-2@plant-pc", ("plant",))
+    assert check_serial_buses(Context(runtime)).status == "healthy"
+    publish(runtime, "pollctl-worker-1@office", ("plant", "default"))
+    result = check_serial_buses(Context(runtime))
+    assert result.status == "warning"
+    assert result.message.startswith(
+        "site plant has a serial bus but is served by workers on 2 hosts (office, plant-pc)"
+    ), result.message
 
 
 def test_validate_finds_gateways_of_one_bus_with_different_line_settings(runtime):

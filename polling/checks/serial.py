@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .. import configcache
+from .. import configcache, heartbeat
 from ..plan import PollTarget
 from ..sites import DEFAULT_SITE
 from ..transports import SERIAL_DEFAULTS
@@ -16,7 +16,9 @@ LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
 
 
 def check_serial_buses(ctx: Context) -> CheckResult:
-    """Every serial bus by site and device; a warning for buses on the `default` site,
+    """Every serial bus by site and device, with the live workers serving its site; an
+    error when gateways of one bus disagree on its line settings; a warning when workers
+    of more than one host serve a site with a bus, or for a bus on the `default` site,
     which every host's workers serve unless told otherwise."""
     buses: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     lines: dict[tuple[str, str], list[PollTarget]] = defaultdict(list)
@@ -40,12 +42,25 @@ def check_serial_buses(ctx: Context) -> CheckResult:
                  "and bytesize: they share one line"],
             )  # fmt: skip
     details = {site: {dev: sorted(names) for dev, names in d.items()} for site, d in buses.items()}
+    serving = heartbeat.serving(heartbeat.live_workers(ctx.rt.redis, ctx.rt.keys))
     listing = "; ".join(
-        f"site {site}: {dev} ({len(names)} gateways)"
+        f"site {site} ({', '.join(sorted(serving.get(site, []))) or 'no live worker'}): "
+        f"{dev} ({len(names)} gateways)"
         for site, devices in sorted(details.items())
         for dev, names in sorted(devices.items())
     )
     message = f"serial buses, each opened by the worker serving its site: {listing}"
+    for site in sorted(buses):
+        hosts = sorted({name.split("@", 1)[-1] for name in serving.get(site, [])})
+        if len(hosts) > 1:
+            return CheckResult(
+                "serial",
+                "warning",
+                f"site {site} has a serial bus but is served by workers on {len(hosts)} hosts "
+                f"({', '.join(hosts)}): its port is on one of them. {message}",
+                {"buses": details, "hosts": hosts},
+                [f"serve site {site} (POLLING_SITES) from the host with its serial ports only"],
+            )
     if DEFAULT_SITE not in buses:
         return healthy("serial", message, buses=details)
     return CheckResult(
