@@ -167,6 +167,12 @@ class ModbusPool:
             except BaseException:  # a cancelled read too leaves the stream out of step
                 self._discard(endpoint)
                 raise
+            finally:
+                if _is_serial(endpoint):
+                    # A serial port has room for one client: open only while the bus's
+                    # lock is held, or another worker of this host (its own pool, its own
+                    # reader on the line) would take this one's answers.
+                    self._discard(endpoint)
 
     async def _connected(self, endpoint: Endpoint, timeout: float) -> Any:
         client = self._clients.get(endpoint)
@@ -224,6 +230,10 @@ class ModbusPool:
         if self._thread is not None:
             self._thread.join(5)
         self._loop = self._thread = None
+
+
+def _is_serial(endpoint: Endpoint) -> bool:
+    return len(endpoint) == 3 and endpoint[0].serial
 
 
 def _endpoint(host: str, port: int, transport: Transport | None) -> Endpoint:

@@ -108,3 +108,24 @@ def test_a_silent_device_on_a_serial_bus_costs_the_others_no_slot(rig_factory, p
     assert silent and all(r.outcome == "failed" for r in silent), [r.outcome for r in silent]
     assert "No response received" in (silent[0].error or ""), silent[0].error
     assert relay.dropped >= len(silent)
+
+
+def test_two_workers_of_one_host_take_turns_on_a_serial_line(rig_factory, pty_pair):
+    """A serial port has room for one client: two workers of its host (one per core, as
+    deployed) must never have it open at once, or one's reader takes the other's answers.
+    Each opens the line only while it holds the bus's lock."""
+    rig = rig_factory()
+    server_end, client_end = pty_pair
+    doc = fleet("serial", [], {"port": client_end, "baudrate": 19200})
+    rig.simulate(doc, transport="serial", serial_port=server_end)
+    rig.install(doc)
+    rig.worker("first")
+    rig.worker("second")
+    rig.beat()
+    rig.pollctl("start")
+    started = time.time()
+    wait_until(lambda: rig.polled_since(started), 20, "every device of the line polled")
+    time.sleep(RUN_S)  # the run itself: slots keep coming at 1 s, batches to either worker
+    rig.pollctl("stop")
+    row = rig.check("18 serial bus, two workers of its host", started=started, stopped=time.time())
+    assert row.failed == 0 and row.missed == 0 and row.skipped == 0, row
