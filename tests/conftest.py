@@ -119,7 +119,10 @@ def runtime(settings: Settings, redis_client: redis.Redis) -> Iterator[Runtime]:
 
 def _clean_tables(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
-        for table in ("alerts", "readings", "poll_log", "points", "gateways", "diagnostic_runs"):
+        for table in (
+            "alerts", "readings", "poll_log", "points", "request_plans", "gateways",
+            "diagnostic_runs", "writes",
+        ):  # fmt: skip
             conn.execute(text(f"DELETE FROM {table}"))
 
 

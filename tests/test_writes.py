@@ -19,6 +19,7 @@ from polling.gatewayfile import parse_gateways
 from polling.models import GatewayRow, WriteRow
 from polling.repository import import_gateways
 from polling.values import cell, shown
+from tests.test_e2e import wait_until
 
 #: A value for each type that the simulator never holds on its own.
 VALUES = {
@@ -197,11 +198,16 @@ def test_a_write_waits_for_the_poll_holding_the_endpoint_lock(runtime, device):
         target=lambda: result.update(r=_write(runtime, "uint16_ABCD", "7", waiting=waiting.set))
     )
     writer.start()
-    assert waiting.wait(10), "the write never found the lock busy"
-    assert device.traffic.in_flight == 1  # only the poll's request reached the device
-    device.release()
-    poll.join(10)
-    writer.join(10)
+    try:
+        assert waiting.wait(10), "the write never found the lock busy"
+        # The poll holds the lock from before its request leaves: wait for it to arrive.
+        wait_until(lambda: device.traffic.in_flight == 1, 10, "the poll's request at the device")
+        # Only the poll's request reached the device: uint16_ABCD (32) is the write's.
+        assert not [a for _, _, _, a in list(device.traffic.reads) if a == 32]
+    finally:  # never leave the threads to write into the next test's tables
+        device.release()
+        poll.join(10)
+        writer.join(10)
     assert not poll.is_alive() and not writer.is_alive()
     assert polled["s"].outcome == "ok" and result["r"].outcome == "ok"
     # uint16_ABCD is at address 32; the poll's merged reads start at 0.
