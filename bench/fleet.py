@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from polling.gateways import Gateway
-from polling.plan import Request, plan_requests
+from polling.plan import Request, full_plan
 from polling.settings import Settings
 
 POINTS: list[dict[str, Any]] = [
@@ -40,11 +40,4 @@ def fleet(ports: list[int], interval: float, timeout: float) -> dict[str, Any]:
 
 def requests_of(gateway: Gateway) -> list[Request]:
     """The requests pollctl would send, with its default settings (for naive and floor)."""
-    s = Settings()
-    return plan_requests(
-        gateway.points,
-        default_device_id=gateway.device_id,
-        max_gap=s.max_gap,
-        max_registers=s.max_registers,
-        max_bits=s.max_bits,
-    )
+    return full_plan(gateway, Settings())
