@@ -4,7 +4,7 @@ successors, in phases that hand values to each other.
     load     each step's gateway, planned (from memory while the configuration holds)
     claim    one script: each step's token and slot checked and the slot claimed, and
              the lock of every endpoint with a step to poll taken in the same call; a step
-             the worker began too late after its slot is shed (`shedding.to_shed`): claimed
+             the worker began behind is shed (`shedding.Shedder`): claimed
              and recorded as skipped, but no lock taken for it and never polled
     read     asyncio: every endpoint at once, each poll at its own slot, one request at a
              time per connection
@@ -169,7 +169,7 @@ def _claim(rt: Runtime, loaded: Loaded, now: int) -> tuple[list[Begun], Endpoint
     lateness = [
         shedding.Late(g, slot, t.grid.interval_ms, t.late_limit_ms) for t, (g, _, slot) in loaded
     ]
-    shed = shedding.to_shed(lateness, now)
+    shed = rt.shedder.to_shed(lateness, now)
     locks = _endpoint_locks(rt, loaded, now, shed)
     claims = [StepClaim(*step, target.claim_ttl_ms) for target, step in loaded]
     outcomes, states = rt.chains.begin(claims, locks)
@@ -307,19 +307,18 @@ async def _serve_endpoint(
             late = f"poll task started {(now - step.slot_ms) / 1000:.1f} s after the slot began"
             served[index] = Served(Outcome.MISSED, error=late)
             continue
-        if may_shed and (why := _shed_in_loop(targets[index], step, now)):
+        if may_shed and (why := _shed_in_loop(rt, targets[index], step, now)):
             served[index] = Served(Outcome.SKIPPED, error=why)
             continue
         may_shed = False
         served[index] = await _poll(rt, targets[index], step)
 
 
-def _shed_in_loop(target: PollTarget, step: Begun, now: int) -> str | None:
-    """A poll the worker's Modbus loop reaches too late after its slot (the loop fell behind:
-    the worker is overloaded) is shed by the rule a batch's begin follows, so the polls
-    the worker does make stay on time."""
+def _shed_in_loop(rt: Runtime, target: PollTarget, step: Begun, now: int) -> str | None:
+    """A poll the worker's Modbus loop reaches past its late limit (the loop fell behind:
+    the worker is overloaded) is shed, so the polls the worker does make stay on time."""
     late = shedding.Late(step.gateway_id, step.slot_ms, step.grid.interval_ms, target.late_limit_ms)
-    return shedding.to_shed([late], now).get(0)
+    return rt.shedder.past_limit(late, now)
 
 
 async def _take_lock(

@@ -22,6 +22,7 @@ from .live import LiveWatch
 from .modbus import ModbusPool
 from .schedule import now_ms
 from .settings import Settings, mask_url
+from .shedding import Shedder
 
 if TYPE_CHECKING:
     from .plan import PollTarget
@@ -49,6 +50,8 @@ class Runtime:
     fleet: tuple[str | None, list[PollTarget]] | None = None
     #: Which live-feed channels have subscribers, and the publishing failures (see live).
     live: LiveWatch = field(default_factory=LiveWatch)
+    #: This process's overload level and each gateway's shed balance (see shedding).
+    shedder: Shedder = field(default_factory=Shedder)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

@@ -1,19 +1,21 @@
-"""Overload shedding: which steps of a batch are not polled because the worker began the
-batch too long after their slots. Pure: no clock, no Redis; tested by tables.
+"""Overload shedding: which steps of a batch are not polled because the worker is behind.
+No clock, no Redis: `Shedder` keeps one worker process's memory; tested by tables.
 
 When the workers cannot keep up, the batches wait (in the broker, in the worker's pool) and
 every poll would start late. Instead a step whose slot began more than its gateway's *late
 limit* before its batch began is recorded as skipped, with a reason starting `shed: `, and
-its chain goes on: the worker catches up, and the polls it does make stay on time; from
-half the limit on, a share of the steps rising with the lateness is shed already, chosen
-by a hash of gateway and slot, so the shortfall is spread over the gateways (`shed_share`).
-Only the batch's own lateness counts: a poll waiting behind others for its endpoint (five
-devices behind one bridge) was begun on time and is polled.
+its chain goes on: the worker catches up, and the polls it does make stay on time. Before
+that, from half the limit on, the worker sheds a share of its late steps rising with how
+late they begin, each gateway in turn (`Shedder`), so the shortfall is spread evenly over
+the gateways. Only the batch's own lateness counts: a poll waiting behind others for its
+endpoint (five devices behind one bridge) was begun on time and is polled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,15 @@ from .schedule import PROMPT_START_MIN_MS
 #: How a shed slot's poll-log error begins: the poll log keeps the four outcomes, and this
 #: tells a shed slot from one skipped because its endpoint was busy.
 SHED_PREFIX = "shed: "
+#: The level is averaged over about this long: more than a short interval, so the fleet's
+#: rhythm within it evens out; short enough to follow an overload as it comes and goes.
+LEVEL_WINDOW_MS = 2_000
+#: Below this level nothing is shed in turn (a few late batches are no overload).
+LEVEL_MIN = 0.02
+#: A balance is kept within these: a gateway never owes more than one turn and is spared
+#: at most two after its windows ran past the limit.
+BALANCE_MAX = 1.5
+BALANCE_MIN = -2.0
 
 
 def late_limit_ms(interval_ms: int, limit_s: float, share: float) -> int | None:
@@ -54,24 +65,24 @@ def shed_reason(lateness_ms: int, limit_ms: int) -> str:
     )
 
 
-def rotation(gateway_id: int, slot_ms: int) -> float:
-    """A number in [0, 1) fixed for each (gateway, slot) and unrelated from one slot to the
-    next: which of a batch's steps a partial shed takes."""
-    digest = hashlib.blake2b(f"{gateway_id}:{slot_ms}".encode(), digest_size=8).digest()
+def turn_reason(lateness_ms: int, limit_ms: int, level: float) -> str:
+    return (
+        f"{SHED_PREFIX}the worker is behind and sheds {level:.0%} of late polls in turn; "
+        f"this one began {lateness_ms / 1000:.2f} s after its slot (limit {limit_ms / 1000:.2f} s)"
+    )
+
+
+def first_balance(gateway_id: int) -> float:
+    """Where a gateway's balance starts: a number in [0, 1) fixed for each gateway, so
+    that gateways reach their first turn at different slots."""
+    digest = hashlib.blake2b(str(gateway_id).encode(), digest_size=8).digest()
     return int.from_bytes(digest) / 2**64
 
 
 def shed_share(lateness_ms: int, limit_ms: int) -> float:
-    """The share of steps begun this late that is shed: none up to half the limit, all
-    past the limit, and in between a share rising with the lateness.
-
-    The ramp is what keeps shedding fair. With a hard cut, an overloaded worker's lateness
-    settles at the limit, and whether a batch falls just above or just below it is decided
-    by the fleet's own rhythm, which repeats every interval: the same windows, hence the
-    same gateways, were shed slot after slot (20 gateways, 1.5 times what the worker could
-    do: between 1 and 28 of 30 slots shed per gateway). On a ramp, lateness settles where
-    the share shed matches the excess, every batch sheds about that share, and the
-    rotation picks other gateways at every slot."""
+    """How far behind a step begun this late says the worker is, as a share of steps to
+    shed: none up to half the limit, all past the limit, and in between a share rising
+    with the lateness. The worker's level is its mean over the worker's recent steps."""
     start = limit_ms / 2
     if lateness_ms <= start:
         return 0.0
@@ -80,19 +91,83 @@ def shed_share(lateness_ms: int, limit_ms: int) -> float:
     return (lateness_ms - start) / (limit_ms - start)
 
 
-def to_shed(steps: Sequence[Late], began_ms: int) -> dict[int, str]:
-    """The steps (by index) not to poll, each with its reason: of those whose slot began
-    before `began_ms` (when the batch began) by more than half their limit and has not
-    ended (an ended slot is missed, as without shedding), `shed_share` of them, chosen by
-    `rotation`."""
-    out = {}
-    for index, step in enumerate(steps):
-        lateness = began_ms - step.slot_ms
-        if step.limit_ms is None or lateness >= step.interval_ms:
-            continue
-        if rotation(step.gateway_id, step.slot_ms) < shed_share(lateness, step.limit_ms):
-            out[index] = shed_reason(lateness, step.limit_ms)
-    return out
+class Shedder:
+    """One worker process's shedding: its *level* (`shed_share` of its steps averaged over
+    about the last `window_ms`) and each gateway's *balance*.
+
+    Every step begun more than a quarter of its limit after its slot (the worker is behind
+    now) adds the level to its gateway's balance; a step whose balance reaches 1 is shed
+    (its turn) and pays 1. So each gateway is shed the level's
+    share of its late slots, however late its own batches tend to begin. Shedding each
+    step by its own lateness was not fair: the fleet's rhythm repeats every interval, the
+    same windows began late slot after slot, and their gateways were shed twice the mean
+    (20 gateways at 1.5 times what the worker could do). A step past its own late limit
+    is shed whatever its balance, so the polls made stay on time, and pays too: a gateway
+    whose windows run late is spared its next turns."""
+
+    def __init__(self, window_ms: int = LEVEL_WINDOW_MS) -> None:
+        self.window_ms = window_ms
+        self._shares = 0.0
+        self._steps = 0.0
+        self._at_ms: int | None = None
+        self._balance: dict[int, float] = {}
+        # Thread pools run batches side by side in one process.
+        self._lock = threading.Lock()
+
+    @property
+    def level(self) -> float:
+        """The share of its late steps the worker sheds in turn (0 below `LEVEL_MIN`)."""
+        level = self._shares / self._steps if self._steps else 0.0
+        return level if level >= LEVEL_MIN else 0.0
+
+    def to_shed(self, steps: Sequence[Late], began_ms: int) -> dict[int, str]:
+        """The steps (by index) of a batch begun at `began_ms` not to poll, each with its
+        reason. Steps without a limit, and steps whose slot has ended (missed, as without
+        shedding), are neither shed nor counted."""
+        live = [
+            (index, step, began_ms - step.slot_ms, step.limit_ms)
+            for index, step in enumerate(steps)
+            if step.limit_ms is not None and began_ms - step.slot_ms < step.interval_ms
+        ]
+        out: dict[int, str] = {}
+        with self._lock:
+            self._observe([shed_share(late, limit) for _, _, late, limit in live], began_ms)
+            level = self.level
+            for index, step, lateness, limit in live:
+                if lateness <= limit / 4:
+                    continue  # the worker is not behind now (a lull): polled, and not counted
+                balance = self._balance.get(step.gateway_id, first_balance(step.gateway_id))
+                balance = min(balance + level, BALANCE_MAX)
+                if lateness > limit:
+                    out[index] = shed_reason(lateness, limit)
+                elif balance >= 1.0:
+                    out[index] = turn_reason(lateness, limit, level)
+                if index in out:
+                    balance = max(balance - 1.0, BALANCE_MIN)
+                self._balance[step.gateway_id] = balance
+        return out
+
+    def past_limit(self, step: Late, now_ms: int) -> str | None:
+        """A poll the worker's Modbus loop reaches past its limit is shed (and paid for);
+        its turn was decided when its batch began."""
+        lateness = now_ms - step.slot_ms
+        if step.limit_ms is None or not step.limit_ms < lateness < step.interval_ms:
+            return None
+        with self._lock:
+            balance = self._balance.get(step.gateway_id, first_balance(step.gateway_id))
+            self._balance[step.gateway_id] = max(balance - 1.0, BALANCE_MIN)
+        return shed_reason(lateness, step.limit_ms)
+
+    def _observe(self, shares: list[float], at_ms: int) -> None:
+        """Decay the sums by the time since the last batch, then add this batch's steps."""
+        if self._at_ms is not None:
+            decay = math.exp(-max(0, at_ms - self._at_ms) / self.window_ms)
+            self._shares *= decay
+            self._steps *= decay
+            at_ms = max(at_ms, self._at_ms)
+        self._at_ms = at_ms
+        self._shares += sum(shares)
+        self._steps += len(shares)
 
 
 def is_shed(error: str | None) -> bool:

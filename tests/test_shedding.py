@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from polling.checks.overload import Load, judge
@@ -9,13 +11,15 @@ from polling.errors import ConfigError
 from polling.plan import PollTarget
 from polling.settings import Settings
 from polling.shedding import (
+    LEVEL_MIN,
     Late,
+    Shedder,
+    first_balance,
     is_shed,
     late_limit_ms,
-    rotation,
     shed_reason,
     shed_share,
-    to_shed,
+    turn_reason,
 )
 
 
@@ -39,7 +43,8 @@ def test_late_limit_is_the_larger_of_the_floor_and_the_share(interval_ms, limit_
 
 
 # (slot, interval, limit) of each step (gateway 1, 2, ...), when the batch began -> the
-# indexes shed. Between half the limit and the limit a share is shed (see the next test).
+# indexes shed, by a worker with no history: within half the limit nothing is shed in
+# turn (the level stays 0), past the limit every step is.
 @pytest.mark.parametrize(
     ("steps", "began", "shed"),
     [
@@ -60,7 +65,7 @@ def test_late_limit_is_the_larger_of_the_floor_and_the_share(interval_ms, limit_
     ],
 )
 def test_steps_begun_past_their_late_limit_are_shed(steps, began, shed):
-    out = to_shed([Late(i + 1, *s) for i, s in enumerate(steps)], began)
+    out = Shedder().to_shed([Late(i + 1, *s) for i, s in enumerate(steps)], began)
     assert sorted(out) == shed
     for index, reason in out.items():
         assert is_shed(reason)
@@ -70,33 +75,99 @@ def test_steps_begun_past_their_late_limit_are_shed(steps, began, shed):
 @pytest.mark.parametrize(
     ("lateness", "share"), [(0, 0.0), (125, 0.0), (150, 0.2), (200, 0.6), (250, 1.0), (251, 1.0)]
 )
-def test_from_half_the_limit_a_share_rising_with_the_lateness_is_shed(lateness, share):
+def test_from_half_the_limit_the_worker_sheds_a_share_rising_with_the_lateness(lateness, share):
+    """Batches of a thousand gateways at 2 s, every one begun this late: from the first
+    batch, its share of every batch is shed (gateways in turn)."""
     assert shed_share(lateness, 250) == pytest.approx(share)
-    # That share of a thousand gateways' steps begun so late, and of one gateway's slots.
-    batch = [Late(g, 10_000, 2_000, 250) for g in range(1_000)]
-    assert len(to_shed(batch, 10_000 + lateness)) == pytest.approx(1_000 * share, abs=50)
-    slots = [Late(7, 10_000 + k * 2_000, 2_000, 250) for k in range(1_000)]
-    shed = sum(bool(to_shed([s], s.slot_ms + lateness)) for s in slots)
-    assert shed == pytest.approx(1_000 * share, abs=50)
+    shedder = Shedder()
+    shed = 0
+    for k in range(5):
+        slot = 10_000 + k * 2_000
+        out = shedder.to_shed([Late(g, slot, 2_000, 250) for g in range(1_000)], slot + lateness)
+        shed += len(out)
+    assert shedder.level == pytest.approx(share if share >= LEVEL_MIN else 0.0, abs=0.01)
+    assert shed == pytest.approx(5 * 1_000 * share, abs=40)
 
 
-def test_the_rotation_picks_other_gateways_at_every_slot():
-    """Steps of one window at one lateness: which are shed changes from slot to slot, so
-    over many slots every gateway is shed about as often (here half the time)."""
-    shed_count = dict.fromkeys(range(50), 0)
+def _run(shedder: Shedder, lateness_of: dict[int, int], slots: range) -> Counter[int]:
+    """Gateways at 1 s whose batches begin at the lateness each is given, at every slot
+    (by number); the slots shed per gateway."""
+    shed: Counter[int] = Counter(dict.fromkeys(lateness_of, 0))
+    for k in slots:
+        slot = 10_000 + k * 1_000
+        for gateway, lateness in lateness_of.items():
+            if shedder.to_shed([Late(gateway, slot, 1_000, 250)], slot + lateness):
+                shed[gateway] += 1
+    return shed
+
+
+def test_gateways_whose_windows_begin_later_are_shed_no_more_than_the_others():
+    """The fleet's rhythm repeats every interval, so the same gateways' batches begin late
+    at every slot: half at 130 ms (barely behind), half at 240 ms (near the limit). Each
+    is shed the worker's level of its slots all the same."""
+    lateness_of = {g: 130 if g % 2 else 240 for g in range(40)}
+    shed = _run(Shedder(), lateness_of, range(200))
+    mean = sum(shed.values()) / len(shed)
+    assert mean == pytest.approx(200 * (0.04 + 0.92) / 2, rel=0.05)
+    assert max(shed.values()) <= 1.1 * mean and min(shed.values()) >= 0.9 * mean
+
+
+def test_a_gateway_shed_past_its_limit_is_spared_its_next_turns():
+    """One gateway's batch begins past its limit every other slot (shed each time, and
+    paid); the others' at 200 ms. It is shed about as often as they are, not more."""
+    shedder = Shedder()
+    shed: Counter[int] = Counter()
     for k in range(200):
-        batch = [Late(g, 10_000 + k * 1_000, 1_000, 250) for g in range(50)]
-        for index in to_shed(batch, 10_000 + k * 1_000 + 187):  # half way up the ramp
-            shed_count[index] += 1
-    assert min(shed_count.values()) >= 70 and max(shed_count.values()) <= 130
-    assert rotation(1, 10_000) != rotation(1, 11_000) != rotation(2, 10_000)
-    assert rotation(1, 10_000) == rotation(1, 10_000)
+        slot = 10_000 + k * 1_000
+        steps = [Late(g, slot, 1_000, 250) for g in range(20)]
+        lateness = [300 if g == 0 and k % 2 else 200 for g in range(20)]
+        for g, late in enumerate(lateness):
+            shed[g] += bool(shedder.to_shed([steps[g]], slot + late))
+    others = [shed[g] for g in range(1, 20)]
+    assert shed[0] <= 1.2 * max(others)
+
+
+def test_when_the_overload_ends_nothing_more_is_shed():
+    shedder = Shedder()
+    _run(shedder, dict.fromkeys(range(20), 200), range(20))
+    assert shedder.level == pytest.approx(0.6)
+    # Less late (100 ms: under half the limit): the level decays within a few windows
+    # (about 1.2 turns per gateway while it does), then nothing is shed however the
+    # balances stand.
+    shed = _run(shedder, dict.fromkeys(range(20), 100), range(20, 30))
+    assert shedder.level == 0.0
+    assert 0 < sum(shed.values()) <= 2 * 20
+    assert sum(_run(shedder, dict.fromkeys(range(20), 100), range(30, 60)).values()) == 0
+
+
+def test_a_step_begun_within_a_quarter_of_its_limit_is_polled_whatever_the_level():
+    """The worker is not behind now (a batch after a lull, a step sent ahead of its slot):
+    it polls, however much it shed a moment ago."""
+    shedder = Shedder()
+    _run(shedder, dict.fromkeys(range(20), 240), range(20))
+    assert shedder.level > 0.9
+    assert sum(_run(shedder, dict.fromkeys(range(20), 62), range(20, 22)).values()) == 0
+
+
+def test_the_loop_sheds_only_past_the_limit():
+    shedder = Shedder()
+    assert shedder.past_limit(Late(1, 10_000, 1_000, 250), 10_250) is None
+    assert is_shed(shedder.past_limit(Late(1, 10_000, 1_000, 250), 10_251) or "")
+    assert shedder.past_limit(Late(1, 10_000, 1_000, 250), 11_000) is None  # ended: missed
+    assert shedder.past_limit(Late(1, 10_000, 1_000, None), 10_900) is None
+    assert first_balance(1) != first_balance(2) and first_balance(1) == first_balance(1)
 
 
 def test_the_reason_says_how_late_and_the_limit():
     reason = shed_reason(1_300, 250)
     assert reason == "shed: the worker began this poll 1.30 s after its slot (limit 0.25 s)"
     assert is_shed(reason)
+    turn = turn_reason(180, 250, 0.333)
+    assert turn == (
+        "shed: the worker is behind and sheds 33% of late polls in turn; "
+        "this one began 0.18 s after its slot (limit 0.25 s)"
+    )
+    assert is_shed(turn)
     assert not is_shed("endpoint 10.0.0.1:502 busy: another poll held its lock")
     assert not is_shed(None)
 
