@@ -47,6 +47,8 @@ def create_app(settings: Settings) -> PollctlApp:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_timer_precision=settings.timer_precision,
+        # Back within 2 s of the broker, not Celery's up to 30 s (workers/consumer.py).
+        worker_consumer="workers.consumer:PromptConsumer",
         broker_connection_retry_on_startup=True,
         # Keep reconnecting through a Redis outage of any length (the default gives up after
         # 100 tries, about 45 minutes, and the worker exits).

@@ -72,7 +72,7 @@ class Evidence:
 def judge(e: Evidence, stall: float, reconnect_grace: float) -> Verdict:
     """What `e` proves. `stall` (seconds) is how long any evidence may be missing;
     `reconnect_grace` how long after the broker last failed to answer a stopped loop is
-    taken for the consumer's reconnect (its retries pause up to 30 s)."""
+    taken for the consumer's reconnect (its retries pause up to 2 s)."""
     loop = e.loop
     if loop is None or e.now - loop.at > stall:
         away = e.broker_failed_at is not None and e.now - e.broker_failed_at <= reconnect_grace

@@ -29,9 +29,9 @@ from .consumption import Consumption, Evidence, Verdict, judge
 log = logging.getLogger(__name__)
 
 #: After the broker last failed to answer, a stopped loop is taken for the consumer's
-#: reconnect this long: Celery retries with pauses growing to 30 s (kombu's
-#: `ensure_connection`, interval_max), and a restart would not bring the broker back.
-RECONNECT_GRACE = 35.0
+#: reconnect this long: the consumer tries again every 1 to 2 s (workers/consumer.py), and
+#: a restart would not bring the broker back.
+RECONNECT_GRACE = 10.0
 #: The loop samples itself at least this often (more often under a short WatchdogSec).
 TICK_MAX = 1.0
 
