@@ -157,6 +157,23 @@ def test_single_register_write_uses_function_6(runtime, device):
     assert _sent(device) == [(6, 64), (6, 65)]  # int32_ABCD at address 64: one register each
 
 
+def test_multiple_coil_write_uses_function_15_with_one_bit(runtime, device):
+    """`multiple_coil_write: true` in the gateways file, imported: a coil goes as a write of
+    several coils, of one, served once per write, and the device keeps what it was sent."""
+    document = _document(device.ports[0])
+    document["gateways"][0]["multiple_coil_write"] = True
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.multiple_coil_write))
+    for value, shown_as in (("on", "true"), ("off", "false")):
+        result = _write(runtime, "pump", value)
+        assert (result.outcome, result.new, result.read_back) == ("ok", shown_as, shown_as)
+        polled = service.poll_now(runtime, "plc")
+        assert {p.name: cell(shown(p, v)) for p, v in polled.values}["pump"] == shown_as
+    assert _sent(device) == [(15, 3), (15, 3)]  # pump is coil 3
+
+
 @pytest.mark.parametrize(
     ("gateway", "point", "value", "why"),
     [
@@ -271,6 +288,22 @@ def test_migration_0010_goes_down_and_up_keeping_gateways_and_readings(runtime, 
         assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.single_register_write)) is False
+
+
+def test_migration_0012_goes_down_and_up_keeping_gateways_and_readings(runtime, device):
+    service.poll_now(runtime, "plc")
+    migrate.downgrade(runtime.engine, "0011")
+    assert migrate.current_revision(runtime.engine) == "0011"
+    columns = {c["name"] for c in inspect(runtime.engine).get_columns("gateways")}
+    assert "multiple_coil_write" not in columns and "single_register_write" in columns
+    with runtime.engine.connect() as conn:  # a plain DROP COLUMN: nothing cascades
+        assert conn.scalar(text("SELECT count(*) FROM gateways")) == 1
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
+    migrate.upgrade(runtime.engine)
+    with runtime.engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.multiple_coil_write)) is False
 
 
 def test_a_device_that_does_not_answer_is_recorded_failed(runtime, device):
