@@ -205,6 +205,7 @@ def _gateway(
     enabled = f.get("enabled", (bool,), default=True)
     site = _site(f)
     single_register_write = f.get("single_register_write", (bool,), default=False)
+    multiple_coil_write = f.get("multiple_coil_write", (bool,), default=False)
     min_interval, max_interval = limits
     interval = f.number("interval", required=True)
     if interval is not None and interval <= 0:
@@ -240,6 +241,7 @@ def _gateway(
         site=site,
         transport=transport,
         single_register_write=single_register_write,
+        multiple_coil_write=multiple_coil_write,
         points=_points(entry.get("points"), name, errors),
     )
 

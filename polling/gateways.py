@@ -18,6 +18,8 @@ GATEWAY_FIELDS = {
 } | TRANSPORT_FIELDS  # fmt: skip
 #: `pollctl write`: devices without function 16 take holding registers one at a time (6).
 GATEWAY_FIELDS |= {"single_register_write"}
+#: ... and devices without function 5 take a coil as a write of several coils, of one (15).
+GATEWAY_FIELDS |= {"multiple_coil_write"}
 POINT_FIELDS = {
     "name",
     "register",
@@ -78,3 +80,5 @@ class Gateway:
     transport: Transport = TCP
     #: Writes send each holding register alone (function 6), not all at once (16).
     single_register_write: bool = False
+    #: Writes send a coil as a write of several coils (function 15, one bit), not as one (5).
+    multiple_coil_write: bool = False

@@ -78,6 +78,10 @@ class GatewayRow(Base):
     single_register_write: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
+    #: Writes a coil as several coils of one (function 15), for devices without function 5.
+    multiple_coil_write: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     #: The operator's intent: `pollctl start` sets it, `pollctl stop` clears it.
     polling: Mapped[bool] = mapped_column(Boolean, default=False)
     polling_since: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -113,6 +113,7 @@ def _settings(gateway: Gateway, *, enabled: bool) -> dict[str, object]:
         "transport": gateway.transport.kind,
         "transport_options": gateway.transport.as_json() or None,
         "single_register_write": gateway.single_register_write,
+        "multiple_coil_write": gateway.multiple_coil_write,
     }
 
 
@@ -147,7 +148,7 @@ _GATEWAY_COLUMNS = (
     "id", "name", "host", "port", "device_id", "interval_s", "timeout_s",
     "enabled", "polling", "disabled_reason", "polling_since", "site",
     "transport", "transport_options",
-    "single_register_write",
+    "single_register_write", "multiple_coil_write",
 )  # fmt: skip
 #: In the order of Point's fields, after the gateway id.
 _POINT_COLUMNS = (
@@ -186,6 +187,7 @@ def _load(session: Session, condition: ColumnElement[bool] | None) -> list[Store
                 site=row.site,
                 transport=transport_of(row.transport, row.transport_options),
                 single_register_write=row.single_register_write,
+                multiple_coil_write=row.multiple_coil_write,
             ),
             row.enabled,
             row.polling,

@@ -31,6 +31,9 @@ BLOCKS = ("coil", "discrete", "holding", "input")
 FUNCTION_BLOCK = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 4: "input"}
 #: Writes (functions 5, 15, 6, 16): what they set stays set, as on a device's setpoint.
 WRITE_BLOCK = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
+#: pymodbus serves these by setting the value, then reading it back for the echo in its
+#: answer: two calls of the device's action for one request, the second without values.
+ECHOED_WRITES = (5, 6)
 #: Registers served beyond the last configured one, so gap-merged reads stay legal.
 MARGIN = 128
 
@@ -215,6 +218,8 @@ async def _action(
     registers: list[int],
     values: list[int] | list[bool] | None,
 ) -> ExcCodes | None:
+    if function_code in ECHOED_WRITES and values is None:
+        return None  # the echo of a write already counted (and gated), not a request
     traffic.reads.append((time.time(), device.port, function_code, address))
     block = FUNCTION_BLOCK.get(function_code)
     if block is not None and device.refuses(block, address, count):

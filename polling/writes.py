@@ -5,7 +5,7 @@ A write takes the endpoint's lock exactly as a poll does (`Keys.endpoint_lock`, 
 a time a write never interleaves with a poll: it waits for the poll that holds the lock, at
 most the gateway's timeout plus one poll budget. Under the lock it reads the point, writes
 it (holding registers: function 16, or 6 for devices that want one register per write;
-coils: 5 for one, 15 for several), and reads it back.
+a coil: function 5, or 15 with one bit for devices without 5), and reads it back.
 
 Refused writes (unknown gateway or point, a read-only register, a value that does not fit
 the point's type) are refused before anything is sent and are not recorded: the record
@@ -230,7 +230,7 @@ async def _send(client: ModbusBaseClient, planned: Planned, host: str, port: int
     try:
         if request.register == "coil":
             bits = [bool(b) for b in planned.payload]
-            if len(bits) == 1:
+            if len(bits) == 1 and not planned.target.config.multiple_coil_write:
                 response = await client.write_coil(address, bits[0], device_id=device_id)
             else:
                 response = await client.write_coils(address, bits, device_id=device_id)

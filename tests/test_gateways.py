@@ -47,6 +47,7 @@ def test_defaults_are_filled_in():
     assert (temp.device_id, temp.width, temp.unit) == (2, 2, "°C")
     assert (label.width, label.count) == (8, 8)
     assert (alarm.type, alarm.width) == ("bool", 1)
+    assert (gateway.single_register_write, gateway.multiple_coil_write) == (False, False)
 
 
 def test_data_rules_are_optional_and_kept():
@@ -81,6 +82,10 @@ def _with(gateway_changes=None, point_changes=None, extra_gateway=None):
         (_with({"interval": 0}), "field 'interval': must be > 0"),
         (_with({"port": 70000}), "field 'port': must be between 1 and 65535"),
         (_with({"enabled": "yes"}), "field 'enabled': expected bool"),
+        (
+            _with({"multiple_coil_write": "yes"}),
+            "gateway 'boiler-room': field 'multiple_coil_write': expected bool",
+        ),
         (_with({"timeout": 20}), "field 'timeout': 20 s is longer than the interval"),
         (_with({"adress": 1}), "field 'adress': unknown field"),
         (

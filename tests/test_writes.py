@@ -81,6 +81,11 @@ def _rows(runtime) -> list[WriteRow]:
         return list(session.scalars(select(WriteRow).order_by(WriteRow.id)))
 
 
+def _sent(device) -> list[tuple[int, int]]:
+    """(function, address) of each write request the device served, in order."""
+    return [(c, a) for _, _, c, a in list(device.traffic.reads) if c in WRITE_FUNCTIONS]
+
+
 def _write(runtime, point: str, value: str, **kwargs) -> writes.WriteResult:
     planned = writes.plan_write(runtime, "plc", point, value)
     return writes.write(runtime, planned, user="tester", **kwargs)
@@ -99,7 +104,7 @@ def test_every_type_and_order_is_written_and_read_back_by_a_poll(runtime, device
     seen = {p.name: cell(shown(p, v)) for p, v in polled.values}
     assert {name: seen[name] for name in wanted} == wanted
     assert wanted["float32_CDAB"] == "-123.25" and wanted["uint64_DCBA"] == VALUES["uint64"]
-    assert {c for _, _, c, _ in device.traffic.reads} >= {16}
+    assert [c for c, _ in _sent(device)] == [16] * len(wanted)  # each served once
     rows = _rows(runtime)
     assert len(rows) == len(wanted) and {r.outcome for r in rows} == {"ok"}
     assert rows[0].user == "tester" and rows[0].gateway == "plc" and rows[0].old is not None
@@ -135,9 +140,8 @@ def test_scale_and_offset_are_inverted_and_coils_take_function_5(runtime, device
     assert (result.outcome, result.read_back) == ("ok", "-12.5")
     assert _write(runtime, "pump", "on").read_back == "true"
     assert _write(runtime, "pump", "off").read_back == "false"
-    functions = [c for _, _, c, _ in device.traffic.reads if c in WRITE_FUNCTIONS]
-    # pymodbus's simulator calls the action twice per coil write (a check, then the write).
-    assert functions[0] == 16 and set(functions[1:]) == {5}
+    # Each write served exactly once at the device (function 5's echo is not a request).
+    assert _sent(device) == [(16, 900), (5, 3), (5, 3)]
 
 
 def test_single_register_write_uses_function_6(runtime, device):
@@ -150,8 +154,24 @@ def test_single_register_write_uses_function_6(runtime, device):
         assert session.scalar(select(GatewayRow.single_register_write))
     result = _write(runtime, "int32_ABCD", "-7")
     assert result.outcome == "ok"
-    sent = {(c, a) for _, _, c, a in device.traffic.reads if c in WRITE_FUNCTIONS}
-    assert sent == {(6, 64), (6, 65)}  # int32_ABCD at address 64: one register each
+    assert _sent(device) == [(6, 64), (6, 65)]  # int32_ABCD at address 64: one register each
+
+
+def test_multiple_coil_write_uses_function_15_with_one_bit(runtime, device):
+    """`multiple_coil_write: true` in the gateways file, imported: a coil goes as a write of
+    several coils, of one, served once per write, and the device keeps what it was sent."""
+    document = _document(device.ports[0])
+    document["gateways"][0]["multiple_coil_write"] = True
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.multiple_coil_write))
+    for value, shown_as in (("on", "true"), ("off", "false")):
+        result = _write(runtime, "pump", value)
+        assert (result.outcome, result.new, result.read_back) == ("ok", shown_as, shown_as)
+        polled = service.poll_now(runtime, "plc")
+        assert {p.name: cell(shown(p, v)) for p, v in polled.values}["pump"] == shown_as
+    assert _sent(device) == [(15, 3), (15, 3)]  # pump is coil 3
 
 
 @pytest.mark.parametrize(
@@ -268,6 +288,22 @@ def test_migration_0010_goes_down_and_up_keeping_gateways_and_readings(runtime, 
         assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.single_register_write)) is False
+
+
+def test_migration_0012_goes_down_and_up_keeping_gateways_and_readings(runtime, device):
+    service.poll_now(runtime, "plc")
+    migrate.downgrade(runtime.engine, "0011")
+    assert migrate.current_revision(runtime.engine) == "0011"
+    columns = {c["name"] for c in inspect(runtime.engine).get_columns("gateways")}
+    assert "multiple_coil_write" not in columns and "single_register_write" in columns
+    with runtime.engine.connect() as conn:  # a plain DROP COLUMN: nothing cascades
+        assert conn.scalar(text("SELECT count(*) FROM gateways")) == 1
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
+    migrate.upgrade(runtime.engine)
+    with runtime.engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM readings")) > 0
+    with runtime.sessions() as session:
+        assert session.scalar(select(GatewayRow.multiple_coil_write)) is False
 
 
 def test_a_device_that_does_not_answer_is_recorded_failed(runtime, device):
