@@ -188,6 +188,57 @@ def test_a_refused_read_is_split_and_the_next_poll_uses_the_learnt_plan(
     ]
 
 
+def test_a_read_timing_out_mid_split_keeps_what_the_poll_had_learnt(
+    runtime, simulate, free_ports
+):
+    """The device misses one of the smaller reads (p5 alone, the split's fourth read): the
+    poll fails on that timeout, but the splits it had proven (0..2 answers, 0..9 and 5..9
+    are refused) are kept, so the next poll goes on from there instead of starting over."""
+    (port,) = free_ports(1)
+    sim, gateway = _holey(runtime, simulate, port)
+    sim.stall(port, 1, "holding", 5, 1, seconds=1.5)  # past the gateway's 1 s timeout
+    first = pipeline.poll_batch(runtime, started(runtime))
+    assert first.outcomes == {Outcome.FAILED: 1}
+    assert "holding 5..5" in first.failed["holey"] or "no answer" in first.failed["holey"]
+    assert [r.outcome for r in poll_rows(runtime)] == ["failed"]
+    refused_first = [(a, n) for _, _, _, a, n in sim.traffic.refused]
+    assert refused_first == [(0, 10), (0, 10), (5, 5)]  # merged, alone, its right half
+    plan = _plan_of(runtime, gateway.id)
+    assert plan is not None, "what the timed-out poll learnt was lost"
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 4),
+        (1, "input", 0, 1),
+    )
+    assert plan.unavailable == ()
+    assert "interrupted" in plan.events[-1][1]
+
+    # The next poll starts from the kept splits: 0..9 and 5..9 are never asked again.
+    second = pipeline.poll_batch(runtime, first.successors)
+    assert second.outcomes == {Outcome.OK: 1}, second.failed
+    refused_second = [(a, n) for _, _, _, a, n in sim.traffic.refused][len(refused_first) :]
+    assert refused_second == [(6, 4), (6, 4), (9, 1)]  # merged, alone, p9 alone
+    plan = _plan_of(runtime, gateway.id)
+    assert plan.unavailable == ("p9",)
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 1),
+        (1, "input", 0, 1),
+    )
+    assert plan.retry_at == _plan_at_first(plan)
+    rows = poll_rows(runtime)
+    assert [r.outcome for r in rows] == ["failed", "ok"]
+    got = {r.point for r in reading_rows(runtime) if r.slot_at == rows[-1].slot_at}
+    assert got == {"p0", "p1", "p2", "p5", "p6", "i0"}
+
+
+def _plan_at_first(plan: LearnedPlan):
+    """The daily retry counts from the first poll that learnt, not the last."""
+    return plan.events[0][0] + learnedplan.RETRY_AFTER
+
+
 def test_a_worker_that_loaded_the_gateway_before_picks_up_the_learnt_plan(
     runtime, simulate, free_ports, settings
 ):
