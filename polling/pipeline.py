@@ -336,21 +336,24 @@ async def _take_lock(
 async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> Served:
     """One read of every request of the gateway, within its budget, decoded (`step`: the
     chain step it serves, none for a manual poll). A refusal with exception 2 splits the
-    plan (polling/planread.py): the poll is ok with the points that answered."""
+    plan (polling/planread.py): the poll is ok with the points that answered, or failed
+    when a split read timed out, what the splitting proved kept all the same."""
     config = target.config
     started = ms_to_dt(rt.clock())
     learned = None
     try:
         read = await read_plan(rt.modbus, target)
-        values = decode_answers(read.requests, read.answers)
         if read.split is not None:
             learned = _learnt(rt, target, read.split)
-            if not values:
-                raise DeviceExceptionResponse(
-                    f"{read.refusal}; no point answered: {learned.events[-1][1]}",
-                    function_code=0,
-                    exception_code=ILLEGAL_ADDRESS,
-                )
+        if read.failure is not None:
+            raise read.failure  # failed as any poll, what its splitting proved kept
+        values = decode_answers(read.requests, read.answers)
+        if learned is not None and not values:
+            raise DeviceExceptionResponse(
+                f"{read.refusal}; no point answered: {learned.events[-1][1]}",
+                function_code=0,
+                exception_code=ILLEGAL_ADDRESS,
+            )
         if log.isEnabledFor(logging.DEBUG):  # the fields cost a per-poll format otherwise
             log.debug("poll ok: %d values", len(values), extra=_poll_fields(target, step))
         return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values, learned=learned)
