@@ -237,6 +237,60 @@ def _plan_at_first(plan: LearnedPlan):
     return plan.events[0][0] + learnedplan.RETRY_AFTER
 
 
+def test_a_plan_learnt_while_the_database_is_down_is_used_and_saved_once_it_is_back(
+    runtime, simulate, free_ports, settings, env
+):
+    import cli
+    from polling import saving
+    from polling.db import make_engine, session_factory
+    from polling.runtime import Runtime
+
+    (port,) = free_ports(1)
+    sim, gateway = _holey(runtime, simulate, port)
+    steps = started(runtime)
+    configcache.gateways_for_poll(runtime, [gateway.id])  # this worker has read the gateway
+    # The database goes away under the worker: its polls go on, their records buffered.
+    up = runtime.sessions
+    unreachable = make_engine("postgresql://nobody@127.0.0.1:1/none")
+    runtime.sessions = session_factory(unreachable)
+    try:
+        first = pipeline.poll_batch(runtime, steps)
+        assert first.outcomes == {Outcome.OK: 1}
+        refused = len(sim.traffic.refused)
+        assert refused == 5
+        # Meanwhile the worker polls by what it learnt, from memory: nothing refused again.
+        second = pipeline.poll_batch(runtime, first.successors)
+        assert second.outcomes == {Outcome.OK: 1}
+        assert len(sim.traffic.refused) == refused
+    finally:
+        runtime.sessions = up
+        unreachable.dispose()
+    assert _plan_of(runtime, gateway.id) is None  # not saved yet: the database was down
+
+    # The database is back: the flush that writes the buffered records saves the plan too.
+    saving.flush(runtime)
+    assert [r.outcome for r in poll_rows(runtime)] == ["ok", "ok"]
+    plan = _plan_of(runtime, gateway.id)
+    assert plan is not None and plan.unavailable == ("p9",)
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 1),
+        (1, "input", 0, 1),
+    )
+    # Any worker loads it (none learns it again), and `explain` shows it.
+    other = Runtime.build(settings)
+    try:
+        target = configcache.gateways_for_poll(other, [gateway.id])[gateway.id]
+        assert len(target.requests) == 4 and [p.name for p in target.unavailable] == ["p9"]
+    finally:
+        other.close()
+    shown = CliRunner().invoke(cli.main, ["explain", "--gateway", "holey", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    found = json.loads(shown.output)
+    assert found["plan"] == "learnt" and found["unavailable"] == ["p9"]
+
+
 def test_a_worker_that_loaded_the_gateway_before_picks_up_the_learnt_plan(
     runtime, simulate, free_ports, settings
 ):
