@@ -36,6 +36,7 @@ from . import configcache, counters, learnedplan, live, planstore, saving, shedd
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
+from .db import is_unreachable
 from .errors import DeviceExceptionResponse, ModbusError
 from .learnedplan import LearnedPlan, Split
 from .outcome import Outcome, PollKind
@@ -383,16 +384,36 @@ def _learnt(rt: Runtime, target: PollTarget, split: Split) -> LearnedPlan:
 
 def _save_learned(rt: Runtime, plans: Sequence[tuple[int, LearnedPlan]]) -> None:
     """Store the plans polls learnt and tell every process (configcache reloads the
-    gateways); with the database down they are lost, and the next refusal teaches again."""
+    gateways). With the database down, this process polls by them from memory meanwhile
+    and they wait in the record buffer, saved by the flush once it is back."""
     if not plans:
         return
     try:
         with rt.sessions() as session, session.begin():
             planstore.save(session, plans)
     except DBAPIError as exc:
-        log.warning("learnt request plans not saved: %s", exc)
+        if not is_unreachable(exc):
+            log.warning("learnt request plans not saved: %s", exc)
+            return
+        _keep_learned(rt, plans, exc)
         return
     rt.bump_config()
+
+
+def _keep_learned(rt: Runtime, plans: Sequence[tuple[int, LearnedPlan]], exc: DBAPIError) -> None:
+    """Plans the database could not take: into the buffer, and into this process's gateways
+    (`Runtime.known`, what it polls by while the database is down)."""
+    for gateway_id, plan in plans:
+        kept = rt.buffer.push(planstore.to_json(gateway_id, plan), rt.clock())
+        if (target := rt.known.get(gateway_id)) is not None:
+            rt.known[gateway_id] = PollTarget.of(target, rt.settings, plan)
+        name = target.config.name if target is not None else f"#{gateway_id}"
+        log.warning(
+            "learnt request plan of %s kept %s until the database is back: %s",
+            name,
+            "in the buffer" if kept else "in memory only (buffer full)",
+            str(exc.orig or exc).strip().split("\n", 1)[0],
+        )
 
 
 def _advance(

@@ -86,6 +86,23 @@ def test_learn_keeps_known_unavailable_points_and_the_first_retry_time():
     assert again.spans is None and again.unavailable == () and len(again.events) == 3
 
 
+def test_a_buffered_plan_round_trips_and_never_replaces_a_newer_one(runtime, simulate, free_ports):
+    (port,) = free_ports(1)
+    _sim, gateway = _holey(runtime, simulate, port)
+    points = _points(0, 1, 2, 5, 6, 9)
+    full = plan_requests(points, default_device_id=1)
+    learnt = learnedplan.learn(None, "b", full, Split((), tuple(full), (points[5],), full), T0)
+    item = json.loads(json.dumps(planstore.to_json(gateway.id, learnt)))
+    assert planstore.from_json(item) == (gateway.id, learnt)
+    # Replanned since (a newer event): the plan buffered during the outage is not saved.
+    replanned = learnedplan.reset(learnt, T0 + timedelta(minutes=1), "replan")
+    with runtime.sessions() as session, session.begin():
+        planstore.save(session, [(gateway.id, replanned)])
+    with runtime.sessions() as session, session.begin():
+        planstore.save(session, [planstore.from_json(item)], newer_only=True)
+    assert _plan_of(runtime, gateway.id) == replanned
+
+
 # -- polls against a simulated device with holes -----------------------------------------
 
 HOLEY_POINTS = [
@@ -193,7 +210,7 @@ def test_a_read_timing_out_mid_split_keeps_what_the_poll_had_learnt(runtime, sim
     poll fails on that timeout, but the splits it had proven (0..2 answers, 0..9 and 5..9
     are refused) are kept, so the next poll goes on from there instead of starting over."""
     (port,) = free_ports(1)
-    sim, gateway = _holey(runtime, simulate, port, timeout=0.3)
+    sim, gateway = _holey(runtime, simulate, port, interval=0.5, timeout=0.3)
     sim.stall(port, 1, "holding", 5, 1, seconds=0.5)  # past the gateway's 0.3 s timeout
     first = pipeline.poll_batch(runtime, started(runtime))
     assert first.outcomes == {Outcome.FAILED: 1}
@@ -246,7 +263,7 @@ def test_a_plan_learnt_while_the_database_is_down_is_used_and_saved_once_it_is_b
     from polling.runtime import Runtime
 
     (port,) = free_ports(1)
-    sim, gateway = _holey(runtime, simulate, port)
+    sim, gateway = _holey(runtime, simulate, port, interval=0.5, timeout=0.3)
     steps = started(runtime)
     configcache.gateways_for_poll(runtime, [gateway.id])  # this worker has read the gateway
     # The database goes away under the worker: its polls go on, their records buffered.
