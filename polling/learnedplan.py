@@ -121,6 +121,8 @@ class Split:
     unavailable: tuple[Point, ...]
     #: The requests of the plan in use that were refused (for the history).
     refused: tuple[Request, ...]
+    #: The error that stopped the splitting before its budget did ('' when none).
+    interrupted: str = ""
 
 
 def learn(
@@ -151,7 +153,8 @@ def describe_change(before: Sequence[Request], split: Split) -> str:
     if split.unavailable:
         text += "; unavailable: " + ", ".join(p.name for p in split.unavailable)
     if split.pending:
-        text += f"; {len(split.pending)} still to split (poll budget spent)"
+        why = f"interrupted: {split.interrupted}" if split.interrupted else "poll budget spent"
+        text += f"; {len(split.pending)} still to split ({why})"
     return text
 
 

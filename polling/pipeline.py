@@ -36,6 +36,7 @@ from . import configcache, counters, learnedplan, live, planstore, saving, shedd
 from .accounting import Begun, Ledger, Served, account, poll_entry
 from .chains import EndpointLock, LockState, StepClaim
 from .codec import decode_answers
+from .db import is_unreachable
 from .errors import DeviceExceptionResponse, ModbusError
 from .learnedplan import LearnedPlan, Split
 from .outcome import Outcome, PollKind
@@ -336,21 +337,24 @@ async def _take_lock(
 async def _poll(rt: Runtime, target: PollTarget, step: Begun | None = None) -> Served:
     """One read of every request of the gateway, within its budget, decoded (`step`: the
     chain step it serves, none for a manual poll). A refusal with exception 2 splits the
-    plan (polling/planread.py): the poll is ok with the points that answered."""
+    plan (polling/planread.py): the poll is ok with the points that answered, or failed
+    when a split read timed out, what the splitting proved kept all the same."""
     config = target.config
     started = ms_to_dt(rt.clock())
     learned = None
     try:
         read = await read_plan(rt.modbus, target)
-        values = decode_answers(read.requests, read.answers)
         if read.split is not None:
             learned = _learnt(rt, target, read.split)
-            if not values:
-                raise DeviceExceptionResponse(
-                    f"{read.refusal}; no point answered: {learned.events[-1][1]}",
-                    function_code=0,
-                    exception_code=ILLEGAL_ADDRESS,
-                )
+        if read.failure is not None:
+            raise read.failure  # failed as any poll, what its splitting proved kept
+        values = decode_answers(read.requests, read.answers)
+        if learned is not None and not values:
+            raise DeviceExceptionResponse(
+                f"{read.refusal}; no point answered: {learned.events[-1][1]}",
+                function_code=0,
+                exception_code=ILLEGAL_ADDRESS,
+            )
         if log.isEnabledFor(logging.DEBUG):  # the fields cost a per-poll format otherwise
             log.debug("poll ok: %d values", len(values), extra=_poll_fields(target, step))
         return Served(Outcome.OK, started, ms_to_dt(rt.clock()), values=values, learned=learned)
@@ -380,16 +384,36 @@ def _learnt(rt: Runtime, target: PollTarget, split: Split) -> LearnedPlan:
 
 def _save_learned(rt: Runtime, plans: Sequence[tuple[int, LearnedPlan]]) -> None:
     """Store the plans polls learnt and tell every process (configcache reloads the
-    gateways); with the database down they are lost, and the next refusal teaches again."""
+    gateways). With the database down, this process polls by them from memory meanwhile
+    and they wait in the record buffer, saved by the flush once it is back."""
     if not plans:
         return
     try:
         with rt.sessions() as session, session.begin():
             planstore.save(session, plans)
     except DBAPIError as exc:
-        log.warning("learnt request plans not saved: %s", exc)
+        if not is_unreachable(exc):
+            log.warning("learnt request plans not saved: %s", exc)
+            return
+        _keep_learned(rt, plans, exc)
         return
     rt.bump_config()
+
+
+def _keep_learned(rt: Runtime, plans: Sequence[tuple[int, LearnedPlan]], exc: DBAPIError) -> None:
+    """Plans the database could not take: into the buffer, and into this process's gateways
+    (`Runtime.known`, what it polls by while the database is down)."""
+    for gateway_id, plan in plans:
+        kept = rt.buffer.push(planstore.to_json(gateway_id, plan), rt.clock())
+        if (target := rt.known.get(gateway_id)) is not None:
+            rt.known[gateway_id] = PollTarget.of(target, rt.settings, plan)
+        name = target.config.name if target is not None else f"#{gateway_id}"
+        log.warning(
+            "learnt request plan of %s kept %s until the database is back: %s",
+            name,
+            "in the buffer" if kept else "in memory only (buffer full)",
+            str(exc.orig or exc).strip().split("\n", 1)[0],
+        )
 
 
 def _advance(

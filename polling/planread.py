@@ -9,6 +9,11 @@ here could let the lock expire under a read. What the budget leaves unsplit is k
 learnt plan as is and split by the next polls' refusals: a map with many holes is learnt
 over a few polls, each still on time. A poll learns only on a refusal; otherwise this is
 one `ModbusPool.read` of the whole plan, as before.
+
+A timeout or a dropped connection on one of the smaller reads fails the poll as before, but
+what its splitting had proven (the reads that answered, the halves of those refused) is
+kept as the learnt plan, with the rest still to split: the next poll goes on from there
+instead of asking the device the refused reads again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DeviceExceptionResponse, GatewayTimeout
+from .errors import DeviceExceptionResponse, GatewayTimeout, ModbusError
 from .learnedplan import Split, halves
 from .modbus import ModbusPool
 from .plan import PollTarget, Request
@@ -40,6 +45,8 @@ class PlanRead:
     split: Split | None = None
     #: The device's refusal that started the splitting.
     refusal: str = ""
+    #: The error that stopped the splitting (the poll fails with it; `split` is kept).
+    failure: ModbusError | None = None
 
 
 async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
@@ -71,15 +78,18 @@ async def read_plan(pool: ModbusPool, target: PollTarget) -> PlanRead:
         if exc.exception_code != ILLEGAL_ADDRESS:
             raise
         refusal = str(exc)
-    split, answers = await _split(pool, target, requests, deadline)
-    return PlanRead(split.answered, answers, split, refusal)
+    split, answers, failure = await _split(pool, target, requests, deadline)
+    if failure is not None and not split.refused:
+        raise failure  # stopped before it proved anything: nothing to keep
+    return PlanRead(split.answered, answers, split, refusal, failure)
 
 
 async def _split(
     pool: ModbusPool, target: PollTarget, requests: list[Request], deadline: float
-) -> tuple[Split, list[Any]]:
+) -> tuple[Split, list[Any], ModbusError | None]:
     """Read the requests one at a time, splitting the refused ones (depth first, so the
-    answered ones stay in address order), until done or the deadline."""
+    answered ones stay in address order), until done, the deadline, or an error other
+    than a refusal (returned, with what was split until then)."""
     config = target.config
     loop = asyncio.get_running_loop()
     queue = deque(requests)
@@ -89,6 +99,7 @@ async def _split(
     unavailable = []
     refused: list[Request] = []
     originals = set(map(id, requests))
+    failure: ModbusError | None = None
     while queue:
         request = queue.popleft()
         remaining = deadline - loop.time()
@@ -101,9 +112,11 @@ async def _split(
         except TimeoutError:  # the poll's deadline, not the device's timeout
             pending += [request, *queue]
             break
-        except DeviceExceptionResponse as exc:
-            if exc.exception_code != ILLEGAL_ADDRESS:
-                raise
+        except ModbusError as exc:
+            if not _refused(exc):  # a timeout, a dropped connection: the poll fails
+                pending += [request, *queue]
+                failure = exc
+                break
             if id(request) in originals:
                 refused.append(request)
             if len(request.points) == 1:
@@ -113,5 +126,10 @@ async def _split(
             continue
         answered.append(request)
         answers.append(answer[0])
-    split = Split(tuple(answered), tuple(pending), tuple(unavailable), tuple(refused))
-    return split, answers
+    interrupted = "" if failure is None else str(failure)
+    split = Split(tuple(answered), tuple(pending), tuple(unavailable), tuple(refused), interrupted)
+    return split, answers, failure
+
+
+def _refused(exc: ModbusError) -> bool:
+    return isinstance(exc, DeviceExceptionResponse) and exc.exception_code == ILLEGAL_ADDRESS

@@ -1,11 +1,14 @@
 """Learnt request plans in the database (table `request_plans`), so every worker polls a
 gateway by what any of them learnt: a worker that learns saves the plan and bumps the
-configuration stamp, and the others reload the gateway on their next poll (configcache)."""
+configuration stamp, and the others reload the gateway on their next poll (configcache).
+A plan learnt while the database is down waits in the record buffer (`to_json`) and is
+saved by the flush that writes the records, unless a newer one was saved meanwhile."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,19 +39,48 @@ def targets(
 
 
 def _plan(row: RequestPlanRow) -> LearnedPlan:
-    spans = None if row.spans is None else tuple((d, r, a, c) for d, r, a, c in row.spans)
+    return _from_columns({name: getattr(row, name) for name in COLUMNS})
+
+
+#: The columns of a plan's row, and the keys of its buffered form.
+COLUMNS = ("basis", "spans", "unavailable", "learned_at", "retry_at", "events")
+
+
+def _columns(plan: LearnedPlan) -> dict[str, Any]:
+    """The plan as its row holds it: plain JSON types, except the two datetimes."""
+    return {
+        "basis": plan.basis,
+        "spans": None if plan.spans is None else [list(s) for s in plan.spans],
+        "unavailable": list(plan.unavailable),
+        "learned_at": plan.learned_at,
+        "retry_at": plan.retry_at,
+        "events": [[iso_z(at), what] for at, what in plan.events],
+    }
+
+
+def _from_columns(data: dict[str, Any]) -> LearnedPlan:
+    spans = data["spans"]
     return LearnedPlan(
-        row.basis,
-        spans,
-        tuple(row.unavailable),
-        row.learned_at,
-        row.retry_at,
-        tuple((datetime.fromisoformat(at.replace("Z", "+00:00")), what) for at, what in row.events),
+        data["basis"],
+        None if spans is None else tuple((d, r, a, c) for d, r, a, c in spans),
+        tuple(data["unavailable"]),
+        data["learned_at"],
+        data["retry_at"],
+        tuple((_parse(at), what) for at, what in data["events"]),
     )
 
 
-def save(session: Session, plans: Sequence[tuple[int, LearnedPlan]]) -> None:
-    """Insert or replace each gateway's plan (a deleted gateway's is skipped)."""
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def save(
+    session: Session, plans: Sequence[tuple[int, LearnedPlan]], *, newer_only: bool = False
+) -> None:
+    """Insert or replace each gateway's plan (a deleted gateway's is skipped). With
+    `newer_only` (a plan buffered during an outage), one whose newest event is not newer
+    than the stored plan's is skipped: a worker learnt again, or an operator replanned,
+    since."""
     for gateway_id, plan in plans:
         row = session.get(RequestPlanRow, gateway_id)
         if row is None:
@@ -56,12 +88,41 @@ def save(session: Session, plans: Sequence[tuple[int, LearnedPlan]]) -> None:
                 continue  # deleted while it was polled
             row = RequestPlanRow(gateway_id=gateway_id)
             session.add(row)
-        row.basis = plan.basis
-        row.spans = None if plan.spans is None else [list(s) for s in plan.spans]
-        row.unavailable = list(plan.unavailable)
-        row.learned_at = plan.learned_at
-        row.retry_at = plan.retry_at
-        row.events = [[iso_z(at), what] for at, what in plan.events]
+        elif newer_only and not _newer(plan, row):
+            continue
+        for name, value in _columns(plan).items():
+            setattr(row, name, value)
+
+
+def _newer(plan: LearnedPlan, row: RequestPlanRow) -> bool:
+    """Whether the plan's newest event is newer than the row's (to the millisecond, as
+    stored)."""
+    if not plan.events or not row.events:
+        return True
+    return _parse(iso_z(plan.events[-1][0]) or "") > _parse(row.events[-1][0])
+
+
+def to_json(gateway_id: int, plan: LearnedPlan) -> dict[str, Any]:
+    """A plan as the record buffer keeps it (`type` plan), with an id that keeps one copy
+    of each learning however often it is pushed."""
+    columns = _columns(plan)
+    at = columns["events"][-1][0] if plan.events else ""
+    return {
+        "id": f"plan:{gateway_id}:{at}",
+        "type": "plan",
+        "gateway_id": gateway_id,
+        **columns,
+        "learned_at": iso_z(plan.learned_at),
+        "retry_at": iso_z(plan.retry_at),
+    }
+
+
+def from_json(data: dict[str, Any]) -> tuple[int, LearnedPlan]:
+    """A buffered plan (`to_json`) back, with its gateway's id."""
+    times = {
+        key: None if data[key] is None else _parse(data[key]) for key in ("learned_at", "retry_at")
+    }
+    return int(data["gateway_id"]), _from_columns({**data, **times})
 
 
 def reset_plans(session: Session, gateway_ids: Sequence[int], now: datetime, why: str) -> int:

@@ -3,7 +3,8 @@ while the database is unreachable; and when the database refuses the batch (a ga
 deleted while its poll ran, a bad buffered entry), each entry on its own, so one entry's
 fault never costs the others their records: an entry refused alone is kept aside as a dead
 letter with the reason (`pollctl buffer show`). What is saved is counted for `/metrics`
-wherever it goes (`counters`), and then published to the live feed (`live`)."""
+wherever it goes (`counters`), and then published to the live feed (`live`). The flush also
+saves the request plans learnt while the database was down (`planstore.to_json`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import configcache, counters, live
+from . import configcache, counters, live, planstore
 from .buffer import Refusals
 from .db import is_unreachable
+from .learnedplan import LearnedPlan
 from .records import Entry, from_json, to_json, write
 from .runtime import Runtime
 
@@ -73,15 +75,34 @@ def flush(rt: Runtime) -> int:
 
 def _write_buffered(rt: Runtime, batch: list[dict]) -> Refusals:
     entries: dict[int, Entry] = {}
+    plans: dict[int, tuple[int, LearnedPlan]] = {}
     refused: Refusals = {}
     for index, item in enumerate(batch):
         try:
-            entries[index] = from_json(item)
+            if item.get("type") == "plan":
+                plans[index] = planstore.from_json(item)
+            else:
+                entries[index] = from_json(item)
         except (KeyError, TypeError, ValueError) as exc:
             refused[index] = f"not a poll record: {_one_line(exc)}"
     order = list(entries)
     _, refused_now = _write(rt, list(entries.values()))
-    return refused | {order[i]: why for i, why in refused_now.items()}
+    refused |= {order[i]: why for i, why in refused_now.items()}
+    return refused | _write_plans(rt, plans)
+
+
+def _write_plans(rt: Runtime, plans: dict[int, tuple[int, LearnedPlan]]) -> Refusals:
+    """Buffered plans, oldest first, each skipped if a newer one was saved meanwhile; a
+    plan the database refuses is put aside. Raises only when it is unreachable."""
+    refused: Refusals = {}
+    for index, plan in plans.items():
+        try:
+            with rt.sessions() as session, session.begin():
+                planstore.save(session, [plan], newer_only=True)
+        except Exception as exc:  # a plan's own fault puts it aside
+            _raise_if_unreachable(exc)
+            refused[index] = _one_line(exc)
+    return refused
 
 
 def _write(rt: Runtime, entries: Sequence[Entry]) -> tuple[Disabled, Refusals]:

@@ -154,6 +154,8 @@ class _Device:
     holes: dict[str, frozenset[int]] = field(default_factory=dict)
     #: Addresses a write set: no longer moved by the ticks.
     held: dict[str, set[int]] = field(default_factory=lambda: {b: set() for b in BLOCKS})
+    #: (block, address, count) of reads answered only after a delay, once each (seconds).
+    stalls: dict[tuple[str, int, int], float] = field(default_factory=dict)
 
     def refuses(self, block: str, address: int, count: int) -> bool:
         holes = self.holes.get(block)
@@ -222,6 +224,8 @@ async def _action(
         return None  # the echo of a write already counted (and gated), not a request
     traffic.reads.append((time.time(), device.port, function_code, address))
     block = FUNCTION_BLOCK.get(function_code)
+    if block is not None and (stall := device.stalls.pop((block, address, count), 0.0)):
+        await asyncio.sleep(stall)
     if block is not None and device.refuses(block, address, count):
         traffic.refused.append((time.time(), device.port, function_code, address, count))
         return ExcCodes.ILLEGAL_ADDRESS
@@ -347,6 +351,14 @@ class Simulator:
         device = self._ports[port][device_id]
         blocks = {block: frozenset(addresses) for block, addresses in holes.items()}
         self._in_loop(lambda: setattr(device, "holes", blocks))
+
+    def stall(
+        self, port: int, device_id: int, block: str, address: int, count: int, seconds: float
+    ) -> None:
+        """The device's next read of exactly this span is answered only after `seconds`
+        (a request it misses once, mid-poll: the client times out on that one read)."""
+        device = self._ports[port][device_id]
+        self._in_loop(lambda: device.stalls.__setitem__((block, address, count), seconds))
 
     def hold(self) -> None:
         """Requests from now on wait, unanswered, until `release` (they count as in flight)."""

@@ -86,6 +86,23 @@ def test_learn_keeps_known_unavailable_points_and_the_first_retry_time():
     assert again.spans is None and again.unavailable == () and len(again.events) == 3
 
 
+def test_a_buffered_plan_round_trips_and_never_replaces_a_newer_one(runtime, simulate, free_ports):
+    (port,) = free_ports(1)
+    _sim, gateway = _holey(runtime, simulate, port)
+    points = _points(0, 1, 2, 5, 6, 9)
+    full = plan_requests(points, default_device_id=1)
+    learnt = learnedplan.learn(None, "b", full, Split((), tuple(full), (points[5],), full), T0)
+    item = json.loads(json.dumps(planstore.to_json(gateway.id, learnt)))
+    assert planstore.from_json(item) == (gateway.id, learnt)
+    # Replanned since (a newer event): the plan buffered during the outage is not saved.
+    replanned = learnedplan.reset(learnt, T0 + timedelta(minutes=1), "replan")
+    with runtime.sessions() as session, session.begin():
+        planstore.save(session, [(gateway.id, replanned)])
+    with runtime.sessions() as session, session.begin():
+        planstore.save(session, [planstore.from_json(item)], newer_only=True)
+    assert _plan_of(runtime, gateway.id) == replanned
+
+
 # -- polls against a simulated device with holes -----------------------------------------
 
 HOLEY_POINTS = [
@@ -101,7 +118,7 @@ HOLEY_POINTS = [
 HOLES = {"holding": {3, 9}}
 
 
-def _holey(runtime, simulate, port, interval: float = 1.0):
+def _holey(runtime, simulate, port, interval: float = 1.0, timeout: float = 1.0):
     document = {
         "gateways": [
             {
@@ -109,7 +126,7 @@ def _holey(runtime, simulate, port, interval: float = 1.0):
                 "host": "127.0.0.1",
                 "port": port,
                 "interval": interval,
-                "timeout": 1.0,
+                "timeout": timeout,
                 "points": HOLEY_POINTS,
             }
         ]
@@ -186,6 +203,109 @@ def test_a_refused_read_is_split_and_the_next_poll_uses_the_learnt_plan(
         "full plan again",
         "refused (exception 2)",
     ]
+
+
+def test_a_read_timing_out_mid_split_keeps_what_the_poll_had_learnt(runtime, simulate, free_ports):
+    """The device misses one of the smaller reads (p5 alone, the split's fourth read): the
+    poll fails on that timeout, but the splits it had proven (0..2 answers, 0..9 and 5..9
+    are refused) are kept, so the next poll goes on from there instead of starting over."""
+    (port,) = free_ports(1)
+    sim, gateway = _holey(runtime, simulate, port, interval=0.5, timeout=0.3)
+    sim.stall(port, 1, "holding", 5, 1, seconds=0.5)  # past the gateway's 0.3 s timeout
+    first = pipeline.poll_batch(runtime, started(runtime))
+    assert first.outcomes == {Outcome.FAILED: 1}
+    assert "holding 5..5" in first.failed["holey"], first.failed
+    assert [r.outcome for r in poll_rows(runtime)] == ["failed"]
+    refused_first = [(a, n) for _, _, _, a, n in sim.traffic.refused]
+    assert refused_first == [(0, 10), (0, 10), (5, 5)]  # merged, alone, its right half
+    plan = _plan_of(runtime, gateway.id)
+    assert plan is not None, "what the timed-out poll learnt was lost"
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 4),
+        (1, "input", 0, 1),
+    )
+    assert plan.unavailable == ()
+    assert "interrupted" in plan.events[-1][1]
+
+    # The next poll starts from the kept splits: 0..9 and 5..9 are never asked again.
+    second = pipeline.poll_batch(runtime, first.successors)
+    assert second.outcomes == {Outcome.OK: 1}, second.failed
+    refused_second = [(a, n) for _, _, _, a, n in sim.traffic.refused][len(refused_first) :]
+    assert refused_second == [(6, 4), (6, 4), (9, 1)]  # merged, alone, p9 alone
+    plan = _plan_of(runtime, gateway.id)
+    assert plan.unavailable == ("p9",)
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 1),
+        (1, "input", 0, 1),
+    )
+    assert plan.retry_at == _plan_at_first(plan)
+    rows = poll_rows(runtime)
+    assert [r.outcome for r in rows] == ["failed", "ok"]
+    got = {r.point for r in reading_rows(runtime) if r.slot_at == rows[-1].slot_at}
+    assert got == {"p0", "p1", "p2", "p5", "p6", "i0"}
+
+
+def _plan_at_first(plan: LearnedPlan):
+    """The daily retry counts from the first poll that learnt, not the last."""
+    return plan.events[0][0] + learnedplan.RETRY_AFTER
+
+
+def test_a_plan_learnt_while_the_database_is_down_is_used_and_saved_once_it_is_back(
+    runtime, simulate, free_ports, settings, env
+):
+    import cli
+    from polling import saving
+    from polling.db import make_engine, session_factory
+    from polling.runtime import Runtime
+
+    (port,) = free_ports(1)
+    sim, gateway = _holey(runtime, simulate, port, interval=0.5, timeout=0.3)
+    steps = started(runtime)
+    configcache.gateways_for_poll(runtime, [gateway.id])  # this worker has read the gateway
+    # The database goes away under the worker: its polls go on, their records buffered.
+    up = runtime.sessions
+    unreachable = make_engine("postgresql://nobody@127.0.0.1:1/none")
+    runtime.sessions = session_factory(unreachable)
+    try:
+        first = pipeline.poll_batch(runtime, steps)
+        assert first.outcomes == {Outcome.OK: 1}
+        refused = len(sim.traffic.refused)
+        assert refused == 5
+        # Meanwhile the worker polls by what it learnt, from memory: nothing refused again.
+        second = pipeline.poll_batch(runtime, first.successors)
+        assert second.outcomes == {Outcome.OK: 1}
+        assert len(sim.traffic.refused) == refused
+    finally:
+        runtime.sessions = up
+        unreachable.dispose()
+    assert _plan_of(runtime, gateway.id) is None  # not saved yet: the database was down
+
+    # The database is back: the flush that writes the buffered records saves the plan too.
+    saving.flush(runtime)
+    assert [r.outcome for r in poll_rows(runtime)] == ["ok", "ok"]
+    plan = _plan_of(runtime, gateway.id)
+    assert plan is not None and plan.unavailable == ("p9",)
+    assert plan.spans == (
+        (1, "holding", 0, 3),
+        (1, "holding", 5, 1),
+        (1, "holding", 6, 1),
+        (1, "input", 0, 1),
+    )
+    # Any worker loads it (none learns it again), and `explain` shows it.
+    other = Runtime.build(settings)
+    try:
+        target = configcache.gateways_for_poll(other, [gateway.id])[gateway.id]
+        assert len(target.requests) == 4 and [p.name for p in target.unavailable] == ["p9"]
+    finally:
+        other.close()
+    shown = CliRunner().invoke(cli.main, ["explain", "--gateway", "holey", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    found = json.loads(shown.output)
+    assert found["plan"] == "learnt" and found["unavailable"] == ["p9"]
 
 
 def test_a_worker_that_loaded_the_gateway_before_picks_up_the_learnt_plan(
