@@ -81,21 +81,24 @@ def first_balance(gateway_id: int) -> float:
 
 def shed_share(lateness_ms: int, limit_ms: int) -> float:
     """How far behind a step begun this late says the worker is, as a share of steps to
-    shed: none up to half the limit, all past the limit, and in between a share rising
-    with the lateness. The worker's level is its mean over the worker's recent steps."""
-    start = limit_ms / 2
+    shed: none up to a quarter of the limit, all from half of it, and in between a share
+    rising with the lateness. The worker's level is its mean over its recent steps. Well
+    short of the limit: where the level settles, the late windows of an interval still
+    have room before the limit (with a ramp from half the limit to the limit, one gateway
+    of 20 ran past it at every other slot and lost 1.8x the mean)."""
+    start, end = limit_ms / 4, limit_ms / 2
     if lateness_ms <= start:
         return 0.0
-    if lateness_ms > limit_ms:
+    if lateness_ms > end:
         return 1.0
-    return (lateness_ms - start) / (limit_ms - start)
+    return (lateness_ms - start) / (end - start)
 
 
 class Shedder:
     """One worker process's shedding: its *level* (`shed_share` of its steps averaged over
     about the last `window_ms`) and each gateway's *balance*.
 
-    Every step begun more than a quarter of its limit after its slot (the worker is behind
+    Every step begun more than an eighth of its limit after its slot (the worker is behind
     now) adds the level to its gateway's balance; a step whose balance reaches 1 is shed
     (its turn) and pays 1. So each gateway is shed the level's
     share of its late slots, however late its own batches tend to begin. Shedding each
@@ -134,7 +137,7 @@ class Shedder:
             self._observe([shed_share(late, limit) for _, _, late, limit in live], began_ms)
             level = self.level
             for index, step, lateness, limit in live:
-                if lateness <= limit / 4:
+                if lateness <= limit / 8:
                     continue  # the worker is not behind now (a lull): polled, and not counted
                 balance = self._balance.get(step.gateway_id, first_balance(step.gateway_id))
                 balance = min(balance + level, BALANCE_MAX)
