@@ -6,16 +6,20 @@ and the command never runs later. With `--via-worker`, a TCP gateway's go the sa
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import pytest
 from click.testing import CliRunner
 
 from cli import main
-from polling import writes
+from polling import service, writes
 from polling.gatewayfile import parse_gateways
 from polling.repository import import_gateways
 from tests.faultproxy import FaultProxy
+from tests.faults.harness import wait_until
 from tests.processes import Worker
+from tests.test_service import poll_rows, setup_fleet
+from workers.senders import send_poll
 
 pytestmark = [pytest.mark.e2e]
 
@@ -126,3 +130,56 @@ def test_poll_now_and_write_via_worker_of_a_tcp_gateway_use_the_workers_connecti
     finally:
         worker.stop()
         proxy.stop()
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_write_via_worker_to_a_single_connection_device_goes_between_its_polls(
+    runtime, env, simulate, free_ports, tmp_path, celery_app
+):
+    """A device that accepts one connection at a time (many serial-to-Ethernet
+    converters), polled every 0.5 s by a worker whose pool holds that connection. A write
+    via the worker takes the endpoint lock between two polls on the same connection: served
+    once, every poll around it ok. The command line's own connection is the second one,
+    which the device drops: without --via-worker the write fails and sends nothing."""
+    (device_port,) = free_ports(1)
+    entry = {"name": "pump", "host": "127.0.0.1", "site": "plant", "interval": 0.5,
+             "timeout": 0.4, "points": [POINT]}  # fmt: skip
+    sim = simulate({"gateways": [{**entry, "port": device_port}]})
+    proxy = FaultProxy(("127.0.0.1", device_port)).start()
+    proxy.set("single")
+    document = {"gateways": [{**entry, "port": proxy.port}]}
+    setup_fleet(runtime, document)
+
+    def sent() -> list[tuple[int, int]]:
+        return [(c, a) for _, _, c, a in list(sim.traffic.reads) if c in (6, 16)]
+
+    def polled_ok() -> int:
+        return sum(r.outcome == "ok" for r in poll_rows(runtime))
+
+    runner = CliRunner()
+    worker = Worker({**env, "POLLING_SITES": "plant"}, tmp_path / "plant.log", 4,
+                    queues="polling", hostname="w-plant@localhost")  # fmt: skip
+    try:
+        worker.wait_ready()
+        service.start(runtime, partial(send_poll, celery_app))
+        wait_until(lambda: polled_ok() >= 3, 15, "three polls")
+        wrote = runner.invoke(main, ["write", "--gateway", "pump", "--point", "setpoint",
+                                     "--via-worker", "--yes", "--", "-42"], env=env)  # fmt: skip
+        assert wrote.exit_code == 0, wrote.output
+        assert wrote.output.endswith(" -> -42\n"), wrote.output
+        after = polled_ok()
+        wait_until(lambda: polled_ok() >= after + 3, 15, "three polls after the write")
+        direct = runner.invoke(main, ["write", "--gateway", "pump", "--point", "setpoint",
+                                      "--yes", "7"], env=env)  # fmt: skip
+        wait_until(lambda: polled_ok() >= after + 5, 15, "two polls after the refused write")
+        service.stop(runtime)
+    finally:
+        worker.stop()
+        proxy.stop()
+    assert direct.exit_code == 1 and "pump" in direct.output, direct.output
+    assert sent() == [(16, 4)]  # the via-worker write, served once; the direct one never
+    rows = poll_rows(runtime)
+    assert rows and {r.outcome for r in rows} == {"ok"}, [(r.outcome, r.error) for r in rows]
+    recorded = {(r.new, r.read_back, r.outcome) for r in writes.recent(runtime, gateway="pump")}
+    assert recorded == {("-42", "-42", "ok"), ("7", None, "failed")}, recorded
