@@ -237,8 +237,22 @@ def assert_spoiled_slots_failed(rig, row: Row, doc: dict, *, spoiled: int) -> No
     failed = record.rows[bad]
     assert set(record.outcomes(bad)) == {"failed"} and row.failed == len(failed), row
     assert all("no valid answer" in (r.error or "") for r in failed), failed[0].error
-    assert spoiled >= len(failed), (spoiled, len(failed))
+    # Asked in each of its slots (the device saw the request), spoiled on the way back.
+    assert asked(rig, bad) >= len(failed) and spoiled >= len(failed), (spoiled, len(failed))
     assert readings(rig, bad) == 0 and all(readings(rig, n) > 0 for n in names if n != bad)
+
+
+def asked(rig, name: str) -> int:
+    """Reads of the gateway's first register (holding, function 3) the device served."""
+    gateway = rig.gateways[name]
+    port = rig.behind.get(gateway.port, gateway.port)
+    first = gateway.points[0].address
+    return sum(
+        1
+        for sim in rig.simulators
+        for _, p, code, address in list(sim.traffic.reads)
+        if p == port and code == 3 and address == first
+    )
 
 
 def readings(rig, name: str) -> int:
