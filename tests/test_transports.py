@@ -377,11 +377,15 @@ def test_a_good_answer_on_the_raw_server_is_read(raw_rtu_server):
     assert read(Transport("rtu-over-tcp"), port) == [[1, 2]]
 
 
-def test_an_answer_from_the_wrong_device_is_not_taken(raw_rtu_server):
-    """pymodbus skips a frame from another device id: the read times out, never mixes up."""
+@pytest.mark.parametrize("device_id", [1, 0])
+def test_an_answer_from_the_wrong_device_is_not_taken(raw_rtu_server, device_id):
+    """pymodbus skips a frame from another device id: the read times out, never mixes up.
+    Not for device 0 (RTU's broadcast address, which no device answers): there pymodbus
+    takes any device's answer, and the pool refuses it."""
     port = raw_rtu_server(lambda request: _reply(5))
+    requests = [Request(device_id=device_id, register="holding", address=0, count=2)]
     with pytest.raises(GatewayTimeout, match="no valid answer"):
-        read(Transport("rtu-over-tcp"), port, timeout=0.3)
+        read(Transport("rtu-over-tcp"), port, requests, timeout=0.3)
 
 
 def test_the_fault_relays_cut_whole_answers_and_spoil_only_crc_or_id():
