@@ -132,8 +132,12 @@ class ModbusPool:
         """Run `requests` in order on the endpoint's connection; errors as our ModbusError.
         `transport` None (or tcp) is plain Modbus TCP; for serial, `port` is the device."""
 
+        rtu = transport is not None and transport.rtu
+
         async def read_all(client: Any, link: _Link) -> list[Any]:
-            return [await _read_one(client, link, request, host, port) for request in requests]
+            return [
+                await _read_one(client, link, request, host, port, rtu=rtu) for request in requests
+            ]
 
         return await self._on(_endpoint(host, port, transport), timeout, read_all)
 
@@ -258,7 +262,7 @@ class _Link:
 
 
 async def _read_one(
-    client: Any, link: _Link, request: Request, host: str, port: int
+    client: Any, link: _Link, request: Request, host: str, port: int, *, rtu: bool = False
 ) -> list[int] | list[bool]:
     where = where_of(request, host, port)
     if link.lost:
@@ -281,4 +285,10 @@ async def _read_one(
         raise as_modbus_error(exc, where) from None
     finally:
         link.reading = None
+    if rtu and response.dev_id != request.device_id:
+        # pymodbus skips another device's frame, but for device 0 (RTU's broadcast address,
+        # which no device answers) it takes any: an answer from the wrong device.
+        raise GatewayTimeout(
+            f"no valid answer reading {where}: the answer came from device {response.dev_id}"
+        )
     return payload_of(response, request, where)

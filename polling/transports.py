@@ -44,6 +44,12 @@ class Transport:
     def serial(self) -> bool:
         return self.kind == "serial"
 
+    @property
+    def rtu(self) -> bool:
+        """RTU framing: no transaction id, an answer's device id is all that ties it to
+        its request."""
+        return self.kind in ("rtu-over-tcp", "serial")
+
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
 

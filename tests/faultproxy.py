@@ -1,5 +1,6 @@
 """A fault-injecting TCP proxy on loopback, in front of a simulated device, Redis or
-PostgreSQL: pass, refuse, blackhole, drop, slow, tid0 (Modbus) and single-connection modes.
+PostgreSQL: pass, refuse, blackhole, drop, slow, tid0 (Modbus), rtu (RTU answers spoiled per
+device id: `bad_crc`, `wrong_id`, see tests/rtuframes.py) and single-connection modes.
 It runs its own asyncio loop on a daemon thread; `stop()` closes everything and joins it."""
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import socket
 import struct
 import threading
 
-MODES = ("pass", "refuse", "blackhole", "drop", "slow", "tid0", "single")
+from tests.rtuframes import spoil_answers
+
+MODES = ("pass", "refuse", "blackhole", "drop", "slow", "tid0", "rtu", "single")
 
 
 class FaultProxy:
@@ -21,6 +24,11 @@ class FaultProxy:
         self.mode = "pass"
         self.delay = 0.0
         self.accepted = 0
+        #: In mode rtu: device ids whose answers get a broken CRC, and device id -> the id
+        #: its answers are rewritten to (with a good CRC); answers spoiled so far.
+        self.bad_crc: set[int] = set()
+        self.wrong_id: dict[int, int] = {}
+        self.spoiled = 0
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter | None]] = set()
         self._tasks: set[asyncio.Task] = set()
         self._clients: set[asyncio.StreamWriter] = set()
@@ -152,6 +160,12 @@ class FaultProxy:
                 if upstream and self.mode == "tid0":
                     pending += data
                     data, pending = _zero_transaction_ids(pending)
+                if upstream and self.mode == "rtu":
+                    pending += data
+                    data, pending, spoiled = spoil_answers(
+                        pending, bad_crc=self.bad_crc, wrong_id=self.wrong_id
+                    )
+                    self.spoiled += spoiled
                 if data:
                     writer.write(data)
                     await writer.drain()

@@ -13,6 +13,7 @@ from polling.errors import GatewayTimeout, ModbusError
 from polling.modbus import ModbusPool
 from polling.plan import Request
 from polling.transports import TCP, Transport, parse_transport
+from tests.rtuframes import crc, split_answers, spoil
 from tests.test_sites import publish
 
 POINTS = [{"name": "p", "register": "holding", "address": 0, "type": "uint16"}]
@@ -326,15 +327,6 @@ def test_validate_finds_gateways_of_one_bus_with_different_line_settings(runtime
 # -- faults on an RTU line: a tiny raw server answering what a real bus can --------------------
 
 
-def _crc(frame: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
-
-
 @pytest.fixture
 def raw_rtu_server():
     """A TCP server answering each RTU request with `answer(request)`; stopped at teardown."""
@@ -370,7 +362,7 @@ def raw_rtu_server():
 
 def _reply(device_id: int) -> bytes:
     body = bytes([device_id, 3, 4, 0, 1, 0, 2])
-    return body + _crc(body)
+    return body + crc(body)
 
 
 def test_an_answer_with_a_bad_crc_is_no_valid_answer(raw_rtu_server):
@@ -385,8 +377,27 @@ def test_a_good_answer_on_the_raw_server_is_read(raw_rtu_server):
     assert read(Transport("rtu-over-tcp"), port) == [[1, 2]]
 
 
-def test_an_answer_from_the_wrong_device_is_not_taken(raw_rtu_server):
-    """pymodbus skips a frame from another device id: the read times out, never mixes up."""
+@pytest.mark.parametrize("device_id", [1, 0])
+def test_an_answer_from_the_wrong_device_is_not_taken(raw_rtu_server, device_id):
+    """pymodbus skips a frame from another device id: the read times out, never mixes up.
+    Not for device 0 (RTU's broadcast address, which no device answers): there pymodbus
+    takes any device's answer, and the pool refuses it."""
     port = raw_rtu_server(lambda request: _reply(5))
+    requests = [Request(device_id=device_id, register="holding", address=0, count=2)]
     with pytest.raises(GatewayTimeout, match="no valid answer"):
-        read(Transport("rtu-over-tcp"), port, timeout=0.3)
+        read(Transport("rtu-over-tcp"), port, requests, timeout=0.3)
+
+
+def test_the_fault_relays_cut_whole_answers_and_spoil_only_crc_or_id():
+    """What the fault rows' relays send (tests/rtuframes.py): a broken CRC changes the CRC
+    alone; a wrong id is a well-formed answer of the other device, its CRC good."""
+    good = _reply(2)
+    exception = bytes([2, 0x83, 2])
+    assert split_answers(good + exception + crc(exception) + good[:3]) == (
+        [good, exception + crc(exception)],
+        good[:3],
+    )
+    bad = spoil(good, bad_crc={2}, wrong_id={})
+    assert bad[:-1] == good[:-1] and bad != good
+    assert spoil(good, bad_crc=set(), wrong_id={2: 3}) == _reply(3)
+    assert spoil(_reply(1), bad_crc={2}, wrong_id={2: 3}) == _reply(1)

@@ -207,6 +207,9 @@ class Rig:
         self._runtime: Runtime | None = None
         #: Slots the device saw polled twice, per gateway (see `device_duplicates`).
         self.twice: dict[str, list[int]] = {}
+        #: A relay's port (the gateway's in the file) -> the simulated device's port behind
+        #: it, on which the device counts the gateway's polls.
+        self.behind: dict[int, int] = {}
 
     # -- environment -----------------------------------------------------------------------
 
@@ -339,11 +342,12 @@ class Rig:
         )[0]
         code = FUNCTION_CODES[first.register]
         grid = Grid.for_gateway(name, gateway.interval)
+        device_port = self.behind.get(gateway.port, gateway.port)
         times = sorted(
             round(at * 1000)
             for sim in self.simulators
             for at, port, function_code, address in list(sim.traffic.reads)
-            if port == gateway.port and function_code == code and address == first.address
+            if port == device_port and function_code == code and address == first.address
         )
         twice = second_polls(times, grid, recorded)
         self.twice[name] = twice
@@ -432,6 +436,7 @@ class Rig:
     def _around(self, name: str, slot: int, rows: list[PollLog]) -> str:
         """The device's reads and the records near a slot, for a failure message."""
         port = self.gateways[name].port
+        port = self.behind.get(port, port)
         reads = sorted(
             round(at * 1000) - slot
             for sim in self.simulators
