@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 #: Pause between tries of an endpoint lock another poll holds.
 LOCK_RETRY_S = 0.005
+#: A poll waits for a busy endpoint a timeout and this much more: the poll holding it may
+#: time out too, then close its connection and write its record before it lets go (a bus
+#: neighbour waiting a bare timeout lost its slot 3 times in 7 on a busy box).
+LOCK_WAIT_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -278,13 +282,18 @@ async def _serve_endpoint(
     held: list[EndpointLock],
 ) -> None:
     """The endpoint's polls one after the other, each at its slot, under its lock (waited
-    for when another poll holds it: at most a timeout, and never past the first slot)."""
+    for when another poll holds it: from the first slot a timeout and `LOCK_WAIT_GRACE_S`,
+    and never past that slot)."""
     if state is LockState.BUSY:
         first = begun[indexes[0]]
-        remaining_ms = first.slot_ms + first.grid.interval_ms - rt.clock()
-        wait_ms = min(round(1000 * targets[indexes[0]].config.timeout), remaining_ms)
+        timeout_ms = round(1000 * (targets[indexes[0]].config.timeout + LOCK_WAIT_GRACE_S))
+        # Counted from the slot, not from the batch's begin: a batch sent ahead of its slot
+        # gave up before the poll it waited for had even timed out.
+        deadline_ms = min(
+            max(rt.clock(), first.slot_ms) + timeout_ms, first.slot_ms + first.grid.interval_ms
+        )
         claims = [StepClaim(b.gateway_id, b.token, b.slot_ms) for b in (begun[i] for i in indexes)]
-        current = await _take_lock(rt, lock, claims, rt.clock() + wait_ms)
+        current = await _take_lock(rt, lock, claims, deadline_ms)
         if current is None:
             host, port = targets[indexes[0]].endpoint
             busy = f"endpoint {host}:{port} busy: another poll held its lock"

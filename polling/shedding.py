@@ -28,7 +28,11 @@ SHED_PREFIX = "shed: "
 #: rhythm within it evens out; short enough to follow an overload as it comes and goes.
 LEVEL_WINDOW_MS = 2_000
 #: Below this level nothing is shed in turn (a few late batches are no overload).
-LEVEL_MIN = 0.02
+LEVEL_MIN = 0.05
+#: Nor while the window holds fewer steps than this: a handful of steps (three gateways at
+#: 1 s) is no evidence of overload, and one batch begun late on a busy box would shed its
+#: neighbours' next slots. Past the limit a step is shed all the same.
+LEVEL_MIN_STEPS = 20
 #: A balance is kept within these: a gateway never owes more than one turn and is spared
 #: at most two after its windows ran past the limit.
 BALANCE_MAX = 1.5
@@ -119,8 +123,11 @@ class Shedder:
 
     @property
     def level(self) -> float:
-        """The share of its late steps the worker sheds in turn (0 below `LEVEL_MIN`)."""
-        level = self._shares / self._steps if self._steps else 0.0
+        """The share of its late steps the worker sheds in turn (0 below `LEVEL_MIN`, or
+        with fewer than `LEVEL_MIN_STEPS` steps in the window)."""
+        if self._steps < LEVEL_MIN_STEPS:
+            return 0.0
+        level = self._shares / self._steps
         return level if level >= LEVEL_MIN else 0.0
 
     def to_shed(self, steps: Sequence[Late], began_ms: int) -> dict[int, str]:

@@ -149,6 +149,14 @@ def test_a_step_begun_within_an_eighth_of_its_limit_is_polled_whatever_the_level
     assert sum(_run(shedder, dict.fromkeys(range(20), 31), range(20, 22)).values()) == 0
 
 
+def test_a_small_fleet_sheds_in_turn_only_once_its_steps_are_evidence():
+    """Three gateways at 1 s whose batches a busy box begins 120 ms late (a level of 0.9
+    from six steps in the window): no overload shown, nothing shed short of the limit.
+    Twenty such gateways are evidence."""
+    assert sum(_run(Shedder(), dict.fromkeys(range(3), 120), range(10)).values()) == 0
+    assert sum(_run(Shedder(), dict.fromkeys(range(20), 120), range(10)).values()) > 100
+
+
 def test_the_loop_sheds_only_past_the_limit():
     shedder = Shedder()
     assert shedder.past_limit(Late(1, 10_000, 1_000, 250), 10_250) is None

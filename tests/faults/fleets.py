@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-POINTS = [
+from typing import Any
+
+POINTS: list[dict[str, Any]] = [
     {"name": "status", "address": 0, "type": "uint16"},
     {"name": "temp", "address": 1, "type": "float32"},
     {"name": "power", "register": "input", "address": 0, "type": "int32", "scale": 0.1},
