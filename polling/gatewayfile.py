@@ -7,7 +7,7 @@ import codecs
 import ipaddress
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ from .gateways import (
 from .gatewaystream import NotAList, Progress, read_entries
 from .sites import DEFAULT_SITE, site_problem
 from .transports import TCP, TRANSPORT_FIELDS, Transport, parse_transport
+
+#: The device ids a read on an RTU line can be answered from (Modbus over serial line).
+RTU_DEVICE_IDS = (1, 247)
 
 
 class _Errors:
@@ -229,6 +232,9 @@ def _gateway(
         f.bad("timeout", f"{timeout:g} s is longer than the interval ({interval:g} s)")
     if timeout is None and interval:
         timeout = min(DEFAULT_TIMEOUT, interval)
+    points = _points(entry.get("points"), name, errors)
+    if transport.rtu:
+        _check_rtu_ids(f, device_id, points)
     # On errors the caller refuses the whole file, so placeholders here are never stored.
     return Gateway(
         name=name,
@@ -242,8 +248,23 @@ def _gateway(
         transport=transport,
         single_register_write=single_register_write,
         multiple_coil_write=multiple_coil_write,
-        points=_points(entry.get("points"), name, errors),
+        points=points,
     )
+
+
+def _check_rtu_ids(f: _Fields, device_id: Any, points: Sequence[Point]) -> None:
+    """On an RTU line, 0 is the broadcast address (no device answers a read of it) and
+    248-255 are reserved: a poll of either could only time out."""
+    low, high = RTU_DEVICE_IDS
+    ids = [("device_id", device_id)]
+    ids += [(f"points.{p.name}.device_id", p.device_id) for p in points]
+    for key, value in ids:
+        if isinstance(value, int) and not low <= value <= high:
+            f.bad(
+                key,
+                f"{value} is no device on an RTU line ({f.data.get('transport')}): "
+                f"ids {low} to {high} (0 is broadcast: no device answers it)",
+            )
 
 
 def _endpoint(entry: dict, f: _Fields) -> tuple[str | None, Any, Transport]:

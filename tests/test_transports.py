@@ -211,6 +211,34 @@ def test_a_transport_fault_is_one_line_naming_file_gateway_and_field(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("where", "entry"),
+    [
+        ("device_id", {"device_id": 0}),
+        ("device_id", {"device_id": 248}),
+        ("points.temp.device_id", {"points": [{"name": "temp", "address": 0, "device_id": 0}]}),
+    ],
+)
+def test_an_rtu_gateway_refuses_the_broadcast_and_reserved_ids(where, entry):
+    from polling.errors import ConfigError
+    from polling.gatewayfile import parse_gateways
+
+    for kind in ({"transport": "rtu-over-tcp", "host": "127.0.0.1", "port": 4001}, BUS[1]):
+        gateway = {**kind, "name": "bus", "interval": 1, "points": [{"name": "p", "address": 0}]}
+        with pytest.raises(ConfigError) as info:
+            parse_gateways({"gateways": [{**gateway, **entry}]})
+        assert f"gateway 'bus': field '{where}': " in str(info.value)
+        assert "ids 1 to 247 (0 is broadcast: no device answers it)" in str(info.value)
+    # Plain Modbus TCP takes 0 (many gateways answer for themselves there) and 255.
+    tcp = {
+        "name": "tcp",
+        "host": "127.0.0.1",
+        "interval": 1,
+        "points": [{"name": "p", "address": 0}],
+    }
+    assert parse_gateways({"gateways": [{**tcp, "device_id": 0}]})[0].device_id == 0
+
+
 def test_transports_round_trip_through_storage(runtime):
     from polling.gatewayfile import parse_gateways
     from polling.repository import import_gateways, load_gateways
