@@ -404,7 +404,9 @@ class Rig:
             if fault_end is not None:
                 recovery = max(recovery, self._recovery(rows, fault_end))
         if fault_end is not None and bound is not None:
-            assert recovery <= bound, f"back on schedule after {recovery:.1f} s > {bound:.1f} s"
+            assert recovery <= bound, (
+                f"back on schedule after {recovery:.1f} s > {bound:.1f} s\n{self.trouble()}"
+            )
         refused = self.slot_conflicts()
         assert not refused, f"the database refused records of slots held otherwise: {refused}"
         row = Row(
@@ -421,6 +423,22 @@ class Rig:
         )
         SUMMARY.append(row)
         return row
+
+    def trouble(self, lines: int = 25) -> str:
+        """The last warnings and errors each process of the rig logged (why it came back
+        late: a CI run keeps no logs but the failure's message)."""
+        out = []
+        for process in self.processes:
+            if not hasattr(process, "output"):
+                continue
+            logged = [
+                line[:240]
+                for line in process.output().splitlines()
+                if '"WARNING"' in line or '"ERROR"' in line or "Traceback" in line
+            ]
+            out.append(f"-- {process.log.name}, last {lines} warnings and errors:")
+            out.extend(logged[-lines:])
+        return "\n".join(out)
 
     def slot_conflicts(self) -> dict[str, int]:
         """Per gateway, records the database's unique keys refused because their slot

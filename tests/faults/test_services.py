@@ -56,6 +56,7 @@ def recovery_bound(rig) -> float:
     return RECONNECT + 2 * 1.0 + s.reconcile_seconds + s.overdue_grace
 
 
+@pytest.mark.long
 def test_redis_restarted_with_polls_in_flight(rig_factory, redis_server, free_ports):
     rig = rig_factory()
     sim, started = start_fleet(rig, free_ports)
