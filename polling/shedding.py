@@ -146,7 +146,7 @@ class Shedder:
             for index, step, lateness, limit in live:
                 if lateness <= limit / 8:
                     continue  # the worker is not behind now (a lull): polled, and not counted
-                balance = self._balance.get(step.gateway_id, first_balance(step.gateway_id))
+                balance = self._balance_of(step.gateway_id)
                 balance = min(balance + level, BALANCE_MAX)
                 if lateness > limit:
                     out[index] = shed_reason(lateness, limit)
@@ -164,9 +164,14 @@ class Shedder:
         if step.limit_ms is None or not step.limit_ms < lateness < step.interval_ms:
             return None
         with self._lock:
-            balance = self._balance.get(step.gateway_id, first_balance(step.gateway_id))
+            balance = self._balance_of(step.gateway_id)
             self._balance[step.gateway_id] = max(balance - 1.0, BALANCE_MIN)
         return shed_reason(lateness, step.limit_ms)
+
+    def _balance_of(self, gateway_id: int) -> float:
+        # Hashed only for a gateway not seen yet: this runs for every late step.
+        balance = self._balance.get(gateway_id)
+        return first_balance(gateway_id) if balance is None else balance
 
     def _observe(self, shares: list[float], at_ms: int) -> None:
         """Decay the sums by the time since the last batch, then add this batch's steps."""

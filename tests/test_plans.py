@@ -116,6 +116,13 @@ HOLEY_POINTS = [
 ]
 #: Address 3 lies between points (only the merged read reaches it); 9 is p9's own.
 HOLES = {"holding": {3, 9}}
+#: The plan learnt for HOLEY_POINTS on a device with HOLES: p9 unavailable, p5 and p6 apart.
+LEARNT_SPANS = (
+    (1, "holding", 0, 3),
+    (1, "holding", 5, 1),
+    (1, "holding", 6, 1),
+    (1, "input", 0, 1),
+)
 
 
 def _holey(runtime, simulate, port, interval: float = 1.0, timeout: float = 1.0):
@@ -170,12 +177,7 @@ def test_a_refused_read_is_split_and_the_next_poll_uses_the_learnt_plan(
     assert sorted(r.point for r in reading_rows(runtime)) == ["i0", "p0", "p1", "p2", "p5", "p6"]
     plan = _plan_of(runtime, gateway.id)
     assert plan is not None and plan.unavailable == ("p9",)
-    assert plan.spans == (
-        (1, "holding", 0, 3),
-        (1, "holding", 5, 1),
-        (1, "holding", 6, 1),
-        (1, "input", 0, 1),
-    )
+    assert plan.spans == LEARNT_SPANS
     assert "holding 0..9 of device 1" in plan.events[-1][1]
     refused_first = len(sim.traffic.refused)
     assert refused_first == 5  # 0..9 merged, then alone; 5..9, 6..9 and 9 alone
@@ -236,12 +238,7 @@ def test_a_read_timing_out_mid_split_keeps_what_the_poll_had_learnt(runtime, sim
     assert refused_second == [(6, 4), (6, 4), (9, 1)]  # merged, alone, p9 alone
     plan = _plan_of(runtime, gateway.id)
     assert plan.unavailable == ("p9",)
-    assert plan.spans == (
-        (1, "holding", 0, 3),
-        (1, "holding", 5, 1),
-        (1, "holding", 6, 1),
-        (1, "input", 0, 1),
-    )
+    assert plan.spans == LEARNT_SPANS
     assert plan.retry_at == _plan_at_first(plan)
     rows = poll_rows(runtime)
     assert [r.outcome for r in rows] == ["failed", "ok"]
@@ -289,12 +286,7 @@ def test_a_plan_learnt_while_the_database_is_down_is_used_and_saved_once_it_is_b
     assert [r.outcome for r in poll_rows(runtime)] == ["ok", "ok"]
     plan = _plan_of(runtime, gateway.id)
     assert plan is not None and plan.unavailable == ("p9",)
-    assert plan.spans == (
-        (1, "holding", 0, 3),
-        (1, "holding", 5, 1),
-        (1, "holding", 6, 1),
-        (1, "input", 0, 1),
-    )
+    assert plan.spans == LEARNT_SPANS
     # Any worker loads it (none learns it again), and `explain` shows it.
     other = Runtime.build(settings)
     try:

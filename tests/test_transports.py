@@ -303,7 +303,6 @@ def test_validate_lists_serial_buses_by_site_and_warns_on_the_default_site(runti
     shared = dict(BUS[1], name="line2", device_id=4)
     del shared["site"]
     _store(runtime, {"gateways": [BUS[0], BUS[1], shared]})
-    result = check_serial_buses(Context(runtime))
     publish(runtime, "pollctl-worker-1@plant-pc", ("plant",))
     result = check_serial_buses(Context(runtime))
     assert result.status == "warning"

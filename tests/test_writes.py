@@ -86,6 +86,14 @@ def _sent(device) -> list[tuple[int, int]]:
     return [(c, a) for _, _, c, a in list(device.traffic.reads) if c in WRITE_FUNCTIONS]
 
 
+def _reimport_with(runtime, device, **settings: object) -> None:
+    """The device's gateway imported again with these gateway settings."""
+    document = _document(device.ports[0])
+    document["gateways"][0].update(settings)
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+
+
 def _write(runtime, point: str, value: str, **kwargs) -> writes.WriteResult:
     planned = writes.plan_write(runtime, "plc", point, value)
     return writes.write(runtime, planned, user="tester", **kwargs)
@@ -146,10 +154,7 @@ def test_scale_and_offset_are_inverted_and_coils_take_function_5(runtime, device
 
 def test_single_register_write_uses_function_6(runtime, device):
     """`single_register_write: true` in the gateways file, imported."""
-    document = _document(device.ports[0])
-    document["gateways"][0]["single_register_write"] = True
-    with runtime.sessions() as session, session.begin():
-        import_gateways(session, parse_gateways(document))
+    _reimport_with(runtime, device, single_register_write=True)
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.single_register_write))
     result = _write(runtime, "int32_ABCD", "-7")
@@ -160,10 +165,7 @@ def test_single_register_write_uses_function_6(runtime, device):
 def test_multiple_coil_write_uses_function_15_with_one_bit(runtime, device):
     """`multiple_coil_write: true` in the gateways file, imported: a coil goes as a write of
     several coils, of one, served once per write, and the device keeps what it was sent."""
-    document = _document(device.ports[0])
-    document["gateways"][0]["multiple_coil_write"] = True
-    with runtime.sessions() as session, session.begin():
-        import_gateways(session, parse_gateways(document))
+    _reimport_with(runtime, device, multiple_coil_write=True)
     with runtime.sessions() as session:
         assert session.scalar(select(GatewayRow.multiple_coil_write))
     for value, shown_as in (("on", "true"), ("off", "false")):
