@@ -177,6 +177,11 @@ def check(component: str, status: Status = "warning", **details) -> CheckResult:
                 ("clock_skew", "clock:w3 on c", "critical"),
             ],
         ),
+        (
+            check("overload", shed=400, slots=3000, made_per_s=8.7, offered_per_s=10.0),
+            [("overload", "workers", "warning")],
+        ),
+        (check("overload", "healthy", shed=3, slots=3000), []),  # a pause, below the share
     ],
 )
 def test_fleet_rules_read_the_diagnostics_results(result, expected):

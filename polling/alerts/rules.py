@@ -251,6 +251,14 @@ def no_consumer(result: CheckResult, _limits: Limits) -> list[Finding]:
     return [Finding("no_consumer", subject, "critical", result.message)]
 
 
+def overload(result: CheckResult, _limits: Limits) -> list[Finding]:
+    """The workers shed a share of the window's slots (the check's threshold): its line
+    carries the capacity they showed against what the fleet offers."""
+    if result.status != "warning" or "shed" not in result.details:
+        return []
+    return [Finding("overload", "workers", "warning", result.message)]
+
+
 def clock_skew(result: CheckResult, _limits: Limits) -> list[Finding]:
     """Each process whose clock is past the bound (the check's `bound_s`)."""
     bound_ms = result.details.get("bound_s", 0) * 1000
@@ -275,4 +283,5 @@ CHECK_RULES: tuple[CheckRule, ...] = (
     ("buffer", buffer_bound),
     ("workers", no_consumer),
     ("clocks", clock_skew),
+    ("overload", overload),
 )
