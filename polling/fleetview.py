@@ -45,6 +45,7 @@ _ROW_COLUMNS = (
     GatewayRow.polling_since,
     GatewayRow.probe_delay_s,
     GatewayRow.next_probe_at,
+    GatewayRow.site,
 )
 
 
@@ -157,6 +158,7 @@ def judged_json(j: Judged) -> dict:
     row = j.row
     return {
         "name": row.name,
+        "site": row.site,
         "colour": j.colour.value,
         "enabled": row.enabled,
         "started": row.polling,

@@ -40,7 +40,7 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
         for name, values in {
             "gw0": {"last_ok_at": now - timedelta(seconds=5)},
             "gw1": {"enabled": False, "probe_delay_s": 60.0, "next_probe_at": now},
-            "gw2": {"last_ok_at": now - timedelta(hours=1)},
+            "gw2": {"last_ok_at": now - timedelta(hours=1), "site": "east"},
         }.items():
             session.execute(update(GatewayRow).where(GatewayRow.name == name).values(**values))
         gw0 = ids["gw0"]
@@ -74,6 +74,7 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
         assert page["total"] == 2
         assert page["counts"] == {"grey": 1, "red": 2, "yellow": 0, "green": 1}
         assert page["gateways"][0]["next_probe_at"] is not None
+        assert [t["site"] for t in page["gateways"]] == ["default", "east"]
 
         page = tile_page(session, fleet_, now, name_like="GW", offset=1, limit=2)
         assert [t["name"] for t in page["gateways"]] == ["gw1", "gw2"] and page["total"] == 4
@@ -81,7 +82,7 @@ def test_tiles_are_judged_filtered_paged_and_carry_values_and_sparklines(runtime
 
         (tile,) = tile_page(session, fleet_, now, name_like="gw0")["gateways"]
         assert tile["colour"] == "green" and tile["last_outcome"] == "ok"
-        assert tile["success_rate"] == 1.0
+        assert tile["success_rate"] == 1.0 and tile["site"] == "default"
         assert [(v["point"], v["value"], v["unit"]) for v in tile["values"]] == [
             ("label", "ok", None),
             ("temp", 30.0, "°C"),

@@ -153,7 +153,7 @@ function tile(g) {
     `<h3>${esc(g.name)}</h3>` +
     `<div class="meta">last poll <span class="last">${ago(g.last_slot)}</span>` +
     ` <span class="outcome outcome-${g.last_outcome || ""}">${g.last_outcome || ""}</span>` +
-    ` · ok ${rate}</div>` +
+    ` · ok ${rate}${g.site && g.site !== "default" ? " · site " + esc(g.site) : ""}</div>` +
     `<div class="values">${values.join(" · ") || "no values yet"}</div>` +
     spark(g.spark ? g.spark.series : []) + `</div>`;
 }
@@ -183,7 +183,7 @@ async function renderGateway() {
     `<td class="num">${m.slots}</td><td>${esc(m.why || "")}</td></tr>`).join("");
   document.getElementById("main").innerHTML =
     `<h2><span class="dot bg-${g.colour}"></span>${esc(name)} <small>${g.colour}</small></h2>` +
-    `<p>every ${g.interval} s · ${g.started ? "started" : "stopped"}` +
+    `<p>every ${g.interval} s · site ${esc(g.site || "default")} · ${g.started ? "started" : "stopped"}` +
     `${g.enabled ? "" : " · disabled: " + esc(g.disabled_reason || "")}` +
     ` · last ok ${ago(g.last_ok_at)} · ok ${g.success_rate == null ? "-" :
       (g.success_rate * 100).toFixed(0) + " %"}</p>${probe}` +
