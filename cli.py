@@ -534,8 +534,17 @@ def reconcile(rt: Runtime) -> None:
 
 VIA_WORKER_HELP = (
     "Have a worker of the gateway's site do it, over its own connection (always so for a "
-    "serial gateway: its line is on the worker's host)."
+    "serial gateway, whose line is on the worker's host, and for a gateway of a site that "
+    "POLLING_SITES of this host does not name, whose network this host may not reach)."
 )
+
+
+def _through_worker(rt: Runtime, target: PollTarget, asked: bool) -> bool:
+    """Whether a worker of the gateway's site acts for the command line: when asked, for a
+    serial line (on the worker's host), and for a site this host does not serve (the
+    command line on the central host reaches no other site's network)."""
+    config = target.config
+    return asked or config.transport.serial or config.site not in rt.settings.site_list
 
 
 @running.command("poll-now", epilog="Example: pollctl poll-now --gateway meter-7")
@@ -549,7 +558,7 @@ def poll_now(rt: Runtime, name: str, via_worker: bool) -> None:
 
     Recorded as a manual poll, under the endpoint's lock; exit 1 unless it is ok."""
     target = service.select_gateways(rt, [name])[0]
-    if via_worker or target.config.transport.serial:
+    if _through_worker(rt, target, via_worker):
         got = _ask_worker(rt, target, POLL_NOW_TASK, (name,), target.budget + 5)
         lines = [
             f"  {p} = {text}" + (f" {unit}" if unit else "") for p, text, unit in got["values"]
@@ -610,7 +619,7 @@ def write(rt: Runtime, name: str, point: str, value: str, yes: bool, via_worker:
     if not yes:
         _confirm(f"write {planned.new} to {name}/{point}?")
     target = planned.target
-    if via_worker or target.config.transport.serial:
+    if _through_worker(rt, target, via_worker):
         run_s = 2 * (target.budget + target.config.timeout) + 5  # the lock, then the write
         args = (name, point, value, getpass.getuser())
         got = _ask_worker(rt, target, WRITE_TASK, args, run_s)

@@ -321,6 +321,23 @@ def test_poll_now_on_a_dead_device_is_our_one_line_without_library_noise(
     assert result.stderr == ""  # pymodbus's "Failed to connect ..." warnings stay out
 
 
+def test_poll_now_of_another_sites_gateway_goes_through_a_worker_of_that_site(
+    pollctl, gateways_file, simulate, free_ports
+):
+    document = fleet(free_ports(1), [1], [{"name": "a", "address": 0}])
+    document["gateways"][0]["site"] = "east"
+    simulate(document)
+    pollctl("gateway", "import", str(gateways_file(document)))
+    # This host serves site default only: the command goes to site east's queue, which no
+    # worker consumes here, and is given up (never run later).
+    refused = pollctl("poll-now", "--gateway", "gw0", code=1)
+    assert refused.stderr.startswith("Error: no worker of site east took the command within")
+    assert "nothing was sent to gw0" in refused.stderr
+    # A host whose POLLING_SITES names east reaches its network: it polls by itself.
+    here = pollctl("poll-now", "--gateway", "gw0", extra_env={"POLLING_SITES": "east"})
+    assert here.stdout.startswith("gw0: ok\n  a = ")
+
+
 def test_status_filters_by_gateway_and_state(pollctl, gateways_file, free_ports):
     pollctl("gateway", "import", str(gateways_file(fleet(free_ports(3), [1, 1, 1]))))
     pollctl("start", "--gateway", "gw1")

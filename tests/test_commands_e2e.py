@@ -102,8 +102,8 @@ def test_poll_now_and_write_via_worker_of_a_tcp_gateway_use_the_workers_connecti
 
     runner = CliRunner()
 
-    def pollctl(*args: str) -> str:
-        result = runner.invoke(main, list(args), env=env)
+    def pollctl(*args: str, sites: str = "default") -> str:
+        result = runner.invoke(main, list(args), env={**env, "POLLING_SITES": sites})
         assert result.exit_code == 0, result.output + str(result.exception)
         return result.output
 
@@ -124,8 +124,10 @@ def test_poll_now_and_write_via_worker_of_a_tcp_gateway_use_the_workers_connecti
         assert (row.old, row.new, row.read_back, row.outcome) == (old[1], "-42", "-42", "ok")
         # Two polls and a write, all on the worker's one pooled connection.
         assert proxy.accepted == 1
-        # The counter sees the command line's own connection when it makes one.
-        assert pollctl("write", "--gateway", "meter", "--point", "setpoint", "--yes", "7")
+        # The counter sees the command line's own connection when it makes one: on a host
+        # of site plant (this host's POLLING_SITES names it), without --via-worker.
+        assert pollctl("write", "--gateway", "meter", "--point", "setpoint", "--yes", "7",
+                       sites="plant")  # fmt: skip
         assert proxy.accepted == 2 and sent() == [(16, 4), (16, 4)]
     finally:
         worker.stop()
@@ -170,8 +172,10 @@ def test_a_write_via_worker_to_a_single_connection_device_goes_between_its_polls
         assert wrote.output.endswith(" -> -42\n"), wrote.output
         after = polled_ok()
         wait_until(lambda: polled_ok() >= after + 3, 15, "three polls after the write")
+        # From a host of site plant (its POLLING_SITES), without --via-worker: its own.
+        here = {**env, "POLLING_SITES": "plant"}
         direct = runner.invoke(main, ["write", "--gateway", "pump", "--point", "setpoint",
-                                      "--yes", "7"], env=env)  # fmt: skip
+                                      "--yes", "7"], env=here)  # fmt: skip
         wait_until(lambda: polled_ok() >= after + 5, 15, "two polls after the refused write")
         service.stop(runtime)
     finally:
