@@ -589,11 +589,11 @@ def _ask_worker(rt: Runtime, target: PollTarget, task: str, args: tuple, run_s: 
     if got is not None:
         return got
     if given_up:  # nobody took it: it never runs
-        raise click.ClickException(
+        raise PollingError(
             f"no worker of site {site} took the command within {wait_s:g} s: nothing was "
             f"sent to {target.config.name} (`pollctl status --site {site}` shows its workers)"
         )
-    raise click.ClickException(
+    raise PollingError(
         f"a worker of site {site} took the command but gave no answer within {run_s:g} s "
         f"(see its log; `pollctl writes` shows a write it finished)"
     )
@@ -1231,7 +1231,7 @@ main = click.version_option(package_name="pollctl")(
     Pollctl(
         name="pollctl",
         sources=[setup, running, watching, health],
-        help="Poll Modbus TCP gateways exactly once per interval, on Celery.",
+        help="Poll Modbus gateways exactly once per interval, on Celery.",
     )
 )
 

@@ -331,7 +331,7 @@ def test_poll_now_of_another_sites_gateway_goes_through_a_worker_of_that_site(
     # This host serves site default only: the command goes to site east's queue, which no
     # worker consumes here, and is given up (never run later).
     refused = pollctl("poll-now", "--gateway", "gw0", code=1)
-    assert refused.stderr.startswith("Error: no worker of site east took the command within")
+    assert refused.stderr.startswith("error: no worker of site east took the command within")
     assert "nothing was sent to gw0" in refused.stderr
     # A host whose POLLING_SITES names east reaches its network: it polls by itself.
     here = pollctl("poll-now", "--gateway", "gw0", extra_env={"POLLING_SITES": "east"})
