@@ -126,6 +126,10 @@ class Settings:
     api_port: int = 9470
     #: When set, every API path but /health wants `Authorization: Bearer <token>`.
     api_token: str = ""
+    #: Per-gateway series on `/metrics` (polls by outcome, shed, last ok): four to six
+    #: series a gateway, which a large fleet may not want in Prometheus; the fleet-wide
+    #: `pollctl_fleet_*` series are there either way.
+    metrics_per_gateway: bool = True
     #: The live feed (`/ws`): seconds between heartbeats to each client, and the messages
     #: queued for one client before newer ones are dropped (a slow browser loses updates,
     #: never stalls the others).
@@ -341,9 +345,19 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+#: How a yes/no setting may be written (`bool("false")` would be true).
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
 def _convert(name: str, raw: str, kind: type) -> Any:
+    env = ENV_PREFIX + name.upper()
+    if kind is bool:
+        value = BOOLEANS.get(raw.strip().lower())
+        if value is None:
+            raise ConfigError(f"{env}={raw!r}: expected true or false")
+        return value
     try:
         return kind(raw)
     except ValueError:
-        env = ENV_PREFIX + name.upper()
         raise ConfigError(f"{env}={raw!r}: expected {kind.__name__}") from None

@@ -63,6 +63,9 @@ class FleetCollector(Collector):
 
     def _polls(self, names: dict[int, str]) -> Iterator[Metric]:
         fleet = counters.read_counters(self.rt.redis, self.rt.keys)
+        yield from _fleet_polls(fleet)
+        # Without per-gateway series the families stay, empty (HELP and TYPE only).
+        names = names if self.rt.settings.metrics_per_gateway else {}
         polls = CounterMetricFamily(
             f"{PREFIX}_polls",
             "Scheduled slots recorded, by gateway and outcome (ok, failed, skipped, missed)",
@@ -249,3 +252,24 @@ class FleetCollector(Collector):
 
 def _states() -> dict[str, int]:
     return dict.fromkeys(("polling", "stopped", "disabled", "auto_disabled"), 0)
+
+
+def _fleet_polls(fleet: counters.FleetCounters) -> Iterator[Metric]:
+    """The per-gateway counts summed over every gateway ever counted: deleted ones too, so
+    the fleet's counters never go down (Prometheus would read a drop as a reset)."""
+    by_outcome: dict[str, int] = {}
+    for (_, outcome), n in fleet.polls.items():
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + n
+    polls = CounterMetricFamily(
+        f"{PREFIX}_fleet_polls",
+        "Scheduled slots recorded over the fleet, by outcome (ok, failed, skipped, missed)",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted(by_outcome.items()):
+        polls.add_metric([outcome], n)
+    yield polls
+    yield CounterMetricFamily(
+        f"{PREFIX}_fleet_polls_shed",
+        "Scheduled slots shed under overload over the fleet (see pollctl_polls_shed_total)",
+        value=sum(fleet.shed.values()),
+    )
