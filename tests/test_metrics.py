@@ -23,6 +23,7 @@ from workers.broker import RedisQueues
 
 SLOT_MS = 1_796_000_000_000
 GONE = 99_999  # a gateway counted, then deleted
+PER_GATEWAY = ("pollctl_polls", "pollctl_polls_shed", "pollctl_gateway_last_ok_timestamp_seconds")
 
 
 def scrape(runtime) -> dict[str, set[tuple[tuple[tuple[str, str], ...], float]]]:
@@ -40,7 +41,7 @@ def _names(runtime) -> dict[int, str]:
 
 
 def record(gateway_id: int, outcome: Outcome, error: str | None = None) -> PollEntry:
-    slot = SLOT_MS + 1000 * gateway_id
+    slot = SLOT_MS + 1000 * gateway_id + (outcome is Outcome.OK)  # one slot each
     return PollEntry(PollRecord(gateway_id, slot, PollKind.SCHEDULED, outcome, error=error), [])
 
 
@@ -51,6 +52,7 @@ def test_poll_counts_per_gateway_can_be_left_out_and_the_fleets_stay(runtime, fr
     gw0, gw1 = ids["gw0"], ids["gw1"]
     shed = shed_reason(900, 250)
     entries = [
+        record(gw0, Outcome.OK),
         record(gw0, Outcome.FAILED),
         record(gw1, Outcome.SKIPPED, shed),
         record(GONE, Outcome.FAILED),
@@ -58,20 +60,28 @@ def test_poll_counts_per_gateway_can_be_left_out_and_the_fleets_stay(runtime, fr
     counters.count_records(runtime.redis, runtime.keys, entries)
 
     fleet_series = {
-        "pollctl_fleet_polls": {((("outcome", "failed"),), 2), ((("outcome", "skipped"),), 1)},
+        "pollctl_fleet_polls": {
+            ((("outcome", "ok"),), 1),
+            ((("outcome", "failed"),), 2),
+            ((("outcome", "skipped"),), 1),
+        },
         "pollctl_fleet_polls_shed": {((), 1)},
     }
     each = scrape(runtime)
     assert each["pollctl_polls"] == {
+        ((("gateway", "gw0"), ("outcome", "ok")), 1),
         ((("gateway", "gw0"), ("outcome", "failed")), 1),
         ((("gateway", "gw1"), ("outcome", "skipped")), 1),
     }
     assert each["pollctl_polls_shed"] == {((("gateway", "gw1"),), 1)}
+    assert {labels for labels, _ in each["pollctl_gateway_last_ok_timestamp_seconds"]} == {
+        (("gateway", "gw0"),)
+    }
     assert {name: each[name] for name in fleet_series} == fleet_series
 
     runtime.settings = replace(runtime.settings, metrics_per_gateway=False)
     fleet_only = scrape(runtime)
-    for name in ("pollctl_polls", "pollctl_polls_shed", "pollctl_gateway_last_ok_timestamp_seconds"):
+    for name in PER_GATEWAY:  # the families stay, empty
         assert fleet_only[name] == set(), name
     assert {name: fleet_only[name] for name in fleet_series} == fleet_series
 
