@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -207,6 +208,7 @@ class Settings:
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
         self._check_sites()
+        self._check_periods()
         self._check_worker_tuning()
         self._check_shedding()
 
@@ -215,6 +217,31 @@ class Settings:
             parse_sites(self.sites)
         except ValueError as exc:
             raise ConfigError(f"POLLING_SITES={self.sites!r}: {exc}") from None
+
+    def _check_periods(self) -> None:
+        # Each was taken before and misbehaved quietly: a zero diagnostics period or timer
+        # precision spins beat or the worker's timer, a negative window reports "the last
+        # -10 s".
+        _check_positive(
+            self,
+            "health_window",
+            "canary_timeout",
+            "timer_precision",
+            "diagnostics_seconds",
+            "min_interval",
+        )
+        if self.overdue_grace < 0:
+            raise ConfigError("POLLING_OVERDUE_GRACE must be >= 0")
+        if not 0 <= self.backlog_warning <= self.backlog_critical:
+            raise ConfigError(
+                "POLLING_BACKLOG_WARNING must be >= 0 and <= POLLING_BACKLOG_CRITICAL "
+                f"(they are {self.backlog_warning:g} and {self.backlog_critical:g})"
+            )
+        if self.failure_rate_warning > self.failure_rate_critical:
+            raise ConfigError(
+                "POLLING_FAILURE_RATE_WARNING must be <= POLLING_FAILURE_RATE_CRITICAL "
+                f"(they are {self.failure_rate_warning:g} and {self.failure_rate_critical:g})"
+            )
 
     def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
@@ -342,8 +369,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:
+    env = ENV_PREFIX + name.upper()
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
-        env = ENV_PREFIX + name.upper()
         raise ConfigError(f"{env}={raw!r}: expected {kind.__name__}") from None
+    # float() takes "nan" and "inf", which pass every range check below (nan compares
+    # false both ways).
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{env}={raw!r}: expected a finite number")
+    return value

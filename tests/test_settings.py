@@ -29,6 +29,30 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"POLLING_GC_REFREEZE_SECONDS": "-1"}, env_file="/nonexistent")
 
 
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("POLLING_BATCH_WINDOW", "nan"),
+        ("POLLING_RECONCILE_SECONDS", "inf"),
+        ("POLLING_OVERDUE_GRACE", "-5"),
+        ("POLLING_HEALTH_WINDOW", "0"),
+        ("POLLING_HEALTH_WINDOW", "-10"),
+        ("POLLING_CANARY_TIMEOUT", "-1"),
+        ("POLLING_TIMER_PRECISION", "0"),
+        ("POLLING_DIAGNOSTICS_SECONDS", "0"),
+        ("POLLING_MIN_INTERVAL", "-1"),
+        ("POLLING_BACKLOG_WARNING", "-3"),
+        ("POLLING_BACKLOG_CRITICAL", "1"),
+        ("POLLING_FAILURE_RATE_WARNING", "0.9"),
+    ],
+)
+def test_a_period_or_threshold_out_of_range_is_refused_naming_it(name, raw):
+    # Each was taken before: validate then said "no polls shed in the last -10 s", beat
+    # would run diagnostics in a loop, a worker's timer would spin.
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: raw}, env_file="/nonexistent")
+
+
 def test_secrets_are_masked():
     settings = Settings(
         database_url="postgresql://app:s3cret@db/poll", redis_url="redis://:pw@r:6379/0"
