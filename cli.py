@@ -696,6 +696,7 @@ def status(
     workers serving it, its polled and missed slots over POLLING_HEALTH_WINDOW."""
     if gateways:
         service.select_gateways(rt, gateways)  # an unknown name is an error
+    _check_sites(rt, sites)
     every = collect_status(rt)
     statuses = [
         s
@@ -737,6 +738,15 @@ def status(
         lines = [x.line() for x in site_summaries(rt) if not sites or x.site in sites]
     text = table(headers, rows) + "".join(f"\n{line}" for line in lines)
     _page(text, summary(statuses))
+
+
+def _check_sites(rt: Runtime, sites: tuple[str, ...]) -> None:
+    """A site no gateway has and no worker serves is a typo: say so rather than show an
+    empty table."""
+    known = configcache.known_sites(rt)
+    unknown = [site for site in sites if site not in known]
+    if unknown:
+        raise ConfigError(f"unknown site: {', '.join(unknown)} (known: {', '.join(known)})")
 
 
 def _last_ok(s: GatewayStatus, now: datetime) -> str:
