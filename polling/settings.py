@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -172,7 +173,10 @@ class Settings:
         (`env_file`, else see `settings_file`) filling in what the environment lacks."""
         environ = dict(os.environ if environ is None else environ)
         path = Path(env_file) if env_file is not None else settings_file(environ)
-        values = {**(read_env_file(path) if path else {}), **environ}
+        from_file = read_env_file(path) if path else {}
+        _check_names(from_file, str(path))
+        _check_names(environ, "environment")
+        values = {**from_file, **environ}
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if not f.init or f.name in ("redis_url_explicit", "env_file"):
@@ -307,6 +311,19 @@ class Settings:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
         return f"Settings({inner})"
+
+
+def _check_names(values: Mapping[str, str], source: str) -> None:
+    """Refuse a `POLLING_*` name that is no setting: a typo would otherwise leave its
+    setting at the default without a word (a misspelt database URL, SQLite)."""
+    known = {
+        ENV_PREFIX + f.name.upper() for f in fields(Settings) if f.name != "redis_url_explicit"
+    }
+    for name in values:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: {name} is no setting{hint}")
 
 
 def _check_positive(settings: Settings, *names: str) -> None:

@@ -53,6 +53,23 @@ def test_a_period_or_threshold_out_of_range_is_refused_naming_it(name, raw):
         Settings.from_env({name: raw}, env_file="/nonexistent")
 
 
+def test_a_misspelt_setting_is_refused_naming_it_and_the_likely_one(tmp_path):
+    # A typo'd name was ignored: POLLING_DATABSE_URL left the units on sqlite:///pollctl.db.
+    env_file = tmp_path / "pollctl.env"
+    env_file.write_text("POLLING_REDIS_URL=redis://127.0.0.1:6379/0\nPOLLING_DATABSE_URL=x\n")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({}, env_file=env_file)
+    assert str(raised.value) == (
+        f"{env_file}: POLLING_DATABSE_URL is no setting (did you mean POLLING_DATABASE_URL?)"
+    )
+    with pytest.raises(ConfigError, match=r"^environment: POLLING_BATCH_WINDWO is no setting"):
+        Settings.from_env({"POLLING_BATCH_WINDWO": "0.2"}, env_file="/nonexistent")
+    # The settings file's own variable, and other programs' names, are not settings' typos.
+    Settings.from_env(
+        {"POLLING_ENV_FILE": str(env_file), "FLOWER_BASIC_AUTH": "a:b"}, env_file="/nonexistent"
+    )
+
+
 def test_secrets_are_masked():
     settings = Settings(
         database_url="postgresql://app:s3cret@db/poll", redis_url="redis://:pw@r:6379/0"
