@@ -1210,13 +1210,34 @@ def api(host: str | None, port: int | None) -> None:
 
     s = _settings()
     host, port = host or s.api_host, port or s.api_port
+    listening = _listen(host, port)
     click.echo(
         f"pollctl api on http://{host}:{port} (database {mask_url(s.database_url)}, "
         f"redis {mask_url(s.redis_url)}, token {'required' if s.api_token else 'not set'})"
     )
     logsetup.configure(logging.INFO, s.log_format)
     # Our logging for uvicorn's lines too (log_config=None), without one line per request.
-    uvicorn.run(create_api(s), host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(create_api(s), log_config=None, access_log=False)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, bound here so that an address in use or not ours is
+    one line (uvicorn logs it among its own lines and exits 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listening = socket.socket(family, kind, proto)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(POLLING_API_HOST, POLLING_API_PORT or --host, --port)"
+        ) from None
+    return listening
 
 
 class Pollctl(WholeSummaries, click.CommandCollection):
