@@ -394,3 +394,10 @@ def test_api_on_a_port_in_use_is_one_line(pollctl, free_ports):
     [line] = result.output.splitlines()
     assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), line
     assert line.endswith("(POLLING_API_HOST, POLLING_API_PORT or --host, --port)"), line
+
+
+def test_db_upgrade_to_a_revision_that_does_not_exist_is_one_line(pollctl):
+    # Alembic's CommandError came out as a traceback.
+    result = pollctl("db", "upgrade", "--revision", "9999", code=1)
+    [line] = result.output.splitlines()
+    assert line.startswith("error: revision 9999: Can't locate revision identified by '9999'")
