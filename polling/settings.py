@@ -364,7 +364,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte order mark is no name
     except PermissionError:
         raise ConfigError(
             f"{path}: permission denied (it holds passwords: run as its owner, e.g. "

@@ -70,6 +70,14 @@ def test_a_misspelt_setting_is_refused_naming_it_and_the_likely_one(tmp_path):
     )
 
 
+def test_a_settings_file_saved_with_a_byte_order_mark_is_read_whole(tmp_path):
+    # Its first name was read as "\ufeffPOLLING_FAILURE_THRESHOLD" and silently ignored.
+    env_file = tmp_path / "pollctl.env"
+    env_file.write_bytes("POLLING_FAILURE_THRESHOLD=7\r\nPOLLING_MAX_GAP=3\r\n".encode("utf-8-sig"))
+    settings = Settings.from_env({}, env_file=env_file)
+    assert (settings.failure_threshold, settings.max_gap) == (7, 3)
+
+
 def test_secrets_are_masked():
     settings = Settings(
         database_url="postgresql://app:s3cret@db/poll", redis_url="redis://:pw@r:6379/0"
