@@ -696,6 +696,7 @@ def status(
     workers serving it, its polled and missed slots over POLLING_HEALTH_WINDOW."""
     if gateways:
         service.select_gateways(rt, gateways)  # an unknown name is an error
+    _check_sites(rt, sites)
     every = collect_status(rt)
     statuses = [
         s
@@ -737,6 +738,15 @@ def status(
         lines = [x.line() for x in site_summaries(rt) if not sites or x.site in sites]
     text = table(headers, rows) + "".join(f"\n{line}" for line in lines)
     _page(text, summary(statuses))
+
+
+def _check_sites(rt: Runtime, sites: tuple[str, ...]) -> None:
+    """A site no gateway has and no worker serves is a typo: say so rather than show an
+    empty table."""
+    known = configcache.known_sites(rt)
+    unknown = [site for site in sites if site not in known]
+    if unknown:
+        raise ConfigError(f"unknown site: {', '.join(unknown)} (known: {', '.join(known)})")
 
 
 def _last_ok(s: GatewayStatus, now: datetime) -> str:
@@ -1200,13 +1210,34 @@ def api(host: str | None, port: int | None) -> None:
 
     s = _settings()
     host, port = host or s.api_host, port or s.api_port
+    listening = _listen(host, port)
     click.echo(
         f"pollctl api on http://{host}:{port} (database {mask_url(s.database_url)}, "
         f"redis {mask_url(s.redis_url)}, token {'required' if s.api_token else 'not set'})"
     )
     logsetup.configure(logging.INFO, s.log_format)
     # Our logging for uvicorn's lines too (log_config=None), without one line per request.
-    uvicorn.run(create_api(s), host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(create_api(s), log_config=None, access_log=False)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, bound here so that an address in use or not ours is
+    one line (uvicorn logs it among its own lines and exits 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listening = socket.socket(family, kind, proto)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(POLLING_API_HOST, POLLING_API_PORT or --host, --port)"
+        ) from None
+    return listening
 
 
 class Pollctl(WholeSummaries, click.CommandCollection):

@@ -13,6 +13,7 @@ from typing import Literal
 
 from sqlalchemy import delete, select
 
+from .checks.alertchannels import check_alert_channels
 from .checks.base import SEVERITY, CheckResult, Context
 from .checks.fleet import (
     check_buffer,
@@ -64,6 +65,7 @@ CHECKS: tuple[tuple[Check, Fix | None], ...] = (
     (check_overload, None),
     (check_serial_buses, None),
     (check_learnt_plans, None),
+    (check_alert_channels, None),
 )
 #: Runs kept in the database.
 KEEP_RUNS = 2000

@@ -8,9 +8,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from .db import normalize_url
+from .errors import ConfigError
 
 SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -23,10 +25,15 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to `revision`; one it cannot reach (unknown, or behind the current one) is a
+    ConfigError with Alembic's reason."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        try:
+            command.upgrade(config, revision)
+        except CommandError as exc:
+            raise ConfigError(f"revision {revision}: {exc}") from None
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -175,7 +177,10 @@ class Settings:
         (`env_file`, else see `settings_file`) filling in what the environment lacks."""
         environ = dict(os.environ if environ is None else environ)
         path = Path(env_file) if env_file is not None else settings_file(environ)
-        values = {**(read_env_file(path) if path else {}), **environ}
+        from_file = read_env_file(path) if path else {}
+        _check_names(from_file, str(path))
+        _check_names(environ, "environment")
+        values = {**from_file, **environ}
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if not f.init or f.name in ("redis_url_explicit", "env_file"):
@@ -211,6 +216,7 @@ class Settings:
         if self.visibility_timeout < 10:
             raise ConfigError("POLLING_VISIBILITY_TIMEOUT must be at least 10 seconds")
         self._check_sites()
+        self._check_periods()
         self._check_worker_tuning()
         self._check_shedding()
 
@@ -219,6 +225,31 @@ class Settings:
             parse_sites(self.sites)
         except ValueError as exc:
             raise ConfigError(f"POLLING_SITES={self.sites!r}: {exc}") from None
+
+    def _check_periods(self) -> None:
+        # Each was taken before and misbehaved quietly: a zero diagnostics period or timer
+        # precision spins beat or the worker's timer, a negative window reports "the last
+        # -10 s".
+        _check_positive(
+            self,
+            "health_window",
+            "canary_timeout",
+            "timer_precision",
+            "diagnostics_seconds",
+            "min_interval",
+        )
+        if self.overdue_grace < 0:
+            raise ConfigError("POLLING_OVERDUE_GRACE must be >= 0")
+        if not 0 <= self.backlog_warning <= self.backlog_critical:
+            raise ConfigError(
+                "POLLING_BACKLOG_WARNING must be >= 0 and <= POLLING_BACKLOG_CRITICAL "
+                f"(they are {self.backlog_warning:g} and {self.backlog_critical:g})"
+            )
+        if self.failure_rate_warning > self.failure_rate_critical:
+            raise ConfigError(
+                "POLLING_FAILURE_RATE_WARNING must be <= POLLING_FAILURE_RATE_CRITICAL "
+                f"(they are {self.failure_rate_warning:g} and {self.failure_rate_critical:g})"
+            )
 
     def _check_worker_tuning(self) -> None:
         if self.batch_window < 0 or self.batch_window > 1:
@@ -286,6 +317,19 @@ class Settings:
         return f"Settings({inner})"
 
 
+def _check_names(values: Mapping[str, str], source: str) -> None:
+    """Refuse a `POLLING_*` name that is no setting: a typo would otherwise leave its
+    setting at the default without a word (a misspelt database URL, SQLite)."""
+    known = {
+        ENV_PREFIX + f.name.upper() for f in fields(Settings) if f.name != "redis_url_explicit"
+    }
+    for name in values:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: {name} is no setting{hint}")
+
+
 def _check_positive(settings: Settings, *names: str) -> None:
     for name in names:
         if getattr(settings, name) <= 0:
@@ -324,7 +368,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte order mark is no name
     except PermissionError:
         raise ConfigError(
             f"{path}: permission denied (it holds passwords: run as its owner, e.g. "
@@ -358,6 +402,11 @@ def _convert(name: str, raw: str, kind: type) -> Any:
             raise ConfigError(f"{env}={raw!r}: expected true or false")
         return value
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
         raise ConfigError(f"{env}={raw!r}: expected {kind.__name__}") from None
+    # float() takes "nan" and "inf", which pass every range check below (nan compares
+    # false both ways).
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{env}={raw!r}: expected a finite number")
+    return value

@@ -238,3 +238,17 @@ def test_a_url_apprise_cannot_use_is_left_out_and_the_others_deliver(runtime, re
     settings = replace(runtime.settings, alert_urls=f"nope://secret {receiver.url}")
     channels = deliverer(replace(runtime, settings=settings)).channels
     assert [c.label for c in channels] == [f"json://127.0.0.1:{receiver.port}"]
+
+
+def test_validate_warns_of_a_url_apprise_cannot_use(runtime, receiver):
+    # Left out at every diagnostics run and only logged: `pollctl validate` said nothing,
+    # so an operator learnt of a typo'd channel from the alert that never came.
+    from polling.checks.alertchannels import check_alert_channels
+    from polling.checks.base import Context
+
+    assert check_alert_channels(Context(runtime)).status == "healthy"
+    settings = replace(runtime.settings, alert_urls=f"nope://secret {receiver.url}")
+    result = check_alert_channels(Context(replace(runtime, settings=settings)))
+    assert (result.component, result.status) == ("alerts", "warning")
+    assert "nope://... is not a URL apprise can use" in result.message
+    assert "secret" not in result.message + str(result.details)

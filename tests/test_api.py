@@ -212,3 +212,22 @@ def test_api_starts_with_the_database_down_and_answers_503_naming_it(tmp_path, f
         assert get(f"{api.url}/metrics", token=None)[0] == 503
     finally:
         api.stop()
+
+
+def test_a_gateway_whose_name_has_a_slash_has_its_page(runtime, env, tmp_path, free_ports):
+    # The import takes any name, but the route's {name} stopped at the first "/": 404.
+    document = {
+        "gateways": [
+            {"name": "hall/1", "host": "127.0.0.1", "port": 1, "interval": 5, "points": POINTS}
+        ]
+    }
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    api = ApiProcess(env, tmp_path / "api.log", free_ports(1)[0])
+    try:
+        api.wait_ready()
+        code, body = get(f"{api.url}/api/polling/gateways/hall%2F1", token=None)
+        assert code == 200, body
+        assert json.loads(body)["name"] == "hall/1"
+    finally:
+        api.stop()

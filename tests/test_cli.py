@@ -379,3 +379,25 @@ def test_a_large_import_shows_progress_on_a_terminal(env, runtime, gateways_file
     assert f"checking {path.name}" in shown and f"importing {path.name}" in shown
     assert "100%" in shown and "imported 300 gateways" in shown
     assert counts(runtime) == (300, 300)
+
+
+def test_api_on_a_port_in_use_is_one_line(pollctl, free_ports):
+    # uvicorn logged its bind error among JSON lines, after "pollctl api on http://...",
+    # and exited 3.
+    import socket
+
+    port = free_ports(1)[0]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = pollctl("api", "--port", str(port), code=1)
+    [line] = result.output.splitlines()
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), line
+    assert line.endswith("(POLLING_API_HOST, POLLING_API_PORT or --host, --port)"), line
+
+
+def test_db_upgrade_to_a_revision_that_does_not_exist_is_one_line(pollctl):
+    # Alembic's CommandError came out as a traceback.
+    result = pollctl("db", "upgrade", "--revision", "9999", code=1)
+    [line] = result.output.splitlines()
+    assert line.startswith("error: revision 9999: Can't locate revision identified by '9999'")

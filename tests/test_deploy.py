@@ -145,3 +145,27 @@ def test_install_into_a_prefix_builds_the_tree_and_keeps_the_settings(tmp_path: 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "kept (it exists" in again.stdout
     assert env_file.read_text().endswith("POLLING_MAX_GAP=4\n")
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Each `Key=value` of a unit file, every value of a repeated key, continuations joined."""
+    text = path.read_text().replace("\\\n", " ")
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", ";")):
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_a_polling_worker_may_open_serial_ports():
+    # Serial gateways are polled by the worker of their site (README, Transports):
+    # PrivateDevices=yes gave it a /dev without /dev/ttyUSB0, and its user was not in the
+    # group that owns the ports, so every serial poll failed with "no such file".
+    unit = unit_settings(DEPLOY / "pollctl-worker@.service")
+    assert unit.get("PrivateDevices") != ["yes"], unit.get("PrivateDevices")
+    assert unit.get("DevicePolicy") == ["closed"]
+    allowed = " ".join(unit.get("DeviceAllow", []))
+    for major in ("char-ttyS", "char-ttyUSB", "char-ttyACM"):
+        assert f"{major} rw" in allowed, allowed
+    assert "dialout" in " ".join(unit.get("SupplementaryGroups", []))

@@ -316,3 +316,24 @@ def test_a_poll_in_flight_when_its_slot_was_written_as_missed_replaces_the_guess
         r for r in diagnostics.diagnose(Context(runtime)).results if r.component == "records"
     ]
     assert records_check.status == "healthy"
+
+
+def test_a_database_that_refuses_the_login_is_not_told_to_start(settings):
+    # A wrong database name, role or password was "start the database": it was running.
+    from polling.checks.services import check_database_service
+    from tests.conftest import PG_SERVER
+
+    for url in (
+        PG_SERVER.rsplit("/", 1)[0] + "/pollctl_no_such_db",
+        "postgresql://nobody@127.0.0.1:5432/postgres",
+    ):
+        rt = Runtime.build(dataclasses.replace(settings, database_url=url))
+        try:
+            result = check_database_service(Context(rt))
+        finally:
+            rt.close()
+        assert result.status == "error", result
+        assert result.recommendations == [
+            "check POLLING_DATABASE_URL: the server answers but refuses its user, password or "
+            "database"
+        ], result

@@ -29,6 +29,55 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"POLLING_GC_REFREEZE_SECONDS": "-1"}, env_file="/nonexistent")
 
 
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("POLLING_BATCH_WINDOW", "nan"),
+        ("POLLING_RECONCILE_SECONDS", "inf"),
+        ("POLLING_OVERDUE_GRACE", "-5"),
+        ("POLLING_HEALTH_WINDOW", "0"),
+        ("POLLING_HEALTH_WINDOW", "-10"),
+        ("POLLING_CANARY_TIMEOUT", "-1"),
+        ("POLLING_TIMER_PRECISION", "0"),
+        ("POLLING_DIAGNOSTICS_SECONDS", "0"),
+        ("POLLING_MIN_INTERVAL", "-1"),
+        ("POLLING_BACKLOG_WARNING", "-3"),
+        ("POLLING_BACKLOG_CRITICAL", "1"),
+        ("POLLING_FAILURE_RATE_WARNING", "0.9"),
+    ],
+)
+def test_a_period_or_threshold_out_of_range_is_refused_naming_it(name, raw):
+    # Each was taken before: validate then said "no polls shed in the last -10 s", beat
+    # would run diagnostics in a loop, a worker's timer would spin.
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: raw}, env_file="/nonexistent")
+
+
+def test_a_misspelt_setting_is_refused_naming_it_and_the_likely_one(tmp_path):
+    # A typo'd name was ignored: POLLING_DATABSE_URL left the units on sqlite:///pollctl.db.
+    env_file = tmp_path / "pollctl.env"
+    env_file.write_text("POLLING_REDIS_URL=redis://127.0.0.1:6379/0\nPOLLING_DATABSE_URL=x\n")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({}, env_file=env_file)
+    assert str(raised.value) == (
+        f"{env_file}: POLLING_DATABSE_URL is no setting (did you mean POLLING_DATABASE_URL?)"
+    )
+    with pytest.raises(ConfigError, match=r"^environment: POLLING_BATCH_WINDWO is no setting"):
+        Settings.from_env({"POLLING_BATCH_WINDWO": "0.2"}, env_file="/nonexistent")
+    # The settings file's own variable, and other programs' names, are not settings' typos.
+    Settings.from_env(
+        {"POLLING_ENV_FILE": str(env_file), "FLOWER_BASIC_AUTH": "a:b"}, env_file="/nonexistent"
+    )
+
+
+def test_a_settings_file_saved_with_a_byte_order_mark_is_read_whole(tmp_path):
+    # Its first name was read as "\ufeffPOLLING_FAILURE_THRESHOLD" and silently ignored.
+    env_file = tmp_path / "pollctl.env"
+    env_file.write_bytes("POLLING_FAILURE_THRESHOLD=7\r\nPOLLING_MAX_GAP=3\r\n".encode("utf-8-sig"))
+    settings = Settings.from_env({}, env_file=env_file)
+    assert (settings.failure_threshold, settings.max_gap) == (7, 3)
+
+
 def test_secrets_are_masked():
     settings = Settings(
         database_url="postgresql://app:s3cret@db/poll", redis_url="redis://:pw@r:6379/0"

@@ -228,3 +228,19 @@ def test_status_shows_and_filters_sites(runtime, env, gateways_file, free_ports)
     )
     assert "site default: 1 gateways (1 active), NO WORKER" in shown[-2]
     assert shown[-1].startswith("site east: 2 gateways (2 active), served by w-east@h; last")
+
+
+def test_status_of_an_unknown_site_is_one_line_naming_the_known_ones(
+    runtime, env, gateways_file, free_ports
+):
+    # A typo'd --site showed an empty table and exit 0, as if the site had no gateways.
+    from click.testing import CliRunner
+
+    from cli import main
+
+    CliRunner().invoke(
+        main, ["gateway", "import", str(gateways_file(two_sites(free_ports(2), {1})))], env=env
+    )
+    result = CliRunner().invoke(main, ["status", "--site", "east", "--site", "eats"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == "error: unknown site: eats (known: default, east)"

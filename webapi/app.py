@@ -165,7 +165,7 @@ def gateways(
     return views.tiles(_rt(request), judged, colour or "", q or "", offset or 0, limit or 100)
 
 
-@guarded.get("/api/polling/gateways/{name}")
+@guarded.get("/api/polling/gateways/{name:path}")  # a name may hold a "/"
 def gateway(request: Request, name: str) -> dict:
     rt = _rt(request)
     found = views.gateways(rt, name)

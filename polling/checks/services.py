@@ -62,6 +62,25 @@ def check_redis_service(ctx: Context) -> CheckResult:
     )
 
 
+#: What PostgreSQL answers when it is up but will not take the URL's user, password or
+#: database (psycopg gives these connection failures no SQLSTATE to go by).
+LOGIN_REFUSED = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+)
+
+
+def _database_remedy(reason: str) -> str:
+    if any(marker in reason for marker in LOGIN_REFUSED):
+        return (
+            "check POLLING_DATABASE_URL: the server answers but refuses its user, password or "
+            "database"
+        )
+    return "start the database; polls are buffered in Redis meanwhile"
+
+
 def check_database_service(ctx: Context) -> CheckResult:
     rt = ctx.rt
     url = mask_url(rt.settings.database_url)
@@ -73,7 +92,7 @@ def check_database_service(ctx: Context) -> CheckResult:
             "database",
             "error",
             f"database {url} is unreachable: {reason}",
-            recommendations=["start the database; polls are buffered in Redis meanwhile"],
+            recommendations=[_database_remedy(reason)],
         )
     head = head_revision()
     if current != head:
