@@ -24,6 +24,11 @@ class PollctlApp(Celery):
     settings: Settings
 
 
+#: How long kombu's restore mutex outlives a worker killed while holding it (a sweep
+#: takes milliseconds).
+UNACKED_MUTEX_EXPIRE_S = 5
+
+
 def create_app(settings: Settings) -> PollctlApp:
     """The app for `settings`, with pollctl's process hooks wired (`workers.hooks`) and
     its Redis transport (`workers.transport`) behind `redis://`."""
@@ -60,6 +65,9 @@ def create_app(settings: Settings) -> PollctlApp:
             # about 100 s, which would dwarf a short timeout).
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
+            # A worker killed mid-sweep leaves the sweep's mutex held until it expires, and
+            # no worker restores anything meanwhile: kombu's 300 s, not a few seconds.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
             # Consume queues in the order declared: polling before scheduling and default.
             "queue_order_strategy": "priority",
             # POLLING_KEY_PREFIX covers the broker's keys too (see Keys.broker).
