@@ -8,6 +8,7 @@ for byte swapping, to strings.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -159,6 +160,8 @@ def unscaled(value: Value, type_: str, scale: float, offset: float) -> Value:
         if not low <= raw <= high:
             raise ValueError(f"{value} is out of range for {type_} (raw {low}..{high})")
         return raw
+    if not math.isfinite(raw):  # a setpoint of NaN or infinity is never meant
+        raise ValueError(f"{value} is not a finite number")
     if type_ == "float32" and abs(raw) > FLOAT32_MAX:
         raise ValueError(f"{value} is out of range for float32")
     return float(raw)

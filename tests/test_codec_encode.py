@@ -94,3 +94,11 @@ def test_integer_offset_keeps_every_digit_of_a_64_bit_value() -> None:
     # (value - offset) went through a float: 2**62 + 1 - 5 was written as 2**62.
     assert codec.unscaled(str(2**62 + 1), "int64", 1.0, 5.0) == 2**62 - 4
     assert codec.unscaled(str(2**64 - 2), "uint64", 1.0, -1.0) == 2**64 - 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+@pytest.mark.parametrize("type_", ["float32", "float64"])
+def test_non_finite_floats_are_refused(value: str, type_: str) -> None:
+    # float32 refused inf but took nan; float64 wrote nan, inf and 1e400 (read as inf).
+    with pytest.raises(ValueError, match="not a finite number"):
+        codec.encode_point(value, type_)
