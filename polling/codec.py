@@ -8,6 +8,7 @@ for byte swapping, to strings.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -146,8 +147,11 @@ def unscaled(value: Value, type_: str, scale: float, offset: float) -> Value:
     number = _number(value)
     if scale == 0:
         raise ValueError("the point's scale is 0: no raw value gives this value")
-    exact = type_ in INT_RANGES and isinstance(number, int) and scale == 1 and offset == 0
-    raw: float | int = number if exact else (number - offset) / scale
+    # An integer value with scale 1 and a whole offset stays an int: a float would round
+    # away the low digits of a 64-bit value.
+    exact = type_ in INT_RANGES and isinstance(number, int) and scale == 1
+    exact = exact and float(offset).is_integer()
+    raw: float | int = number - int(offset) if exact else (number - offset) / scale
     if type_ in INT_RANGES:
         low, high = INT_RANGES[type_]
         if raw != raw or raw in (float("inf"), float("-inf")):
@@ -156,6 +160,8 @@ def unscaled(value: Value, type_: str, scale: float, offset: float) -> Value:
         if not low <= raw <= high:
             raise ValueError(f"{value} is out of range for {type_} (raw {low}..{high})")
         return raw
+    if not math.isfinite(raw):  # a setpoint of NaN or infinity is never meant
+        raise ValueError(f"{value} is not a finite number")
     if type_ == "float32" and abs(raw) > FLOAT32_MAX:
         raise ValueError(f"{value} is out of range for float32")
     return float(raw)
@@ -166,6 +172,15 @@ def _bool(value: Value) -> bool:
     if text not in ("true", "false", "1", "0", "on", "off"):
         raise ValueError(f"{value!r} is not a bool (true/false, 1/0, on/off)")
     return text in ("true", "1", "on")
+
+
+def _check_latin1(text: str) -> None:
+    """Strings are stored one latin-1 byte per character, as `decode` reads them."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValueError(f"{text!r} is not latin-1 ({bad!r} at {exc.start})") from None
 
 
 def _number(value: Value) -> int | float:
@@ -195,6 +210,8 @@ def encode_point(
     """Registers holding the engineering `value` of a point (the inverse of `decode` then
     `scaled`); ValueError when it does not fit the type."""
     raw = unscaled(value, type_, scale, offset)
+    if type_ == "string":
+        _check_latin1(str(raw))
     if type_ == "string" and len(str(raw).encode("latin-1", "replace")) > 2 * width(type_, count):
         raise ValueError(f"{value!r} is longer than {2 * width(type_, count)} characters")
     return encode(raw, type_, order, count)

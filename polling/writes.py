@@ -72,6 +72,10 @@ class Planned:
     single: bool
 
 
+#: Function 16 carries at most 123 registers (a string point may read up to 125).
+MAX_WRITE_REGISTERS = 123
+
+
 def plan_write(rt: Runtime, gateway: str, point_name: str, value: str) -> Planned:
     """Check a write against the gateway's map and encode it; WriteRefused (or
     GatewayNotFound) with one line naming the gateway, point or value otherwise."""
@@ -98,6 +102,12 @@ def plan_write(rt: Runtime, gateway: str, point_name: str, value: str) -> Planne
         raise WriteRefused(f"{gateway}/{point_name}: {exc}") from None
     new = _shown(point, payload)
     single = target.config.single_register_write
+    if not single and len(payload) > MAX_WRITE_REGISTERS:
+        raise WriteRefused(
+            f"{gateway}/{point_name}: {len(payload)} registers are more than one write "
+            f"carries ({MAX_WRITE_REGISTERS}); set single_register_write: true to write "
+            "them one at a time"
+        )
     device_id = point.device_id if point.device_id is not None else target.config.device_id
     return Planned(target, point, device_id, payload, new, single)
 

@@ -81,3 +81,24 @@ def test_values_that_do_not_fit_are_refused(
 def test_bool_spellings() -> None:
     assert codec.encode_point("on", "bool") == [1]
     assert codec.encode_point("false", "bool") == [0]
+
+
+def test_string_outside_latin1_is_refused_with_one_line() -> None:
+    # '€' is not latin-1: it was a raw UnicodeEncodeError naming the codec, not the value.
+    with pytest.raises(ValueError, match="not latin-1") as caught:
+        codec.encode_point("h€", "string", count=2)
+    assert not isinstance(caught.value, UnicodeError)
+
+
+def test_integer_offset_keeps_every_digit_of_a_64_bit_value() -> None:
+    # (value - offset) went through a float: 2**62 + 1 - 5 was written as 2**62.
+    assert codec.unscaled(str(2**62 + 1), "int64", 1.0, 5.0) == 2**62 - 4
+    assert codec.unscaled(str(2**64 - 2), "uint64", 1.0, -1.0) == 2**64 - 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+@pytest.mark.parametrize("type_", ["float32", "float64"])
+def test_non_finite_floats_are_refused(value: str, type_: str) -> None:
+    # float32 refused inf but took nan; float64 wrote nan, inf and 1e400 (read as inf).
+    with pytest.raises(ValueError, match="not a finite number"):
+        codec.encode_point(value, type_)

@@ -338,3 +338,20 @@ def test_write_errors_say_writing_and_keep_the_exception_codes():
     )
     assert str(said_no) == "device answered exception 2 (illegal data address) writing plc/p"
     assert (said_no.function_code, said_no.exception_code) == (16, 2)
+
+
+def test_a_string_wider_than_one_function_16_write_is_refused(runtime, device):
+    """A string point may read 125 registers, but the protocol's function 16 carries at
+    most 123: such a write was planned and sent as one request."""
+    document = _document(device.ports[0])
+    label = {"name": "label", "register": "holding", "address": 2000}
+    document["gateways"][0]["points"].append(label | {"type": "string", "count": 124})
+    with runtime.sessions() as session, session.begin():
+        import_gateways(session, parse_gateways(document))
+    with pytest.raises(writes.WriteRefused) as refused:
+        writes.plan_write(runtime, "plc", "label", "x")
+    assert str(refused.value) == (
+        "plc/label: 124 registers are more than one write carries (123); "
+        "set single_register_write: true to write them one at a time"
+    )
+    assert _rows(runtime) == []
