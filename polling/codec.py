@@ -211,7 +211,7 @@ def encode_point(
     `scaled`); ValueError when it does not fit the type."""
     raw = unscaled(value, type_, scale, offset)
     if type_ == "string":
-        _check_latin1(str(raw))
-    if type_ == "string" and len(str(raw).encode("latin-1", "replace")) > 2 * width(type_, count):
-        raise ValueError(f"{value!r} is longer than {2 * width(type_, count)} characters")
+        _check_latin1(str(raw))  # then one character is one byte
+        if len(str(raw)) > 2 * width(type_, count):
+            raise ValueError(f"{value!r} is longer than {2 * width(type_, count)} characters")
     return encode(raw, type_, order, count)
